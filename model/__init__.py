@@ -1,0 +1,34 @@
+"""mmserve's models: the built-in multimodal Transformer and adapters for Hugging Face checkpoints.
+
+The service imports only `load_model` and the `MultimodalModel` protocol from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from model.api import ALL_TASKS, MultimodalModel, Task, UnsupportedTask
+
+__all__ = ["ALL_TASKS", "BUILTIN", "MultimodalModel", "Task", "UnsupportedTask", "load_model"]
+
+BUILTIN = "builtin"
+
+
+def load_model(
+    path_or_name: str | Path = BUILTIN,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> MultimodalModel:
+    """Load a model onto `device`: "builtin", a built-in checkpoint folder, or a Hugging Face folder / hub id.
+
+    `dtype=None` picks fp32 on CPU and bf16 (fp16 where bf16 is unsupported) on CUDA.
+    """
+    from model.checkpoint import is_builtin_checkpoint, load_builtin
+
+    if str(path_or_name) == BUILTIN or is_builtin_checkpoint(path_or_name):
+        return load_builtin(None if str(path_or_name) == BUILTIN else Path(path_or_name), device, dtype)
+    from model.hf import load_hf_model  # transformers-backed adapters (BLIP, CLIP, ST, VLMs)
+
+    return load_hf_model(str(path_or_name), device, dtype)
