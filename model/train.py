@@ -41,13 +41,14 @@ logger = logging.getLogger("model.train")
 @dataclass(frozen=True)
 class TrainConfig:
     preset: str = "base"
-    steps: int = 5000
+    steps: int = 4500
     batch_size: int = 64
     lr: float = 1e-3
     min_lr_ratio: float = 0.02  # cosine decay ends at lr * this
     warmup_steps: int = 200
     weight_decay: float = 0.05
     contrastive_weight: float = 0.5
+    questions_per_image: int = 3  # VQA rows per image and step (each image is encoded once for all)
     seed: int = 0
     eval_every: int = 500  # steps between quick held-out checks (per-attribute accuracy in the log)
     checkpoint_every: int = 200
@@ -85,7 +86,8 @@ class Batches:
         scenes = [make_scene(base + i, max_objects=most) for i in range(B)]
         size = PRESETS[self.config.preset].vision.image_size
         pixels = torch.stack([_to_tensor(render(s, size)) for s in scenes])
-        questions = [ask_any(s, rng) for s in scenes]
+        # question-major order, so row blocks line up with the images: [q0 of all images, q1 of all, ...]
+        questions = [ask_any(s, rng) for _ in range(self.config.questions_per_image) for s in scenes]
         encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
         bos, eos, sep = self.ids[BOS], self.ids[EOS], self.ids[SEP]
         rows, loss_from = [], []
@@ -227,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--questions-per-image", type=int, default=defaults.questions_per_image)
     parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the shipping checkpoint goes")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="resumable training state")
@@ -243,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         lr=args.lr,
         seed=args.seed,
         eval_every=args.eval_every,
+        questions_per_image=args.questions_per_image,
     )
     train(config, args.out, args.run_dir, args.resume)
 
