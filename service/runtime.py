@@ -134,24 +134,29 @@ class Runtime:
     async def wait(
         self, items: Sequence[Item[Any, Any]], deadline: float, disconnected: Callable[[], Awaitable[None]]
     ) -> list[Any]:
-        """The items' outputs; on timeout (504) or client disconnect, unstarted items are dropped."""
-        results = asyncio.gather(*(asyncio.wrap_future(item.future) for item in items))
+        """The items' outputs in order; on a timeout (504), a disconnect or a failure the rest are dropped."""
+        waiters = [asyncio.wrap_future(item.future) for item in items]
+        for waiter in waiters:  # mark late failures as seen: their request has already been answered
+            waiter.add_done_callback(lambda w: w.cancelled() or w.exception())
         watcher = asyncio.ensure_future(disconnected())
+        pending: set[asyncio.Future[Any]] = set(waiters)
         try:
-            done, _ = await asyncio.wait(
-                {results, watcher},
-                timeout=max(0.0, deadline - time.monotonic()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending | {watcher},
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if watcher in done:
+                    raise ClientDisconnected("the client disconnected")
+                if not done:
+                    timeout_s = self.settings.request_timeout_s
+                    raise Timeout(f"the request did not complete within {timeout_s:g} s")
+                pending.discard(watcher)
+                for waiter in done:
+                    waiter.result()  # raises the item's error
+            return [waiter.result() for waiter in waiters]
         finally:
             watcher.cancel()
-        if results in done:
-            try:
-                return list(results.result())
-            finally:
-                for item in items:  # one item failed: nobody wants its siblings either
-                    item.future.cancel()
-        results.cancel()  # cancels the wrapped futures, so queued items are skipped
-        if watcher in done:
-            raise ClientDisconnected("the client disconnected")
-        raise Timeout(f"the request did not complete within {self.settings.request_timeout_s:g} s")
+            for item in items:  # a no-op for finished items; queued ones will be skipped
+                item.future.cancel()

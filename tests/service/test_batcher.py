@@ -78,7 +78,7 @@ def test_flushes_a_full_batch_at_once(running: tuple[RecordingEngine, Batcher[in
 
 
 def test_flushes_a_partial_batch_after_max_wait(running: tuple[RecordingEngine, Batcher[int, int]]) -> None:
-    engine, batcher = running
+    _, batcher = running
     started = time.monotonic()
     [item] = submit(batcher, [5])
     assert item.future.result(5) == 10
@@ -135,7 +135,9 @@ def test_abandoned_and_expired_items_are_never_computed(lock: threading.Conditio
 
 def test_stop_flushes_what_is_queued(lock: threading.Condition) -> None:
     engine = RecordingEngine()
-    batcher: Batcher[int, int] = Batcher("double", max_batch_size=8, max_wait_ms=60_000, capacity=100, lock=lock)
+    batcher: Batcher[int, int] = Batcher(
+        "double", max_batch_size=8, max_wait_ms=60_000, capacity=100, lock=lock
+    )
     thread = start_thread(engine, {"double": batcher}, lock)
     items = submit(batcher, [1, 2, 3])
     thread.stop()

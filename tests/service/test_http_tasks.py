@@ -32,7 +32,9 @@ async def test_caption_multipart_and_json(client: httpx.AsyncClient, reference: 
     data = encode_image(image)
     [expected] = reference.caption([image], 7)
     by_upload = await client.post("/caption", files=upload(data), data={"max_new_tokens": "7"})
-    by_json = await client.post("/caption", json={"image": base64.b64encode(data).decode(), "max_new_tokens": 7})
+    by_json = await client.post(
+        "/caption", json={"image": base64.b64encode(data).decode(), "max_new_tokens": 7}
+    )
     for response in (by_upload, by_json):
         assert response.status_code == 200, response.text
         body = response.json()
@@ -56,7 +58,11 @@ async def test_vqa_multipart_and_json(client: httpx.AsyncClient, reference: Mult
 
 
 async def test_embed_texts_split_across_batches(serve, reference: MultimodalModel) -> None:  # type: ignore[no-untyped-def]
-    texts = [f"a {colour} {shape}" for colour in ("red", "green", "blue") for shape in ("circle", "square", "cross")]
+    texts = [
+        f"a {colour} {shape}"
+        for colour in ("red", "green", "blue")
+        for shape in ("circle", "square", "cross")
+    ]
     async with serve(embed_text_max_batch_size=4) as client:
         response = await client.post("/embed", json={"input": texts})
         metrics = (await client.get("/metrics")).text
@@ -74,7 +80,10 @@ async def test_embed_one_text_and_an_image(client: httpx.AsyncClient, reference:
     assert text.status_code == 200
     assert len(text.json()["data"]) == 1
     torch.testing.assert_close(
-        torch.tensor(text.json()["data"][0]["embedding"]), reference.embed_text(["a red circle"])[0], atol=1e-5, rtol=1e-4
+        torch.tensor(text.json()["data"][0]["embedding"]),
+        reference.embed_text(["a red circle"])[0],
+        atol=1e-5,
+        rtol=1e-4,
     )
     image = noise_image(3)
     expected = reference.embed_image([image])[0]
@@ -89,7 +98,8 @@ async def test_embed_one_text_and_an_image(client: httpx.AsyncClient, reference:
 
 
 async def test_concurrent_requests_batch_and_keep_their_answers(
-    serve, reference: MultimodalModel  # type: ignore[no-untyped-def]
+    serve,
+    reference: MultimodalModel,  # type: ignore[no-untyped-def]
 ) -> None:
     images = [noise_image(100 + i) for i in range(12)]
     tokens = [1 + i % 5 for i in range(12)]  # different max_new_tokens share batches

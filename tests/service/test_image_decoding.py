@@ -93,7 +93,7 @@ def test_animated_gif_first_frame() -> None:
     data = encode_image(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
     decoded = decode_image(data, LIMIT)
     assert decoded.mode == "RGB"
-    red, green, blue = decoded.getpixel((0, 0))  # type: ignore[misc]
+    red, _, blue = decoded.getpixel((0, 0))  # type: ignore[misc]
     assert red > 200 and blue < 50
 
 
