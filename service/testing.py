@@ -100,10 +100,13 @@ class ServerProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).json().get("status") == status:
-                    return
+                current = httpx.get(f"{self.url}/health", timeout=2).json().get("status")
             except (httpx.TransportError, ValueError):
-                pass
+                current = None
+            if current == status:
+                return
+            if current == "unhealthy":
+                raise RuntimeError(f"the server is unhealthy:\n{self.log()}")
             time.sleep(0.05)
         raise TimeoutError(f"the server did not report {status!r} within {timeout_s} s:\n{self.log()}")
 
