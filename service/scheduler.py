@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from model import Task
 from service.batching import Batcher, Item
 from service.engine import Engine
 from service.metrics import Metrics
@@ -33,7 +34,7 @@ class InferenceThread(threading.Thread):
     def __init__(
         self,
         load_engine: Callable[[], Engine],
-        batchers: Mapping[str, Batcher[Any, Any]],
+        batchers: Mapping[Task, Batcher[Any, Any]],
         lock: threading.Condition,
         metrics: Metrics,
         on_ready: Callable[[Engine], None],
@@ -72,7 +73,7 @@ class InferenceThread(threading.Thread):
             self._on_failure(e)
         logger.info("inference thread stopped")
 
-    def _next_batch(self) -> tuple[str, list[Item[Any, Any]]] | None:
+    def _next_batch(self) -> tuple[Task, list[Item[Any, Any]]] | None:
         """Block until some batcher has a batch due; None once stopping and nothing is left."""
         with self._lock:
             while True:
