@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     cells, health = run(args)
     table = markdown(cells, health, args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
