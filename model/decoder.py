@@ -1,0 +1,56 @@
+"""The text decoder: a causal Transformer with cross-attention to the image tokens and a KV cache."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.config import DecoderConfig
+from model.layers import Block, BlockCache, KVCache, init_weights, scale_residual_init
+
+
+class Decoder(nn.Module):
+    """Token ids (B, T) and positions (B, T), attending to image tokens (B, N, d) → logits (B, T, V)."""
+
+    def __init__(self, config: DecoderConfig, context_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.dim)
+        self.pos_emb = nn.Embedding(config.max_len, config.dim)
+        # the image tokens may come from an encoder of another width
+        self.context_proj = nn.Linear(context_dim, config.dim) if context_dim != config.dim else nn.Identity()
+        self.blocks = nn.ModuleList(
+            Block(config.dim, config.heads, config.mlp_ratio, cross=True) for _ in range(config.depth)
+        )
+        self.ln_f = nn.LayerNorm(config.dim)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.apply(init_weights)
+        scale_residual_init(self, config.depth)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying: one table to read and write tokens
+
+    def new_cache(self) -> list[BlockCache]:
+        return [BlockCache(KVCache(), KVCache()) for _ in self.blocks]
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        image_tokens: torch.Tensor,
+        cache: list[BlockCache] | None = None,
+    ) -> torch.Tensor:
+        """`mask` (B, 1, T, S) says which of the S keys (cached + new) each new token may attend to."""
+        x = self.tok_emb(ids) + self.pos_emb(positions)  # (B, T, d)
+        context = self.context_proj(image_tokens)  # (B, N, d)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask=mask, context=context, cache=cache[i] if cache is not None else None)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+
+def causal_mask(valid: torch.Tensor) -> torch.Tensor:
+    """(B, T) validity → (B, 1, T, T) causal mask over valid keys; padded queries see themselves only."""
+    T = valid.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
+    mask = causal[None] & valid[:, None, :]  # (B, T, T)
+    mask |= torch.eye(T, dtype=torch.bool, device=valid.device)[None]  # no empty rows: see module doc
+    return mask[:, None]

@@ -1,0 +1,28 @@
+"""Tiny random checkpoints of the built-in model, for tests that need a real model fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import save_checkpoint
+from model.config import PRESETS
+from model.multimodal import MultimodalTransformer
+from model.tokenizer import build_tokenizer
+
+
+def tiny_checkpoint(directory: Path, seed: int = 0, init_std: float = 0.2) -> Path:
+    """Write a tiny random built-in checkpoint to `directory` and return it.
+
+    Weights are drawn wider than the training init (`init_std`), so that outputs depend on the input
+    image and on the question: equivalence tests mean nothing if every input gives the same answer.
+    """
+    torch.manual_seed(seed)
+    module = MultimodalTransformer(PRESETS["tiny"])
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, init_std)
+    save_checkpoint(module, build_tokenizer(), directory, name="mmserve-tiny-random")
+    return directory

@@ -1,0 +1,236 @@
+"""Train the built-in model from scratch on synthetic scenes: `python -m model.train` / `mmserve train`.
+
+Every step draws a fresh batch of scenes (seeds below the held-out range), and trains three things at
+once on the same image encoding:
+- captioning: the decoder reads `[BOS]` and writes the canonical caption;
+- VQA: the decoder reads `[BOS] question [SEP]` and writes the one-word answer (loss on the answer only);
+- locked-text contrastive tuning: the image projection is pulled towards the frozen MiniLM embedding of
+  the scene's caption (symmetric InfoNCE with soft labels, since two scenes can share a caption).
+
+A curriculum raises the number of objects per scene over the first third of training. The state is
+checkpointed atomically every few hundred steps and `--resume` continues from it; the final weights are
+exported as a shipping checkpoint (safetensors + config + tokenizer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model.checkpoint import WEIGHTS_DIR, save_checkpoint
+from model.config import PRESETS
+from model.evaluate import quick_eval
+from model.multimodal import MultimodalTransformer
+from model.scenes import HELD_OUT_SEED_START, ask_any, make_scene, render
+from model.text import TextTower
+from model.tokenizer import BOS, EOS, PAD, SEP, build_tokenizer
+
+logger = logging.getLogger("model.train")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "base"
+    steps: int = 5000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.02  # cosine decay ends at lr * this
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    contrastive_weight: float = 0.5
+    seed: int = 0
+    eval_every: int = 500  # steps between quick held-out checks (per-attribute accuracy in the log)
+    checkpoint_every: int = 200
+    eval_scenes: int = 200  # held-out scenes per quick check (at least 100: recall is among 100)
+    # curriculum: fraction of training done → most objects per scene
+    curriculum: tuple[tuple[float, int], ...] = ((0.06, 1), (0.15, 2), (0.3, 3), (1.0, 4))
+
+
+def max_objects_at(config: TrainConfig, step: int) -> int:
+    progress = step / config.steps
+    return next(n for until, n in config.curriculum if progress < until or until >= 1.0)
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+class Batches:
+    """Deterministic training batches: step `s` always gives the same scenes and questions."""
+
+    def __init__(self, config: TrainConfig, tokenizer) -> None:  # type: ignore[no-untyped-def]
+        self.config = config
+        self.tokenizer = tokenizer
+        self.ids = {t: tokenizer.token_to_id(t) for t in (PAD, BOS, EOS, SEP)}
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor | list[str]]:
+        B = self.config.batch_size
+        base = (self.config.seed * 1_000_003 + step * B) % (HELD_OUT_SEED_START - B)
+        rng = random.Random(base)
+        most = max_objects_at(self.config, step)
+        scenes = [make_scene(base + i, max_objects=most) for i in range(B)]
+        size = PRESETS[self.config.preset].vision.image_size
+        pixels = torch.stack([_to_tensor(render(s, size)) for s in scenes])
+        questions = [ask_any(s, rng) for s in scenes]
+        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+        bos, eos, sep = self.ids[BOS], self.ids[EOS], self.ids[SEP]
+        rows, loss_from = [], []
+        for scene in scenes:
+            rows.append([bos, *encode(scene.caption), eos])
+            loss_from.append(1)
+        for q in questions:
+            prompt = [bos, *encode(q.text), sep]
+            rows.append([*prompt, *encode(q.answer), eos])
+            loss_from.append(len(prompt))
+        T = max(len(r) for r in rows)
+        seq = torch.full((len(rows), T), self.ids[PAD], dtype=torch.long)
+        weight = torch.zeros(len(rows), T - 1)
+        for i, (row, start) in enumerate(zip(rows, loss_from, strict=True)):
+            seq[i, : len(row)] = torch.tensor(row)
+            weight[i, start - 1 : len(row) - 1] = 1.0  # targets seq[:, 1:] from the first answer token
+        return {"pixels": pixels, "seq": seq, "weight": weight, "captions": [s.caption for s in scenes]}
+
+
+def _to_tensor(image) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    from model.images import to_pixels
+
+    return to_pixels([image], image.size[0])[0]
+
+
+def losses(
+    module: MultimodalTransformer, batch: dict, text_embeddings: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Captioning + VQA cross-entropy on one decoder pass, and the locked-text contrastive loss."""
+    embedding, tokens = module.encode_image(batch["pixels"])
+    seq, weight = batch["seq"], batch["weight"]
+    n_images = tokens.shape[0]
+    context = tokens.repeat(seq.shape[0] // n_images, 1, 1)  # captions first, then questions
+    inputs = seq[:, :-1]
+    T = inputs.shape[1]
+    positions = torch.arange(T).expand_as(inputs)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()[None, None]  # right padding: causal is enough
+    logits = module.decoder(inputs, positions, causal, context)  # (2B, T, V)
+    token_loss = F.cross_entropy(logits.transpose(1, 2), seq[:, 1:], reduction="none")  # (2B, T)
+    caption_w, answer_w = weight[:n_images], weight[n_images:]
+    caption_loss = (token_loss[:n_images] * caption_w).sum() / caption_w.sum()
+    answer_loss = (token_loss[n_images:] * answer_w).sum() / answer_w.sum()
+
+    captions = batch["captions"]
+    same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
+    soft = same / same.sum(1, keepdim=True)
+    scale = module.logit_scale.exp().clamp(max=100)
+    sims = scale * embedding @ text_embeddings.T  # (B, B)
+    contrastive = (F.cross_entropy(sims, soft) + F.cross_entropy(sims.T, soft)) / 2
+    align = (1 - (embedding * text_embeddings).sum(-1)).mean()
+    return {"caption": caption_loss, "answer": answer_loss, "contrastive": contrastive, "align": align}
+
+
+def save_state(path: Path, module, optimizer, step: int, config: TrainConfig) -> None:  # type: ignore[no-untyped-def]
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {"module": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+         "config": asdict(config)},
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, out: Path, run_dir: Path, resume: bool) -> MultimodalTransformer:
+    torch.manual_seed(config.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = build_tokenizer()
+    module = MultimodalTransformer(PRESETS[config.preset]).to(device)
+    text_tower = TextTower().to(device)
+    decay = [p for n, p in module.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in module.named_parameters() if p.dim() < 2 or "emb" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, betas=(0.9, 0.98),
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "train_state.pt"
+    start = 0
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        logger.info("resumed from %s at step %d", state_path, start)
+    batches = Batches(config, tokenizer)
+    n_params = sum(p.numel() for p in module.parameters())
+    logger.info("training %s (%.2fM parameters) on %s for %d steps", config.preset, n_params / 1e6, device,
+                config.steps)
+    started = time.time()
+    progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train",
+                    mininterval=10, dynamic_ncols=True)
+    module.train()
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, step)
+        batch = batches(step)
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        text_embeddings = text_tower(batch["captions"]).clone().to(device)  # out of inference mode
+        parts = losses(module, batch, text_embeddings)
+        loss = parts["caption"] + parts["answer"] + config.contrastive_weight * (parts["contrastive"]
+                                                                                 + parts["align"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        if step % 20 == 0:
+            progress.set_postfix({k: f"{v.item():.3f}" for k, v in parts.items()}, refresh=False)
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save_state(state_path, module, optimizer, done, config)
+        if done % config.eval_every == 0 or done == config.steps:
+            module.eval()
+            metrics = quick_eval(module, tokenizer, text_tower, n_scenes=config.eval_scenes)
+            module.train()
+            logger.info("step %d (%.1f min, objects<=%d): %s", done, (time.time() - started) / 60,
+                        max_objects_at(config, step), " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+            training = {**asdict(config), "steps_done": done, "device": str(device),
+                        "threads": torch.get_num_threads(), "minutes": round((time.time() - started) / 60, 1),
+                        "held_out_quick_eval": {k: round(v, 4) for k, v in metrics.items()}}
+            save_checkpoint(module, tokenizer, out, name="mmserve-builtin", training=training)
+    logger.info("trained %d steps in %.1f minutes", config.steps - start, (time.time() - started) / 60)
+    return module
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mmserve train", description=__doc__.splitlines()[0])
+    defaults = TrainConfig()
+    parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS))
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the shipping checkpoint goes")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="resumable training state")
+    parser.add_argument("--resume", action="store_true", help="continue from --run-dir's state")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed, eval_every=args.eval_every)
+    train(config, args.out, args.run_dir, args.resume)
+
+
+if __name__ == "__main__":
+    main()

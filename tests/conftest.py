@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny random built-in checkpoint, and a frozen text tower loaded once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.testing import tiny_checkpoint
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny-builtin"))
+
+
+@pytest.fixture(scope="session")
+def text_tower():  # type: ignore[no-untyped-def]
+    from model.text import TextTower
+
+    return TextTower()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint_dir: Path, text_tower):  # type: ignore[no-untyped-def]
+    from model.checkpoint import load_builtin
+
+    return load_builtin(tiny_checkpoint_dir, "cpu", text_tower=text_tower)

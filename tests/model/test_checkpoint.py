@@ -1,0 +1,52 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.checkpoint import is_builtin_checkpoint, load_builtin, load_module
+from model.scenes import make_scene, render
+from model.testing import tiny_checkpoint
+
+
+def test_round_trip_gives_identical_outputs(tmp_path, tiny_model, text_tower) -> None:
+    first = tiny_checkpoint(tmp_path / "a", seed=3)
+    module, tokenizer, name = load_module(first)
+    from model.checkpoint import save_checkpoint
+
+    save_checkpoint(module, tokenizer, tmp_path / "b", name=name)
+    a = load_builtin(first, text_tower=text_tower)
+    b = load_builtin(tmp_path / "b", text_tower=text_tower)
+    images = [render(make_scene(i)) for i in range(3)]
+    assert a.caption(images, 10) == b.caption(images, 10)
+    assert torch.equal(a.embed_image(images), b.embed_image(images))
+    for key, value in a.module.state_dict().items():
+        assert torch.equal(value, b.module.state_dict()[key]), key
+
+
+def test_strict_keys(tmp_path) -> None:
+    folder = tiny_checkpoint(tmp_path / "c")
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({**weights, "unexpected.weight": torch.zeros(1)}, str(folder / "model.safetensors"))
+    with pytest.raises(RuntimeError, match="unexpected"):
+        load_module(folder)
+    weights.pop("vision.cls")
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(RuntimeError, match=r"vision\.cls"):
+        load_module(folder)
+
+
+def test_folder_format(tmp_path) -> None:
+    folder = tiny_checkpoint(tmp_path / "d")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert json.loads((folder / "config.json").read_text())["format"] == "mmserve-builtin"
+    assert is_builtin_checkpoint(folder)
+    assert not is_builtin_checkpoint(tmp_path)
+    assert not any(p.suffix == ".tmp" for p in folder.iterdir())
+
+
+def test_dtype_placement(tmp_path, text_tower) -> None:
+    folder = tiny_checkpoint(tmp_path / "e")
+    model = load_builtin(folder, "cpu", torch.bfloat16, text_tower=text_tower)
+    assert model.dtype == torch.bfloat16
+    assert model.embed_image([render(make_scene(1))]).dtype == torch.float32
