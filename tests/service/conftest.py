@@ -12,6 +12,8 @@ import httpx
 import pytest
 import torch
 
+import service.engine
+from model import MultimodalModel
 from service import Settings, create_app
 
 Serve = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -23,12 +25,35 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random built-in checkpoint, written once per test session."""
-    from model.testing import tiny_checkpoint
-
+def checkpoint(tiny_checkpoint_dir: Path) -> Path:
+    """The session's tiny random built-in checkpoint (tests/conftest.py writes it once)."""
     torch.set_num_threads(1)
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint"))
+    return tiny_checkpoint_dir
+
+
+@pytest.fixture(scope="session")
+def _loaded_models() -> dict[tuple[str, str, Any], MultimodalModel]:
+    return {}
+
+
+@pytest.fixture(autouse=True)
+def _load_each_model_once(
+    monkeypatch: pytest.MonkeyPatch, _loaded_models: dict[tuple[str, str, Any], MultimodalModel]
+) -> None:
+    """Apps in this process load each checkpoint once (its text tower takes seconds to load).
+
+    Apps run one at a time here, so sharing a model between them shares no device between threads.
+    Tests that replace `load_model` themselves still can (their monkeypatch comes later).
+    """
+    real_load_model = service.engine.load_model
+
+    def load_model(spec: str, device: Any = "cpu", dtype: Any = None) -> MultimodalModel:
+        key = (str(spec), str(device), dtype)
+        if key not in _loaded_models:
+            _loaded_models[key] = real_load_model(spec, device, dtype)
+        return _loaded_models[key]
+
+    monkeypatch.setattr(service.engine, "load_model", load_model)
 
 
 async def wait_for_status(client: httpx.AsyncClient, status: str, timeout_s: float = 30.0) -> httpx.Response:
