@@ -162,6 +162,8 @@ async def test_image_over_the_byte_limit(small_limits: httpx.AsyncClient) -> Non
     for response in (
         await small_limits.post("/caption", files=upload(big, "big.bmp")),
         await small_limits.post("/caption", json={"image": b64(big)}),
+        await small_limits.post("/embed", json={"image": b64(big)}),
+        await small_limits.post("/embed", files=upload(big, "big.bmp")),
     ):
         assert response.status_code == 413
         assert error_of(response)["message"] == "the image is larger than the limit of 2000 bytes"
