@@ -11,8 +11,9 @@ from model.train import Batches, TrainConfig, losses, lr_at, max_objects_at, tra
 
 
 def _config(steps: int) -> TrainConfig:
-    return TrainConfig(preset="tiny", steps=steps, batch_size=6, eval_every=steps, checkpoint_every=2,
-                       eval_scenes=100, warmup_steps=2)
+    return TrainConfig(
+        preset="tiny", steps=steps, batch_size=6, eval_every=steps, checkpoint_every=2, eval_scenes=100, warmup_steps=2
+    )
 
 
 def test_batches_are_deterministic() -> None:
