@@ -82,9 +82,7 @@ def serve(checkpoint: Path) -> Serve:
         app = create_app(Settings(**{**defaults, **overrides}))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://mmserve", timeout=60
-            ) as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://mmserve", timeout=60) as client:
                 if wait_ready:
                     response = await wait_for_status(client, "ok")
                     assert response.status_code == 200, response.text

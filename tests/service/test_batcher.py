@@ -135,9 +135,7 @@ def test_abandoned_and_expired_items_are_never_computed(lock: threading.Conditio
 
 def test_stop_flushes_what_is_queued(lock: threading.Condition) -> None:
     engine = RecordingEngine()
-    batcher: Batcher[int, int] = Batcher(
-        "double", max_batch_size=8, max_wait_ms=60_000, capacity=100, lock=lock
-    )
+    batcher: Batcher[int, int] = Batcher("double", max_batch_size=8, max_wait_ms=60_000, capacity=100, lock=lock)
     thread = start_thread(engine, {"double": batcher}, lock)
     items = submit(batcher, [1, 2, 3])
     thread.stop()
