@@ -31,9 +31,8 @@ def slow_start(base_settings: dict[str, str]) -> Iterator[ServerProcess]:
         "MMSERVE_LOAD_DELAY_S": "3",
         "MMSERVE_QUEUE_CAPACITY": "4",
         "MMSERVE_MAX_EMBED_INPUTS": "4",
-        "MMSERVE_CAPTION_MAX_WAIT_MS": "200",
-        "MMSERVE_CAPTION_MAX_BATCH_SIZE": "4",
-        "MMSERVE_VQA_MAX_WAIT_MS": "1500",
+        "MMSERVE_CAPTION_MAX_WAIT_MS": "1000",  # admitted requests hold the queue for a second
+        "MMSERVE_VQA_MAX_WAIT_MS": "3000",
     }
     server = ServerProcess(settings, args=flags).start()
     try:
@@ -68,10 +67,10 @@ async def test_flood_gets_429(slow_start: ServerProcess) -> None:
 async def test_a_disconnected_request_is_never_computed(slow_start: ServerProcess) -> None:
     slow_start.wait_until("ok")
     async with httpx.AsyncClient(base_url=slow_start.url, timeout=60) as client:
-        # The client gives up after 0.3 s, before its batch is due (1.5 s): its item is dropped.
+        # The client gives up after 1 s, before its batch is due (3 s): its item is dropped.
         with pytest.raises(httpx.ReadTimeout):
-            await client.post("/vqa", files=upload(99), data={"question": "what?"}, timeout=0.3)
-        await asyncio.sleep(2.0)
+            await client.post("/vqa", files=upload(99), data={"question": "what?"}, timeout=1.0)
+        await asyncio.sleep(3.0)
         metrics = (await client.get("/metrics")).text
     assert 'mmserve_requests_total{status="499",task="vqa"} 1.0' in metrics
     assert 'mmserve_batch_size_count{task="vqa"}' not in metrics
