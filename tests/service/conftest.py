@@ -31,32 +31,33 @@ def checkpoint(tiny_checkpoint_dir: Path) -> Path:
     return tiny_checkpoint_dir
 
 
+LoadModel = Callable[..., MultimodalModel]
+
+
 @pytest.fixture(scope="session")
-def _loaded_models() -> dict[tuple[str, str, Any], MultimodalModel]:
-    return {}
-
-
-@pytest.fixture(autouse=True)
-def _load_each_model_once(
-    monkeypatch: pytest.MonkeyPatch, _loaded_models: dict[tuple[str, str, Any], MultimodalModel]
-) -> None:
-    """Apps in this process load each checkpoint once (its text tower takes seconds to load).
-
-    Apps run one at a time here, so sharing a model between them shares no device between threads.
-    Tests that replace `load_model` themselves still can (their monkeypatch comes later).
-    """
+def load_once() -> LoadModel:
+    """`load_model`, remembering each (checkpoint, device, dtype): its text tower takes seconds to load."""
     real_load_model = service.engine.load_model
+    loaded: dict[tuple[str, str, Any], MultimodalModel] = {}
 
     def load_model(spec: str, device: Any = "cpu", dtype: Any = None) -> MultimodalModel:
         key = (str(spec), str(device), dtype)
-        if key not in _loaded_models:
-            _loaded_models[key] = real_load_model(spec, device, dtype)
-        return _loaded_models[key]
+        if key not in loaded:
+            loaded[key] = real_load_model(spec, device, dtype)
+        return loaded[key]
 
-    monkeypatch.setattr(service.engine, "load_model", load_model)
+    return load_model
 
 
-async def wait_for_status(client: httpx.AsyncClient, status: str, timeout_s: float = 30.0) -> httpx.Response:
+@pytest.fixture(autouse=True)
+def _load_each_model_once(monkeypatch: pytest.MonkeyPatch, load_once: LoadModel) -> None:
+    """Apps in this process share loaded models. They run one at a time, so no two threads share a device;
+    tests that replace `load_model` themselves still can (their monkeypatch comes later).
+    """
+    monkeypatch.setattr(service.engine, "load_model", load_once)
+
+
+async def wait_for_status(client: httpx.AsyncClient, status: str, timeout_s: float = 180.0) -> httpx.Response:
     """Poll /health until it reports `status` (or the time is up)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

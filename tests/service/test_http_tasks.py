@@ -11,16 +11,17 @@ import httpx
 import pytest
 import torch
 
-from model import MultimodalModel, load_model
+from model import MultimodalModel
 from service.testing import encode_image, noise_image, solid_image
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def reference(checkpoint: Path) -> MultimodalModel:
-    """The same checkpoint, called directly."""
-    return load_model(str(checkpoint), "cpu")
+def reference(checkpoint: Path, load_once) -> MultimodalModel:  # type: ignore[no-untyped-def]
+    """The served checkpoint, called directly."""
+    model: MultimodalModel = load_once(str(checkpoint), "cpu")
+    return model
 
 
 def upload(data: bytes) -> dict[str, tuple[str, bytes, str]]:

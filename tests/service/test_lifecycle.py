@@ -18,6 +18,7 @@ from model import MultimodalModel, load_model
 from service.engine import CaptionInput
 from service.errors import ClientDisconnected
 from service.testing import encode_image, error_of, noise_image, solid_image
+from tests.service.conftest import wait_for_status
 
 pytestmark = pytest.mark.anyio
 
@@ -26,13 +27,6 @@ PNG = encode_image(solid_image((20, 120, 220)))
 
 def upload(data: bytes = PNG) -> dict[str, tuple[str, bytes, str]]:
     return {"image": ("image.png", data, "image/png")}
-
-
-async def wait_for_status(client: httpx.AsyncClient, status: str, timeout_s: float = 30) -> httpx.Response:
-    deadline = time.monotonic() + timeout_s
-    while (response := await client.get("/health")).json()["status"] != status and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return response
 
 
 async def test_503_while_loading(serve) -> None:  # type: ignore[no-untyped-def]
