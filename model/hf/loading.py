@@ -41,7 +41,20 @@ def load_config(name: str) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError, KeyError) as e:  # not found, offline with an empty cache, unknown model_type
-        raise ModelLoadError(f"cannot load model {name!r}: {e}") from e
+        hint = (
+            ""
+            if Path(name).is_dir()
+            else (
+                " (not a local folder, nor a hub id found on the hub or in the local Hugging Face cache; "
+                "with HF_HUB_OFFLINE=1 or no network the cache is all there is)"
+            )
+        )
+        raise ModelLoadError(f"cannot load model {name!r}{hint}: {one_line(e)}") from e
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (transformers' messages span several)."""
+    return " ".join(str(error).split())
 
 
 def find_file(name: str, filename: str, subfolder: str = "") -> Path | None:
@@ -76,7 +89,7 @@ def load_pretrained(
             logger.info("model %s: SDPA attention unavailable (%s); using the default attention", name, e)
             model = model_class.from_pretrained(name, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load the weights of model {name!r}: {e}") from e
+        raise ModelLoadError(f"cannot load the weights of model {name!r}: {one_line(e)}") from e
     return model.to(device).eval()
 
 

