@@ -45,6 +45,8 @@ class ImageTextToText(HFAdapter):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # generation continues every row from its last real token
+        if self.tokenizer.pad_token is None:  # some chat tokenizers have none; any id works under the mask
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.caption_instruction = caption_instruction
         config = model.generation_config
         self.eos_ids = eos_token_ids(config.eos_token_id)
