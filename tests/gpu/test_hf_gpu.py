@@ -25,7 +25,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_all(tmp_path_factory.mktemp("tiny-hf"))
 
 
-@pytest.mark.parametrize("family", ["blip-captioning", "blip-vqa", "clip", "llava", "sentence-transformer"])
+@pytest.mark.parametrize("family", ["blip-captioning", "blip-vqa", "clip", "siglip", "llava", "sentence-transformer"])
 def test_defaults_to_bf16_on_cuda_and_serves_every_task(folders: dict[str, Path], family: str) -> None:
     model = load_hf_model(str(folders[family]), "cuda")
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -44,7 +44,7 @@ def test_defaults_to_bf16_on_cuda_and_serves_every_task(folders: dict[str, Path]
         assert model.embed_image(IMAGES).shape == (4, model.dim)
 
 
-@pytest.mark.parametrize("family", ["clip", "llava", "sentence-transformer"])
+@pytest.mark.parametrize("family", ["clip", "siglip", "llava", "sentence-transformer"])
 def test_sdpa_attention_where_available(folders: dict[str, Path], family: str) -> None:
     model = load_hf_model(str(folders[family]), "cuda")
     assert model.model.config._attn_implementation == "sdpa"  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""The CLIP-style dual-encoder adapter against transformers' CLIPModel."""
+"""The CLIP-style dual-encoder adapter against transformers' CLIPModel and SiglipModel."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoProcessor, CLIPModel
+from transformers import AutoProcessor, CLIPModel, SiglipModel
 
 from model.api import MultimodalModel, UnsupportedTask
 from model.hf import load_hf_model
-from model.hf.testing import build_clip, sample_images
+from model.hf.testing import build_clip, build_siglip, sample_images
 
 IMAGES = sample_images(5)
 TEXTS = [
@@ -86,3 +86,28 @@ def test_long_text_is_truncated_not_an_error(clip: MultimodalModel) -> None:
     long_text = "word " * 500
     assert clip.embed_text([long_text]).shape == (1, 16)
     assert cosines(clip.embed_text([long_text]), clip.embed_text(["word " * 200])).item() >= 0.9999
+
+
+@pytest.fixture(scope="module")
+def siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_siglip(tmp_path_factory.mktemp("siglip"))
+
+
+@torch.inference_mode()
+def test_siglip_pads_texts_to_fixed_length_like_transformers(siglip_dir: Path) -> None:
+    siglip = load_hf_model(str(siglip_dir))
+    assert siglip.tasks == frozenset({"embed_text", "embed_image"}) and siglip.max_text_tokens == 16
+    model, processor = (
+        SiglipModel.from_pretrained(siglip_dir).eval(),
+        AutoProcessor.from_pretrained(siglip_dir),
+    )
+    tokens = processor.tokenizer(
+        TEXTS, padding="max_length", truncation=True, max_length=16, return_tensors="pt"
+    )
+    theirs = model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+    ours = torch.cat([siglip.embed_text([text]) for text in TEXTS])
+    assert cosines(ours, theirs.pooler_output).min() >= 0.9999
+    assert cosines(siglip.embed_text(TEXTS), ours).min() >= 0.9999
+    images = model.get_image_features(**processor(images=IMAGES, return_tensors="pt")).pooler_output
+    assert cosines(siglip.embed_image(IMAGES), images).min() >= 0.9999
+    assert cosines(ours[0], ours[1]) < 0.999 and cosines(images[0], images[2]) < 0.999
