@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from model.hf import load_hf_model
-from model.hf.testing import build_all, sample_images
+from model.hf.testing import BUILDERS, build_all, sample_images
 
 pytestmark = [
     pytest.mark.gpu,
@@ -25,7 +25,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_all(tmp_path_factory.mktemp("tiny-hf"))
 
 
-@pytest.mark.parametrize("family", ["blip-captioning", "blip-vqa", "clip", "siglip", "llava", "sentence-transformer"])
+@pytest.mark.parametrize("family", sorted(BUILDERS))
 def test_defaults_to_bf16_on_cuda_and_serves_every_task(folders: dict[str, Path], family: str) -> None:
     model = load_hf_model(str(folders[family]), "cuda")
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
