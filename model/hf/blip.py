@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor, BlipForConditionalGeneration, BlipForQuestionAnswering, ProcessorMixin
+from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, ProcessorMixin
 
 from model.hf.base import HFAdapter, cut_rows, eos_token_ids, row_limits, to_device
-from model.hf.loading import load_pretrained, text_position_limit
+from model.hf.loading import load_pretrained, load_processor, text_position_limit
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def load_blip(
     max_text_tokens: int | None,
 ) -> HFAdapter:
     """The BLIP adapter for `architecture` (captioning or VQA)."""
-    processor = AutoProcessor.from_pretrained(name)
+    processor = load_processor(name)
     if architecture == "BlipForQuestionAnswering":
         vqa = load_pretrained(BlipForQuestionAnswering, name, device, dtype)
         return BlipQuestionAnswerer(name, vqa, processor, max_text_tokens or text_position_limit(vqa.config))

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoModel, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoModel, PreTrainedModel, ProcessorMixin
 
 from model.hf.base import HFAdapter, empty_embedding, normalized_cpu, to_device
-from model.hf.loading import load_pretrained, text_position_limit
+from model.hf.loading import load_pretrained, load_processor, text_position_limit
 
 # model types whose text tower expects every text padded to the same fixed length
 FIXED_LENGTH_TEXT = frozenset({"siglip", "siglip2"})
@@ -75,7 +75,7 @@ class DualEncoder(HFAdapter):
 def load_dual_encoder(
     name: str, device: torch.device, dtype: torch.dtype, max_text_tokens: int | None
 ) -> DualEncoder:
-    processor = AutoProcessor.from_pretrained(name)
+    processor = load_processor(name)
     model = load_pretrained(AutoModel, name, device, dtype)
     limit = min(max_text_tokens or 10**9, text_position_limit(model.config, default=77))
     return DualEncoder(name, model, processor, limit)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoProcessor, PretrainedConfig, PreTrainedModel
 from transformers.utils import cached_file
 
 from model.api import ModelLoadError
@@ -41,15 +41,24 @@ def load_config(name: str) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError, KeyError) as e:  # not found, offline with an empty cache, unknown model_type
-        hint = (
-            ""
-            if Path(name).is_dir()
-            else (
-                " (not a local folder, nor a hub id found on the hub or in the local Hugging Face cache; "
-                "with HF_HUB_OFFLINE=1 or no network the cache is all there is)"
-            )
-        )
-        raise ModelLoadError(f"cannot load model {name!r}{hint}: {one_line(e)}") from e
+        raise ModelLoadError(f"cannot load model {name!r}{_where(name)}: {one_line(e)}") from e
+
+
+def load_processor(name: str, loader: Any = AutoProcessor, **kwargs: Any) -> Any:
+    """The processor (with `AutoTokenizer` as `loader`: the tokenizer); `ModelLoadError` if missing."""
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot load the processor of model {name!r}: {one_line(e)}") from e
+
+
+def _where(name: str) -> str:
+    if Path(name).is_dir():
+        return ""
+    return (
+        " (not a local folder, nor a hub id found on the hub or in the local Hugging Face cache;"
+        " with HF_HUB_OFFLINE=1 or no network the cache is all there is)"
+    )
 
 
 def one_line(error: BaseException) -> str:

@@ -22,7 +22,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from model.api import ModelLoadError
 from model.hf.base import HFAdapter, empty_embedding, normalized_cpu, to_device
-from model.hf.loading import load_pretrained, read_json, text_position_limit
+from model.hf.loading import load_pretrained, load_processor, read_json, text_position_limit
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def load_sentence_transformer(
 ) -> SentenceEmbedder:
     pipeline = read_pipeline(name, modules)
     subfolder = {"subfolder": pipeline.transformer_dir} if pipeline.transformer_dir else {}
-    tokenizer = AutoTokenizer.from_pretrained(name, **subfolder)
+    tokenizer = load_processor(name, AutoTokenizer, **subfolder)
     model = load_pretrained(AutoModel, name, device, dtype, **subfolder)
     # sentence-transformers: max_seq_length if set, else the tokenizer's limit capped by the positions
     limit = pipeline.max_seq_length or min(tokenizer.model_max_length, text_position_limit(model.config))

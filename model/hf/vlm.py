@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
 from model.api import ModelLoadError
 from model.hf.base import HFAdapter, cut_rows, eos_token_ids, row_limits, to_device
-from model.hf.loading import load_pretrained, text_position_limit
+from model.hf.loading import load_pretrained, load_processor, text_position_limit
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,8 @@ class ImageTextToText(HFAdapter):
         if self.tokenizer.pad_token is None:  # some chat tokenizers have none; any id works under the mask
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.caption_instruction = caption_instruction
-        config = model.generation_config
-        self.eos_ids = eos_token_ids(config.eos_token_id)
-        self.pad_id = (
-            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
-        )
+        self.eos_ids = eos_token_ids(model.generation_config.eos_token_id or self.tokenizer.eos_token_id)
+        self.pad_id = self.tokenizer.pad_token_id
         self.control_tokens = sorted(set(self.tokenizer.all_special_tokens), key=len, reverse=True)
         self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
 
@@ -99,9 +96,8 @@ class ImageTextToText(HFAdapter):
         out = self.model.generate(
             **inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1, pad_token_id=self.pad_id
         )
-        start = (
-            1 if self.encoder_decoder else inputs["input_ids"].shape[1]
-        )  # decoder start token, or the prompt
+        # the generated tokens follow the decoder's start token, or the whole (left-padded) prompt
+        start = 1 if self.encoder_decoder else inputs["input_ids"].shape[1]
         rows = cut_rows(out[:, start:], limits, self.eos_ids)
         return [text.strip() for text in self.processor.batch_decode(rows, skip_special_tokens=True)]
 
@@ -113,7 +109,7 @@ def load_image_text_to_text(
     caption_prompt: str | None,
     max_text_tokens: int | None,
 ) -> ImageTextToText:
-    processor = AutoProcessor.from_pretrained(name)
+    processor = load_processor(name)
     if getattr(processor, "chat_template", None) is None:
         raise ModelLoadError(
             f"model {name!r}: its processor has no chat template, which mmserve needs to prompt it"
