@@ -71,9 +71,14 @@ class ImageTextToText(HFAdapter):
         """`text` without control tokens, cut to `max_text_tokens` tokens."""
         for token in self.control_tokens:
             text = text.replace(token, " ")
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if len(encoding["input_ids"]) > self.max_text_tokens:
-            text = text[: encoding["offset_mapping"][self.max_text_tokens - 1][1]]
+        limit = self.max_text_tokens
+        try:
+            encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError:  # a tokenizer without offsets (Python backends): cut by decoding
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return text if len(ids) <= limit else self.tokenizer.decode(ids[:limit])
+        if len(encoding["input_ids"]) > limit:
+            text = text[: encoding["offset_mapping"][limit - 1][1]]  # cut the string after token `limit`
         return text
 
     @torch.inference_mode()
