@@ -18,7 +18,12 @@ from collections.abc import Sequence
 
 import torch
 from PIL import Image
-from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, ProcessorMixin
+from transformers import (
+    BlipForConditionalGeneration,
+    BlipForQuestionAnswering,
+    PreTrainedModel,
+    ProcessorMixin,
+)
 
 from model.hf.base import HFAdapter, cut_rows, eos_token_ids, row_limits, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
@@ -32,7 +37,7 @@ class BlipCaptioner(HFAdapter):
     def __init__(
         self,
         name: str,
-        model: BlipForConditionalGeneration,
+        model: PreTrainedModel,
         processor: ProcessorMixin,
         prompt: str | None,
         max_text_tokens: int,
@@ -64,7 +69,7 @@ class BlipQuestionAnswerer(HFAdapter):
     """Answers questions about images with a `BlipForQuestionAnswering` checkpoint."""
 
     def __init__(
-        self, name: str, model: BlipForQuestionAnswering, processor: ProcessorMixin, max_text_tokens: int
+        self, name: str, model: PreTrainedModel, processor: ProcessorMixin, max_text_tokens: int
     ) -> None:
         super().__init__(name, model.device, model.dtype, frozenset({"vqa"}), max_text_tokens)
         self.model = model

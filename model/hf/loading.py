@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoProcessor, PretrainedConfig, PreTrainedModel
@@ -19,8 +19,6 @@ from transformers.utils import cached_file
 from model.api import ModelLoadError
 
 logger = logging.getLogger(__name__)
-
-ModelT = TypeVar("ModelT", bound=PreTrainedModel)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -88,8 +86,8 @@ def read_json(name: str, filename: str, subfolder: str = "") -> dict[str, Any] |
 
 
 def load_pretrained(
-    model_class: type[ModelT], name: str, device: torch.device, dtype: torch.dtype, **kwargs: Any
-) -> ModelT:
+    model_class: Any, name: str, device: torch.device, dtype: torch.dtype, **kwargs: Any
+) -> PreTrainedModel:
     """Weights onto `device` in `dtype`, in eval mode, with SDPA attention where the architecture has it."""
     try:
         try:
@@ -99,7 +97,8 @@ def load_pretrained(
             model = model_class.from_pretrained(name, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the weights of model {name!r}: {one_line(e)}") from e
-    return model.to(device).eval()
+    model.to(device)
+    return model.eval()
 
 
 def text_position_limit(config: PretrainedConfig, default: int = 512) -> int:

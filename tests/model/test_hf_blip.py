@@ -42,24 +42,34 @@ def answerer(vqa_dir: Path) -> MultimodalModel:
     return load_hf_model(str(vqa_dir))
 
 
-@torch.inference_mode()
-def reference_caption(folder: Path, image, max_new_tokens: int, prompt: str | None = None) -> str:
-    """What transformers' own BLIP captioning gives for one image."""
-    processor = AutoProcessor.from_pretrained(folder)
-    model = BlipForConditionalGeneration.from_pretrained(folder).eval()
-    inputs = processor(images=image, text=prompt, return_tensors="pt")
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.decode(out[0], skip_special_tokens=True).strip()
+@pytest.fixture(scope="module")
+def reference_caption(captioning_dir: Path):
+    """transformers' own BLIP captioning of one image."""
+    processor = AutoProcessor.from_pretrained(captioning_dir)
+    model = BlipForConditionalGeneration.from_pretrained(captioning_dir).eval()
+
+    @torch.inference_mode()
+    def caption(image, max_new_tokens: int, prompt: str | None = None) -> str:
+        inputs = processor(images=image, text=prompt, return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        return processor.decode(out[0], skip_special_tokens=True).strip()
+
+    return caption
 
 
-@torch.inference_mode()
-def reference_answer(folder: Path, image, question: str, max_new_tokens: int) -> str:
-    """What transformers' own BLIP VQA gives for one (image, question)."""
-    processor = AutoProcessor.from_pretrained(folder)
-    model = BlipForQuestionAnswering.from_pretrained(folder).eval()
-    inputs = processor(images=image, text=question, return_tensors="pt")
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.decode(out[0], skip_special_tokens=True).strip()
+@pytest.fixture(scope="module")
+def reference_answer(vqa_dir: Path):
+    """transformers' own BLIP answer for one (image, question)."""
+    processor = AutoProcessor.from_pretrained(vqa_dir)
+    model = BlipForQuestionAnswering.from_pretrained(vqa_dir).eval()
+
+    @torch.inference_mode()
+    def answer(image, question: str, max_new_tokens: int) -> str:
+        inputs = processor(images=image, text=question, return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        return processor.decode(out[0], skip_special_tokens=True).strip()
+
+    return answer
 
 
 def test_captioner_contract(captioner: MultimodalModel) -> None:
@@ -76,9 +86,9 @@ def test_captioner_contract(captioner: MultimodalModel) -> None:
             refused()
 
 
-def test_caption_equals_transformers(captioner: MultimodalModel, captioning_dir: Path) -> None:
+def test_caption_equals_transformers(captioner: MultimodalModel, reference_caption) -> None:
     ours = [captioner.caption([image], 8)[0] for image in IMAGES[:3]]
-    assert ours == [reference_caption(captioning_dir, image, 8) for image in IMAGES[:3]]
+    assert ours == [reference_caption(image, 8) for image in IMAGES[:3]]
     assert len(set(ours)) == len(ours), "a tiny model whose caption ignores the image proves nothing"
 
 
@@ -92,14 +102,14 @@ def test_caption_batch_equals_single_calls_with_per_image_limits(captioner: Mult
     assert [len(c.split()) > 0 for c in batch[:4]] == [True] * 4
 
 
-def test_caption_prompt_is_continued(captioning_dir: Path) -> None:
+def test_caption_prompt_is_continued(captioning_dir: Path, reference_caption) -> None:
     prompted = load_hf_model(str(captioning_dir), caption_prompt="a picture of")
     captions = prompted.caption(IMAGES[:3], [4, 2, 6])
     assert all(caption.startswith("a picture of") for caption in captions)
     assert captions == [
         prompted.caption([image], n)[0] for image, n in zip(IMAGES[:3], [4, 2, 6], strict=True)
     ]
-    assert captions[0] == reference_caption(captioning_dir, IMAGES[0], 4, prompt="a picture of")
+    assert captions[0] == reference_caption(IMAGES[0], 4, prompt="a picture of")
 
 
 def test_answerer_contract(answerer: MultimodalModel) -> None:
@@ -111,10 +121,10 @@ def test_answerer_contract(answerer: MultimodalModel) -> None:
         answerer.answer(IMAGES[:2], QUESTIONS[:1])
 
 
-def test_answer_equals_transformers(answerer: MultimodalModel, vqa_dir: Path) -> None:
+def test_answer_equals_transformers(answerer: MultimodalModel, reference_answer) -> None:
     pairs = list(zip(IMAGES[:3], QUESTIONS[:3], strict=True))
     ours = [answerer.answer([image], [question], 6)[0] for image, question in pairs]
-    assert ours == [reference_answer(vqa_dir, image, question, 6) for image, question in pairs]
+    assert ours == [reference_answer(image, question, 6) for image, question in pairs]
     assert len(set(ours)) > 1
 
 

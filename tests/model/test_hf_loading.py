@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,23 +19,35 @@ from model.hf.loading import resolve_dtype
 MISSING_HUB_ID = "mmserve-tests/no-such-model-anywhere"
 
 
+# Run in a fresh interpreter: huggingface_hub reads HF_HUB_OFFLINE once, at import. The load is timed
+# inside it, without the imports, so that a busy machine does not make the check flaky.
+OFFLINE_LOAD = f"""
+import time
+from model.api import ModelLoadError
+from model.hf import load_hf_model
+started = time.monotonic()
+try:
+    load_hf_model({MISSING_HUB_ID!r})
+except ModelLoadError as e:
+    print(f"{{time.monotonic() - started:.3f}}")
+    print(e)
+"""
+
+
 def test_missing_hub_id_offline_fails_fast_naming_the_model(tmp_path: Path) -> None:
-    # A fresh interpreter: huggingface_hub reads HF_HUB_OFFLINE once, at import.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
-    code = f"from model.hf import load_hf_model; load_hf_model({MISSING_HUB_ID!r})"
-    started = time.monotonic()
+    repo_root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", OFFLINE_LOAD],
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
+        timeout=600,
+        cwd=repo_root,
     )
-    assert result.returncode != 0
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("model.api.ModelLoadError: cannot load model") and MISSING_HUB_ID in last_line
-    assert time.monotonic() - started < 60
+    seconds, message = result.stdout.strip().split("\n", 1)
+    assert message.startswith(f"cannot load model {MISSING_HUB_ID!r}") and "HF_HUB_OFFLINE" in message
+    assert float(seconds) < 20, "an offline miss must fail at once, not wait on the network"
 
 
 def test_missing_local_folder_names_the_model(tmp_path: Path) -> None:
