@@ -12,7 +12,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from model.api import ModelLoadError
-from model.hf import load_hf_model
+from model.hf import load_hf_model, testing
 from model.hf.base import cut_rows, row_limits
 from model.hf.loading import resolve_dtype
 
@@ -83,3 +83,18 @@ def test_row_limits_and_cutting() -> None:
         row_limits(-1, 1)
     generated = torch.tensor([[5, 6, 2, 7], [8, 9, 10, 11]])
     assert cut_rows(generated, [4, 3], eos_ids=[2]) == [[5, 6], [8, 9, 10]]
+
+
+def test_every_tiny_family_builds_from_the_command_line_and_is_detected(tmp_path: Path) -> None:
+    testing.main([str(tmp_path)])
+    expected_tasks = {
+        "blip-captioning": {"caption"},
+        "blip-vqa": {"vqa"},
+        "clip": {"embed_text", "embed_image"},
+        "siglip": {"embed_text", "embed_image"},
+        "llava": {"caption", "vqa"},
+        "sentence-transformer": {"embed_text"},
+    }
+    assert set(expected_tasks) == set(testing.BUILDERS)
+    for family, tasks in expected_tasks.items():
+        assert load_hf_model(str(tmp_path / family)).tasks == tasks, family
