@@ -3,7 +3,8 @@
 A folder is a pipeline described by `modules.json`: a Transformer (any `AutoModel` with its tokenizer
 and `sentence_bert_config.json`: max_seq_length, do_lower_case), a Pooling module (its `config.json`
 names the modes: cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken; several are
-concatenated in that order) and, optionally, Normalize. We read those files ourselves and run the
+concatenated in that order) and, optionally, Normalize; a default prompt (`default_prompt_name` in
+`config_sentence_transformers.json`) goes before every text. We read those files ourselves and run the
 same steps with transformers, so the service needs no sentence-transformers at run time. Pipelines
 with other modules (Dense, CNN, …) are refused at load time rather than silently embedded wrong.
 
@@ -47,6 +48,7 @@ class SentencePipeline:
     normalize: bool  # a Normalize module ends the pipeline
     max_seq_length: int | None  # from sentence_bert_config.json; None = the tokenizer's own limit
     do_lower_case: bool
+    prompt: str = ""  # the default prompt (config_sentence_transformers.json), put before every text
 
 
 def pooling_modes(config: dict[str, object]) -> tuple[str, ...]:
@@ -80,13 +82,24 @@ def read_pipeline(name: str, modules: list[dict[str, str]]) -> SentencePipeline:
         modes = pooling_modes(pooling_config)
     except ValueError as e:
         raise ModelLoadError(f"model {name!r}: {e}") from e
+    prompt = default_prompt(name)
+    if prompt and not pooling_config.get("include_prompt", True):
+        raise ModelLoadError(f"model {name!r}: pooling that leaves out the prompt is not supported")
     return SentencePipeline(
         transformer_dir=transformer_dir,
         pooling_modes=modes,
         normalize=len(kinds) == 3,
         max_seq_length=st_config.get("max_seq_length"),
         do_lower_case=bool(st_config.get("do_lower_case", False)),
+        prompt=prompt,
     )
+
+
+def default_prompt(name: str) -> str:
+    """The prompt sentence-transformers puts before every text by default ("" for most models)."""
+    config = read_json(name, "config_sentence_transformers.json") or {}
+    prompt_name = config.get("default_prompt_name") if isinstance(config, dict) else None
+    return str(config.get("prompts", {}).get(prompt_name) or "") if prompt_name else ""
 
 
 def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, modes: Sequence[str]) -> torch.Tensor:
@@ -138,7 +151,9 @@ class SentenceEmbedder(HFAdapter):
         """[n, dim] float32 CPU tensor, L2-normalised."""
         if not texts:
             return empty_embedding(self.dim)
-        texts = [t.lower() for t in texts] if self.pipeline.do_lower_case else list(texts)
+        texts = [self.pipeline.prompt + text for text in texts]
+        if self.pipeline.do_lower_case:
+            texts = [text.lower() for text in texts]
         tokens = self.tokenizer(
             texts,
             padding=True,

@@ -249,9 +249,17 @@ POOLING_KEYS = {
 
 
 def build_sentence_transformer(
-    out_dir: Path, pooling: str = "mean", normalize: bool = True, max_seq_length: int = 48, seed: int = 4
+    out_dir: Path,
+    pooling: str = "mean",
+    normalize: bool = True,
+    max_seq_length: int = 48,
+    default_prompt: str | None = None,
+    seed: int = 4,
 ) -> Path:
-    """A tiny BERT as a sentence-transformers folder: modules.json, pooling config, maybe Normalize."""
+    """A tiny BERT as a sentence-transformers folder: modules.json, pooling config, maybe Normalize.
+
+    `default_prompt`, if given, is the folder's default prompt, put before every text.
+    """
     torch.manual_seed(seed)
     config = BertConfig(**TINY, vocab_size=30522, max_position_embeddings=64, initializer_range=WIDE_INIT)
     config.architectures = ["BertModel"]
@@ -266,6 +274,9 @@ def build_sentence_transformer(
             {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
         )
     (out_dir / "modules.json").write_text(json.dumps(modules, indent=2))
+    if default_prompt is not None:
+        st_config = {"prompts": {"query": default_prompt, "document": ""}, "default_prompt_name": "query"}
+        (out_dir / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2))
     (out_dir / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
     )

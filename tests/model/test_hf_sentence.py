@@ -63,17 +63,28 @@ def test_text_only_model_refuses_other_tasks(minilm: MultimodalModel) -> None:
 
 
 @pytest.mark.parametrize(
-    ("pooling", "normalize"),
-    [("mean", True), ("cls", False), ("max", True), ("mean_sqrt_len_tokens", False)],
+    ("pooling", "normalize", "prompt"),
+    [
+        ("mean", True, None),
+        ("cls", False, None),
+        ("max", True, "query: "),
+        ("mean_sqrt_len_tokens", False, None),
+    ],
 )
 def test_tiny_pipelines_equal_sentence_transformers(
-    tmp_path_factory: pytest.TempPathFactory, pooling: str, normalize: bool
+    tmp_path_factory: pytest.TempPathFactory, pooling: str, normalize: bool, prompt: str | None
 ) -> None:
-    folder = build_sentence_transformer(tmp_path_factory.mktemp(f"st-{pooling}"), pooling, normalize)
-    theirs = SentenceTransformer(str(folder), device="cpu").encode(SENTENCES, convert_to_tensor=True)
+    folder = build_sentence_transformer(
+        tmp_path_factory.mktemp(f"st-{pooling}"), pooling, normalize, default_prompt=prompt
+    )
+    reference = SentenceTransformer(str(folder), device="cpu")
+    theirs = reference.encode(SENTENCES, convert_to_tensor=True)
     ours = load_hf_model(str(folder)).embed_text(SENTENCES)
     assert ours.shape == (10, 32)
     assert cosines(ours, theirs).min() >= 0.9999
+    if prompt:  # the default prompt changes the embeddings, and we apply it as sentence-transformers does
+        without_prompt = reference.encode(SENTENCES, prompt="", convert_to_tensor=True)
+        assert cosines(ours, without_prompt).min() < 0.999
     assert torch.allclose(ours.norm(dim=-1), torch.ones(10), atol=1e-5), "the contract: L2-normalised"
     assert cosines(ours[0], ours[1]) < 0.999, "embeddings should depend on the text"
 
