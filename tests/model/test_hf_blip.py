@@ -129,7 +129,9 @@ def test_answer_equals_transformers(answerer: MultimodalModel, reference_answer)
 
 
 def test_answer_batch_of_mixed_questions_equals_single_calls(answerer: MultimodalModel) -> None:
-    batch = answerer.answer(IMAGES, QUESTIONS, 5)
-    assert batch == [answerer.answer([image], [q], 5)[0] for image, q in zip(IMAGES, QUESTIONS, strict=True)]
+    # mixed lengths, and three questions of one length ("is it raining?", "is it sunny?", "who is it?")
+    images, questions = IMAGES + IMAGES[:2], [*QUESTIONS, "is it sunny?", "who is it?"]
+    batch = answerer.answer(images, questions, 5)
+    assert batch == [answerer.answer([image], [q], 5)[0] for image, q in zip(images, questions, strict=True)]
     same_image = answerer.answer([IMAGES[0]] * 3, QUESTIONS[:3], 5)
     assert len(set(same_image)) > 1, "answers should depend on the question"
