@@ -3,10 +3,11 @@
 A folder is a pipeline described by `modules.json`: a Transformer (any `AutoModel` with its tokenizer
 and `sentence_bert_config.json`: max_seq_length, do_lower_case), a Pooling module (its `config.json`
 names the modes: cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken; several are
-concatenated in that order) and, optionally, Normalize; a default prompt (`default_prompt_name` in
-`config_sentence_transformers.json`) goes before every text. We read those files ourselves and run the
-same steps with transformers, so the service needs no sentence-transformers at run time. Pipelines
-with other modules (Dense, CNN, …) are refused at load time rather than silently embedded wrong.
+concatenated in that order), any Dense layers and, optionally, Normalize. A default prompt
+(`default_prompt_name` in `config_sentence_transformers.json`) goes before every text. We read those
+files ourselves and run the same steps with transformers, so the service needs no sentence-transformers
+at run time. Pipelines with other modules (CNN, LSTM, Router, …) are refused at load time rather than
+silently embedded wrong.
 
 The contract wants L2-normalised embeddings, so a pipeline without Normalize is normalised at the end
 (same direction as sentence-transformers' vector; cosine similarities unchanged).
@@ -14,16 +15,19 @@ The contract wants L2-normalised embeddings, so a pipeline without Normalize is 
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from safetensors.torch import load_file as load_safetensors
+from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from model.api import ModelLoadError
 from model.hf.base import HFAdapter, empty_embedding, normalized_cpu, to_device
-from model.hf.loading import load_pretrained, load_processor, read_json, text_position_limit
+from model.hf.loading import find_file, load_pretrained, load_processor, read_json, text_position_limit
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class SentencePipeline:
 
     transformer_dir: str  # subfolder of the Transformer module ("" = the folder itself)
     pooling_modes: tuple[str, ...]  # concatenated in this order
+    dense_dirs: tuple[str, ...]  # subfolders of the Dense modules after pooling, in order
     normalize: bool  # a Normalize module ends the pipeline
     max_seq_length: int | None  # from sentence_bert_config.json; None = the tokenizer's own limit
     do_lower_case: bool
@@ -67,11 +72,14 @@ def pooling_modes(config: dict[str, object]) -> tuple[str, ...]:
 def read_pipeline(name: str, modules: list[dict[str, str]]) -> SentencePipeline:
     """The pipeline of a folder from its modules.json entries; `ModelLoadError` for modules we do not run."""
     kinds = [module["type"].rsplit(".", 1)[-1] for module in modules]
-    supported = ["Transformer", "Pooling", "Normalize"]
-    if kinds not in (supported, supported[:2]):
+    normalize = kinds[-1:] == ["Normalize"]
+    dense = modules[2 : len(modules) - normalize]
+    if kinds[:2] != ["Transformer", "Pooling"] or any(
+        kind != "Dense" for kind in kinds[2 : len(kinds) - normalize]
+    ):
         raise ModelLoadError(
             f"model {name!r}: sentence-transformers modules {kinds} are not supported "
-            f"(supported: Transformer, Pooling, optionally Normalize)"
+            "(supported: Transformer, Pooling, any Dense, optionally Normalize)"
         )
     transformer_dir, pooling_dir = modules[0].get("path", ""), modules[1].get("path", "")
     pooling_config = read_json(name, "config.json", pooling_dir)
@@ -88,7 +96,8 @@ def read_pipeline(name: str, modules: list[dict[str, str]]) -> SentencePipeline:
     return SentencePipeline(
         transformer_dir=transformer_dir,
         pooling_modes=modes,
-        normalize=len(kinds) == 3,
+        dense_dirs=tuple(module.get("path", "") for module in dense),
+        normalize=normalize,
         max_seq_length=st_config.get("max_seq_length"),
         do_lower_case=bool(st_config.get("do_lower_case", False)),
         prompt=prompt,
@@ -138,13 +147,17 @@ class SentenceEmbedder(HFAdapter):
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         pipeline: SentencePipeline,
+        dense: Sequence[nn.Module],
         max_text_tokens: int,
     ) -> None:
         dim = model.config.hidden_size * len(pipeline.pooling_modes)
+        if dense:
+            dim = dense[-1][0].out_features  # type: ignore[index]
         super().__init__(name, model.device, model.dtype, frozenset({"embed_text"}), max_text_tokens, dim)
         self.model = model
         self.tokenizer = tokenizer
         self.pipeline = pipeline
+        self.dense = list(dense)
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
@@ -165,7 +178,41 @@ class SentenceEmbedder(HFAdapter):
             {k: tokens[k] for k in self.tokenizer.model_input_names if k in tokens}, self.device, self.dtype
         )
         hidden = self.model(**inputs).last_hidden_state  # (B, T, C)
-        return normalized_cpu(pool(hidden, inputs["attention_mask"], self.pipeline.pooling_modes))
+        embeddings = pool(hidden, inputs["attention_mask"], self.pipeline.pooling_modes)
+        for layer in self.dense:
+            embeddings = layer(embeddings.to(self.dtype))
+        return normalized_cpu(embeddings)
+
+
+def load_dense(name: str, subfolder: str, device: torch.device, dtype: torch.dtype) -> nn.Sequential:
+    """A Dense module: its config (features, bias, activation) and its weights (`linear.weight`, …)."""
+    config = read_json(name, "config.json", subfolder)
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"model {name!r}: no Dense config in {subfolder!r}")
+    linear = nn.Linear(config["in_features"], config["out_features"], bias=config.get("bias", True))
+    activation = activation_module(
+        name, config.get("activation_function", "torch.nn.modules.activation.Tanh")
+    )
+    weights = find_file(name, "model.safetensors", subfolder)
+    if weights is not None:
+        state = load_safetensors(str(weights))
+    elif (weights := find_file(name, "pytorch_model.bin", subfolder)) is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    else:
+        raise ModelLoadError(f"model {name!r}: no Dense weights in {subfolder!r}")
+    linear.load_state_dict({key.removeprefix("linear."): value for key, value in state.items()})
+    return nn.Sequential(linear, activation).to(device, dtype).eval()
+
+
+def activation_module(name: str, path: str) -> nn.Module:
+    """A Dense activation named by its class path, restricted to torch.nn (sentence-transformers' rule)."""
+    module_name, _, class_name = path.rpartition(".")
+    activation = (
+        getattr(importlib.import_module(module_name), class_name, None) if path.startswith("torch.") else None
+    )
+    if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
+        raise ModelLoadError(f"model {name!r}: unsupported Dense activation {path!r}")
+    return activation()
 
 
 def load_sentence_transformer(
@@ -183,5 +230,6 @@ def load_sentence_transformer(
     limit = pipeline.max_seq_length or min(tokenizer.model_max_length, text_position_limit(model.config))
     if max_text_tokens:
         limit = min(limit, max_text_tokens)
+    dense = [load_dense(name, subfolder, device, model.dtype) for subfolder in pipeline.dense_dirs]
     logger.info("model %s: sentence-transformers pipeline %s, %d tokens", name, pipeline, limit)
-    return SentenceEmbedder(name, model, tokenizer, pipeline, limit)
+    return SentenceEmbedder(name, model, tokenizer, pipeline, dense, limit)

