@@ -131,10 +131,8 @@ def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, modes: Se
             weights = mask * torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype).view(1, -1, 1)
             pooled.append((x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9))
         elif mode == "lasttoken":
-            last = (
-                attention_mask.shape[1] - 1 - attention_mask.flip(1).int().argmax(dim=1)
-            )  # (B,) last real one
-            pooled.append(x[torch.arange(x.shape[0]), last])
+            trailing_pads = attention_mask.flip(1).int().argmax(dim=1)  # (B,)
+            pooled.append(x[torch.arange(x.shape[0]), attention_mask.shape[1] - 1 - trailing_pads])
     return torch.cat(pooled, dim=-1)
 
 
