@@ -1,0 +1,65 @@
+"""The application factory: settings in, a FastAPI app out, with its lifespan.
+
+The lifespan starts the runtime (the inference thread loads and warms up the models while /health
+answers 503 "loading"), and on shutdown stops admitting (503 "draining"), lets every accepted request
+finish, and stops the inference thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from PIL import Image
+
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.middleware import BodySizeLimit, RequestContext
+from service.routes import router
+from service.runtime import Runtime
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Captions, visual question answering and text/image embeddings in one space,
+with dynamic batching. Images go as a multipart file field `image`, or base64 in JSON."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; `settings=None` reads them from the environment now."""
+    settings = settings or Settings()
+    _configure_pillow(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings, Metrics())
+        app.state.runtime = runtime
+        runtime.start()
+        try:
+            yield
+        finally:
+            logger.info("draining: finishing accepted requests")
+            await runtime.drain(timeout_s=settings.request_timeout_s)
+            logger.info("stopped")
+
+    app = FastAPI(title="mmserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestContext)  # outermost: its request id is on every response, errors included
+    return app
+
+
+def _configure_pillow(settings: Settings) -> None:
+    """Keep Pillow's own decompression-bomb guard on, in line with our limit (which we check first).
+
+    Pillow warns above `MAX_IMAGE_PIXELS` and refuses above twice that; our check refuses anything over
+    `max_image_pixels` from the header, so the warning would only repeat it. The guard stays a backstop
+    for any code path that opens an image without our check. It is process-wide, so take the largest.
+    """
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_image_pixels)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)

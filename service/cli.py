@@ -1,0 +1,96 @@
+"""The `mmserve` command: `serve` (the HTTP service), `train` and `evaluate` (the model's, imported lazily).
+
+`serve` takes its settings from `MMSERVE_*` environment variables; flags override them. It runs one
+uvicorn worker: a second worker would load a second copy of the model onto the same device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any, get_args
+
+import uvicorn
+
+from service.settings import DType, LogLevel, Settings
+
+logger = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, telling the app to stop admitting the moment SIGTERM/SIGINT arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
+def serve(overrides: dict[str, Any]) -> None:
+    """Run the service until SIGTERM/SIGINT, then drain and exit."""
+    from service.app import create_app
+
+    settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+
+    def begin_drain() -> None:
+        runtime = getattr(app.state, "runtime", None)
+        if runtime is not None:
+            runtime.begin_drain()
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level=settings.log_level,
+        log_config=None,  # keep the logging configured above
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+    DrainingServer(config, on_exit=begin_drain).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmserve", description="Multimodal inference service")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="run the HTTP service (settings: MMSERVE_* variables)")
+    serve_parser.add_argument("--host", help="address to bind (MMSERVE_HOST)")
+    serve_parser.add_argument("--port", type=int, help="port to bind (MMSERVE_PORT)")
+    serve_parser.add_argument(
+        "--model", help="builtin, a checkpoint folder or a Hugging Face id (MMSERVE_MODEL)"
+    )
+    serve_parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (MMSERVE_DEVICE)")
+    serve_parser.add_argument("--dtype", choices=get_args(DType), help="MMSERVE_DTYPE")
+    serve_parser.add_argument("--log-level", choices=get_args(LogLevel), help="MMSERVE_LOG_LEVEL")
+
+    # Listed for --help only: main() hands everything after the word to the model's own parser.
+    commands.add_parser("train", help="train the built-in model (model.train; its own --help)")
+    commands.add_parser("evaluate", help="evaluate a model (model.evaluate; its own --help)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `mmserve` console script and of `python -m service`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from model import train
+
+        train.main(argv[1:])
+        return
+    if argv and argv[0] == "evaluate":
+        from model import evaluate
+
+        evaluate.main(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    serve({key: getattr(args, key) for key in ("host", "port", "model", "device", "dtype", "log_level")})

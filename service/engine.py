@@ -1,0 +1,156 @@
+"""The engine: the loaded models, one per task, and their batched synchronous calls.
+
+Each task maps to a model object (`MMSERVE_CAPTION_MODEL`, `MMSERVE_VQA_MODEL`, `MMSERVE_EMBED_MODEL`,
+each defaulting to `MMSERVE_MODEL`); a model named by several tasks is loaded once. A task whose model
+cannot do it is not served (501). The engine knows no HTTP and no asyncio; only the inference thread
+calls it, under `torch.inference_mode()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from model import ALL_TASKS, MultimodalModel, Task, load_model
+from service.errors import NotImplementedTask
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class CaptionInput:
+    image: Image.Image
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class VqaInput:
+    image: Image.Image
+    question: str
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` → the first CUDA device when there is one, else the CPU (with a warning)."""
+    if spec != "auto":
+        return torch.device(spec)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    logger.warning("no CUDA device found: serving on the CPU, which is much slower")
+    return torch.device("cpu")
+
+
+class Engine:
+    """Models by task, and one batched call per task."""
+
+    def __init__(self, models: Mapping[Task, MultimodalModel], vqa_max_new_tokens: int = 16) -> None:
+        self._models = dict(models)
+        self._vqa_max_new_tokens = vqa_max_new_tokens
+
+    @classmethod
+    def load(cls, settings: Settings) -> Engine:
+        """Load each distinct model named by the settings onto the device."""
+        device = resolve_device(settings.device)
+        dtype = _DTYPES[settings.dtype]
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)
+        if settings.load_delay_s:
+            logger.info("MMSERVE_LOAD_DELAY_S: waiting %.1f s before loading", settings.load_delay_s)
+            time.sleep(settings.load_delay_s)
+        loaded: dict[str, MultimodalModel] = {}
+        models: dict[Task, MultimodalModel] = {}
+        for task in sorted(ALL_TASKS):
+            spec = settings.model_for(task)
+            if spec not in loaded:
+                started = time.monotonic()
+                loaded[spec] = load_model(spec, device, dtype)
+                logger.info(
+                    "loaded %s (%s) on %s as %s in %.1f s",
+                    loaded[spec].name,
+                    spec,
+                    device,
+                    loaded[spec].dtype,
+                    time.monotonic() - started,
+                )
+            models[task] = loaded[spec]
+        return cls(models, settings.vqa_max_new_tokens)
+
+    # What the service reports.
+    @property
+    def tasks(self) -> frozenset[Task]:
+        """The tasks some loaded model can do."""
+        return frozenset(task for task, model in self._models.items() if task in model.tasks)
+
+    def model_name(self, task: Task) -> str:
+        return self._models[task].name
+
+    def describe(self) -> dict[str, Any]:
+        """Model names, device and dtype, for /health."""
+        distinct = list({id(m): m for m in self._models.values()}.values())
+        return {
+            "model": ",".join(m.name for m in distinct),
+            "models": {task: self._models[task].name for task in sorted(self.tasks)},
+            "device": str(distinct[0].device),
+            "dtype": str(distinct[0].dtype).removeprefix("torch."),
+        }
+
+    def check_supported(self, task: Task) -> None:
+        """Raise `NotImplementedTask` (501) when the model for `task` cannot do it."""
+        if task not in self.tasks:
+            name = self._models[task].name if task in self._models else "none"
+            raise NotImplementedTask(
+                f"the model serving {task} ({name}) does not support it; "
+                "choose another with MMSERVE_CAPTION_MODEL, MMSERVE_VQA_MODEL or MMSERVE_EMBED_MODEL"
+            )
+
+    # The batched calls (inference thread only).
+    def run(self, task: str, payloads: Sequence[Any]) -> list[Any]:
+        """Run one batch of `task`; exactly one output per payload."""
+        with torch.inference_mode():
+            match task:
+                case "caption":
+                    outputs: list[Any] = self._models["caption"].caption(
+                        [p.image for p in payloads], [p.max_new_tokens for p in payloads]
+                    )
+                case "vqa":
+                    outputs = self._models["vqa"].answer(
+                        [p.image for p in payloads], [p.question for p in payloads], self._vqa_max_new_tokens
+                    )
+                case "embed_text":
+                    outputs = self._models["embed_text"].embed_text(list(payloads)).float().tolist()
+                case "embed_image":
+                    outputs = self._models["embed_image"].embed_image(list(payloads)).float().tolist()
+                case _:
+                    raise ValueError(f"unknown task {task!r}")
+        if len(outputs) != len(payloads):
+            raise RuntimeError(
+                f"{task}: the model returned {len(outputs)} outputs for {len(payloads)} inputs"
+            )
+        return outputs
+
+    def warm_up(self) -> None:
+        """One small batch per served task, so the first request pays no lazy initialisation."""
+        image = Image.new("RGB", (64, 48), (120, 60, 200))
+        batches: dict[str, list[Any]] = {
+            "caption": [CaptionInput(image, 2), CaptionInput(image, 3)],
+            "vqa": [VqaInput(image, "what colour is it?")] * 2,
+            "embed_text": ["a warm-up sentence", "another"],
+            "embed_image": [image, image],
+        }
+        for task in sorted(self.tasks):
+            started = time.monotonic()
+            self.run(task, batches[task])
+            logger.info("warmed up %s in %.2f s", task, time.monotonic() - started)

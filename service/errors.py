@@ -1,0 +1,130 @@
+"""Typed errors raised below the routes, and their one mapping to HTTP.
+
+Every error the service itself produces is a `ServiceError` with a status, a type and a message,
+answered as `{"error": {"type": ..., "message": ...}}`. Request-field validation keeps FastAPI's
+422 shape (`{"detail": [...]}`), which clients and the OpenAPI schema already know.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model import UnsupportedTask
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error with its HTTP status; the message is shown to the client."""
+
+    status_code: int = 500
+    error_type: str = "internal_error"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidImage(ServiceError):
+    status_code = 400
+    error_type = "invalid_image"
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+class QueueFull(ServiceError):
+    status_code = 429
+    error_type = "queue_full"
+
+
+class NotReady(ServiceError):
+    status_code = 503
+    error_type = "not_ready"
+
+
+class Timeout(ServiceError):
+    status_code = 504
+    error_type = "timeout"
+
+
+class NotImplementedTask(ServiceError):
+    status_code = 501
+    error_type = "not_implemented"
+
+
+class ClientDisconnected(ServiceError):
+    """The client went away before its answer; nobody reads this response (nginx's 499)."""
+
+    status_code = 499
+    error_type = "client_closed_request"
+
+
+class InternalError(ServiceError):
+    status_code = 500
+    error_type = "internal_error"
+
+
+def json_error(
+    status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The one JSON error shape."""
+    return JSONResponse(
+        status_code=status_code, content={"error": {"type": error_type, "message": message}}, headers=headers
+    )
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    """A typed error as a response."""
+    return json_error(error.status_code, error.error_type, error.message, error.headers)
+
+
+def status_of(error: BaseException) -> int:
+    """The HTTP status an exception will be answered with (for metrics)."""
+    if isinstance(error, ServiceError):
+        return error.status_code
+    if isinstance(error, UnsupportedTask):
+        return NotImplementedTask.status_code
+    if isinstance(error, StarletteHTTPException):
+        return error.status_code
+    return 422 if isinstance(error, RequestValidationError) else 500
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc)
+
+
+async def _unsupported_task(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(NotImplementedTask(str(exc) or "this model does not support the task"))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error_type = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    return json_error(exc.status_code, error_type, str(exc.detail), dict(exc.headers or {}))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map our typed errors (and Starlette's 404/405/400) to the one error shape.
+
+    Unexpected exceptions are caught, logged once with the request id and answered 500 by
+    `service.middleware.RequestContext`, not here: Starlette's catch-all handler re-raises.
+    """
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(UnsupportedTask, _unsupported_task)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,117 @@
+"""What the task routes share: the runtime dependency, request metrics, deadlines, timings, OpenAPI bits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from pydantic import BaseModel
+
+from model import Task
+from service.batching import Item
+from service.errors import Timeout, status_of
+from service.runtime import Runtime
+from service.schemas import ErrorResponse, Timings
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+class RequestRecord:
+    """One request's task label (known late for /embed), start time and deadline."""
+
+    def __init__(self, task: Task, timeout_s: float) -> None:
+        self.task = task
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout_s
+        self.decode_s = 0.0
+
+
+@asynccontextmanager
+async def observe(runtime: Runtime, task: Task) -> AsyncIterator[RequestRecord]:
+    """Count the request and time it, whatever its outcome."""
+    record = RequestRecord(task, runtime.settings.request_timeout_s)
+    status = 200
+    try:
+        yield record
+    except BaseException as e:
+        status = status_of(e)
+        raise
+    finally:
+        runtime.metrics.requests.labels(record.task, str(status)).inc()
+        runtime.metrics.request_duration.labels(record.task).observe(time.monotonic() - record.started)
+
+
+@asynccontextmanager
+async def before_deadline(record: RequestRecord) -> AsyncIterator[None]:
+    """504 when reading and decoding the input outlive the request's deadline."""
+    try:
+        async with asyncio.timeout(record.deadline - time.monotonic()):
+            yield
+    except TimeoutError as e:
+        raise Timeout("reading and decoding the request took longer than the request timeout") from e
+
+
+def disconnect_waiter(request: Request) -> Callable[[], Awaitable[None]]:
+    """A coroutine function that returns when the client disconnects (call it after reading the body)."""
+
+    async def wait() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait
+
+
+def timings(record: RequestRecord, items: Sequence[Item[Any, Any]]) -> Timings:
+    """The response's timings; with several items, the slowest of each phase."""
+    return Timings(
+        queue_ms=round(max(item.queue_s for item in items) * 1000, 3),
+        inference_ms=round(max(item.inference_s for item in items) * 1000, 3),
+        decode_ms=round(record.decode_s * 1000, 3),
+        total_ms=round((time.monotonic() - record.started) * 1000, 3),
+        batch_size=max(item.batch_size for item in items),
+    )
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "The bytes are not a decodable image, or the format is not supported",
+        413: "The upload or the image (in pixels) is over the limit",
+        415: "The content type is neither multipart/form-data nor application/json",
+        429: "The task's queue is full; retry after the Retry-After header's seconds",
+        501: "The configured model cannot do this task",
+        503: "The model is still loading, or the server is shutting down",
+        504: "The request did not complete within the request timeout",
+    }.items()
+}
+
+
+def request_body(
+    json_model: type[BaseModel], form_fields: dict[str, Any], required: list[str]
+) -> dict[str, Any]:
+    """OpenAPI for a body that is either JSON (base64 image) or multipart (image file)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_model.model_json_schema()},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": required,
+                        "properties": {"image": {"type": "string", "format": "binary"}, **form_fields},
+                    }
+                },
+            },
+        }
+    }

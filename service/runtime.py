@@ -1,0 +1,162 @@
+"""The running service: its lifecycle state, the per-task batchers, the inference thread, the decode pool.
+
+States: `loading` (the inference thread is loading and warming up the models) → `ok` → `draining`
+(shutdown: nothing new is admitted, what was accepted finishes) ; `unhealthy` when loading failed or
+the inference thread died. Routes talk to the runtime; the runtime talks to the batchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
+from typing import Any
+
+from PIL import Image
+
+from model import ALL_TASKS, Task
+from service.batching import Batcher, Item
+from service.engine import Engine
+from service.errors import ClientDisconnected, NotReady, Timeout
+from service.images import decode_image
+from service.metrics import Metrics
+from service.scheduler import InferenceThread
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class State(StrEnum):
+    LOADING = "loading"
+    OK = "ok"
+    DRAINING = "draining"
+    UNHEALTHY = "unhealthy"
+
+
+class Runtime:
+    """Everything with a lifetime: started in the app's lifespan, drained and stopped at its end."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._lock = threading.Condition()
+        self.batchers: dict[Task, Batcher[Any, Any]] = {}
+        for task in sorted(ALL_TASKS):
+            policy = settings.batch_policy(task)
+            self.batchers[task] = Batcher(
+                task, policy.max_batch_size, policy.max_wait_ms, settings.queue_capacity, self._lock
+            )
+        metrics.watch_queues({task: b.pending for task, b in self.batchers.items()})
+        self._engine: Engine | None = None
+        self._failed = False
+        self._draining = False
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="mmserve-decode")
+        self._thread = InferenceThread(
+            lambda: Engine.load(settings), self.batchers, self._lock, metrics, self._ready, self._failure
+        )
+
+    # Lifecycle.
+    def start(self) -> None:
+        """Start loading in the inference thread; returns at once (the state says `loading` meanwhile)."""
+        self._thread.start()
+
+    def begin_drain(self) -> None:
+        """Stop admitting new requests (safe to call from a signal handler: it only sets a flag)."""
+        self._draining = True
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for every admitted item to finish (at most `timeout_s`), then stop the inference thread."""
+        self.begin_drain()
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight() and time.monotonic() < deadline and self._thread.is_alive():
+            await asyncio.sleep(0.02)
+        if self._in_flight():
+            logger.warning("shutting down with %d requests unfinished", self._in_flight())
+        self._thread.stop()
+        await asyncio.to_thread(self._thread.join, max(0.0, deadline - time.monotonic()) + 1)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def state(self) -> State:
+        if self._failed or (self._engine is not None and not self._thread.is_alive() and not self._draining):
+            return State.UNHEALTHY
+        if self._draining:
+            return State.DRAINING
+        return State.OK if self._engine is not None else State.LOADING
+
+    @property
+    def engine(self) -> Engine | None:
+        return self._engine
+
+    def _ready(self, engine: Engine) -> None:
+        self._engine = engine
+        logger.info("ready: serving %s", ", ".join(sorted(engine.tasks)))
+
+    def _failure(self, error: BaseException) -> None:
+        self._failed = True
+
+    def _in_flight(self) -> int:
+        return sum(b.in_flight() for b in self.batchers.values())
+
+    # What routes use.
+    def admit(self, task: Task) -> Batcher[Any, Any]:
+        """The task's batcher, if the service takes requests for it now (else 503 or 501)."""
+        engine = self.ensure_ready()
+        engine.check_supported(task)
+        return self.batchers[task]
+
+    def ensure_ready(self) -> Engine:
+        """The engine, when the service takes requests (else 503 with the reason)."""
+        state = self.state
+        if state is not State.OK or self._engine is None:
+            message = {
+                State.LOADING: "the model is still loading; retry shortly",
+                State.DRAINING: "the server is shutting down",
+                State.UNHEALTHY: "the server is unhealthy",
+            }.get(state, "the server is not ready")
+            raise NotReady(message, headers={"Retry-After": "1"})
+        return self._engine
+
+    def model_name(self, task: Task) -> str:
+        return self._engine.model_name(task) if self._engine else ""
+
+    async def decode(self, data: bytes) -> Image.Image:
+        """Decode an image in the decode pool, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._decode_pool, decode_image, data, self.settings.max_image_pixels
+        )
+
+    async def wait(
+        self, items: Sequence[Item[Any, Any]], deadline: float, disconnected: Callable[[], Awaitable[None]]
+    ) -> list[Any]:
+        """The items' outputs in order; on a timeout (504), a disconnect or a failure the rest are dropped."""
+        waiters = [asyncio.wrap_future(item.future) for item in items]
+        for waiter in waiters:  # mark late failures as seen: their request has already been answered
+            waiter.add_done_callback(lambda w: w.cancelled() or w.exception())
+        watcher = asyncio.ensure_future(disconnected())
+        pending: set[asyncio.Future[Any]] = set(waiters)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending | {watcher},
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if watcher in done:
+                    raise ClientDisconnected("the client disconnected")
+                if not done:
+                    timeout_s = self.settings.request_timeout_s
+                    raise Timeout(f"the request did not complete within {timeout_s:g} s")
+                pending.discard(watcher)
+                for waiter in done:
+                    waiter.result()  # raises the item's error
+            return [waiter.result() for waiter in waiters]
+        finally:
+            watcher.cancel()
+            for item in items:  # a no-op for finished items; queued ones will be skipped
+                item.future.cancel()

@@ -1,0 +1,197 @@
+"""Request and response models.
+
+Limits that come from the settings (question length, texts per /embed call, `max_new_tokens`) are
+checked by validators that read the settings from the validation context, so that every malformed
+field is answered in FastAPI's usual 422 shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from service.settings import Settings
+
+_DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+
+
+def _decode_base64(value: Any) -> bytes:
+    """A base64 string or a `data:image/...;base64,` URL → bytes."""
+    if not isinstance(value, str):
+        raise ValueError("image must be a base64 string or a data URL")
+    encoded = "".join(_DATA_URL.sub("", value, count=1).split())  # MIME base64 may wrap lines
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"image is not valid base64 ({e})") from e
+
+
+Base64Image = Annotated[
+    bytes,
+    BeforeValidator(_decode_base64),
+    WithJsonSchema({"type": "string", "description": "The image file, base64-encoded, or a data URL"}),
+]
+
+
+def _settings(info: ValidationInfo) -> Settings:
+    context = info.context or {}
+    settings = context.get("settings")
+    return settings if isinstance(settings, Settings) else Settings()
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# Requests.
+class CaptionParams(RequestModel):
+    max_new_tokens: int | None = Field(default=None, ge=1, description="At most this many tokens (bounded)")
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _bounded(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limit = _settings(info).max_new_tokens_limit
+        if value is not None and value > limit:
+            raise ValueError(f"max_new_tokens must be at most {limit}")
+        return value
+
+
+class CaptionJSON(CaptionParams):
+    image: Base64Image
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"image": "iVBORw0KGgo...", "max_new_tokens": 20}]}
+    )
+
+
+class VqaParams(RequestModel):
+    question: str = Field(min_length=1, description="A question about the image")
+
+    @field_validator("question")
+    @classmethod
+    def _question(cls, value: str, info: ValidationInfo) -> str:
+        limit = _settings(info).max_question_chars
+        if not value.strip():
+            raise ValueError("question must not be blank")
+        if len(value) > limit:
+            raise ValueError(f"question is {len(value)} characters long; the limit is {limit}")
+        return value
+
+
+class VqaJSON(VqaParams):
+    image: Base64Image
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"image": "iVBORw0KGgo...", "question": "What colour is the square?"}]
+        }
+    )
+
+
+class EmbedImageParams(RequestModel):
+    """A multipart /embed call carries only its `image` file."""
+
+
+class EmbedJSON(RequestModel):
+    input: str | list[str] | None = Field(default=None, description="One text or a list of texts")
+    image: Base64Image | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"input": ["a red circle", "a blue square"]}, {"input": "a red circle"}]
+        }
+    )
+
+    @field_validator("input")
+    @classmethod
+    def _texts(cls, value: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
+        if value is None:
+            return value
+        settings = _settings(info)
+        texts = [value] if isinstance(value, str) else value
+        if not texts:
+            raise ValueError("input must not be an empty list")
+        if len(texts) > settings.max_embed_inputs:
+            raise ValueError(f"input has {len(texts)} texts; the limit is {settings.max_embed_inputs}")
+        for i, text in enumerate(texts):
+            if not text:
+                raise ValueError(f"input[{i}] is empty")
+            if len(text) > settings.max_text_chars:
+                raise ValueError(
+                    f"input[{i}] is {len(text)} characters long; the limit is {settings.max_text_chars}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        if (self.input is None) == (self.image is None):
+            raise ValueError("send either input (text or list of texts) or image, not both or neither")
+        return self
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input or [])
+
+
+# Responses.
+class Timings(BaseModel):
+    queue_ms: float = Field(description="Waiting for a batch (the longest, for several inputs)")
+    inference_ms: float = Field(description="The batch on the device")
+    decode_ms: float = Field(default=0.0, description="Decoding the image")
+    total_ms: float = Field(description="From arrival to response")
+    batch_size: int = Field(description="Items in the batch that ran this request (the largest)")
+
+
+class CaptionResponse(BaseModel):
+    caption: str
+    model: str
+    timings: Timings
+
+
+class VqaResponse(BaseModel):
+    answer: str
+    model: str
+    timings: Timings
+
+
+class Embedding(BaseModel):
+    index: int
+    embedding: list[float]
+
+
+class EmbedResponse(BaseModel):
+    data: list[Embedding]
+    model: str
+    dim: int
+    timings: Timings
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="ok, loading, draining or unhealthy")
+    model: str | None = None
+    models: dict[str, str] = Field(default_factory=dict, description="The model serving each task")
+    device: str | None = None
+    dtype: str | None = None
+    tasks: list[str] = Field(default_factory=list)
+    queues: dict[str, int] = Field(default_factory=dict, description="Items waiting, per task")
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,99 @@
+"""Runtime settings: one pydantic-settings class, read from `MMSERVE_*` environment variables.
+
+Built in `create_app()` (or by the CLI), never at import. Per-task knobs are flat fields named
+`<task>_max_batch_size` / `<task>_max_wait_ms` so that each is one environment variable
+(`MMSERVE_CAPTION_MAX_BATCH_SIZE=1`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model import Task
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How one task's batcher groups requests."""
+
+    max_batch_size: int
+    max_wait_ms: float  # the oldest waiting item is flushed after this long, even in a partial batch
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told at start-up; each field is `MMSERVE_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MMSERVE_", extra="ignore", frozen=True)
+
+    # Models: "builtin", a built-in checkpoint folder, or a Hugging Face folder / hub id.
+    model: str = "builtin"
+    caption_model: str | None = None  # None: use `model`
+    vqa_model: str | None = None
+    embed_model: str | None = None  # serves both text and image embeddings
+    device: str = "auto"  # "auto": CUDA when available, else CPU (with a warning); or "cpu", "cuda:1", ...
+    dtype: DType = "auto"  # "auto": the model's choice (fp32 on CPU, bf16/fp16 on CUDA)
+    torch_threads: int | None = Field(default=None, ge=1)  # CPU intra-op threads; None: torch's default
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: LogLevel = "info"
+
+    # Dynamic batching, per task.
+    caption_max_batch_size: int = Field(default=16, ge=1)
+    caption_max_wait_ms: float = Field(default=10.0, ge=0)
+    vqa_max_batch_size: int = Field(default=16, ge=1)
+    vqa_max_wait_ms: float = Field(default=10.0, ge=0)
+    embed_text_max_batch_size: int = Field(default=64, ge=1)
+    embed_text_max_wait_ms: float = Field(default=5.0, ge=0)
+    embed_image_max_batch_size: int = Field(default=32, ge=1)
+    embed_image_max_wait_ms: float = Field(default=5.0, ge=0)
+    queue_capacity: int = Field(default=1024, ge=1)  # admitted, unfinished items per task; beyond it: 429
+
+    request_timeout_s: float = Field(default=30.0, gt=0)  # from arrival to answer; beyond it: 504
+    decode_threads: int = Field(default=4, ge=1)  # image decoding runs in this many threads
+
+    # Input limits.
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)  # one image, before decoding
+    max_image_pixels: int = Field(default=40_000_000, ge=1)  # width × height, read from the header
+    max_text_chars: int = Field(default=2000, ge=1)  # one /embed text
+    max_question_chars: int = Field(default=500, ge=1)
+    max_embed_inputs: int = Field(default=256, ge=1)  # texts in one /embed call
+    default_max_new_tokens: int = Field(default=32, ge=1)  # /caption when the request names none
+    max_new_tokens_limit: int = Field(default=128, ge=1)  # the most a /caption request may ask for
+    vqa_max_new_tokens: int = Field(default=16, ge=1)
+
+    load_delay_s: float = Field(default=0.0, ge=0)  # for tests: sleep this long before loading the model
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.max_embed_inputs > self.queue_capacity:
+            raise ValueError(
+                "max_embed_inputs must not exceed queue_capacity (one /embed call would never fit)"
+            )
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
+        return self
+
+    def batch_policy(self, task: Task) -> BatchPolicy:
+        """The batching knobs of one task."""
+        return BatchPolicy(
+            max_batch_size=getattr(self, f"{task}_max_batch_size"),
+            max_wait_ms=getattr(self, f"{task}_max_wait_ms"),
+        )
+
+    def model_for(self, task: Task) -> str:
+        """Which model serves `task`: its own setting, else `model`."""
+        per_task = {
+            "caption": self.caption_model,
+            "vqa": self.vqa_model,
+            "embed_text": self.embed_model,
+            "embed_image": self.embed_model,
+        }[task]
+        return per_task or self.model

@@ -1,0 +1,100 @@
+"""Reading request bodies: the content type, then JSON or multipart, into validated fields and image bytes.
+
+Each image endpoint takes either `multipart/form-data` (a file field `image` plus plain fields) or
+`application/json` (a base64 `image` plus the same fields). Both end in the same pydantic models, so
+a malformed field reads the same either way: FastAPI's 422 shape. Nothing here decodes pixels.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from service.errors import PayloadTooLarge, UnsupportedMediaType
+from service.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_FORM_FIELDS = 16
+
+
+class BodyKind(StrEnum):
+    JSON = "application/json"
+    MULTIPART = "multipart/form-data"
+
+
+def body_kind(request: Request) -> BodyKind:
+    """JSON or multipart, from the Content-Type header alone (415 otherwise)."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    for kind in BodyKind:
+        if media_type == kind.value:
+            return kind
+    shown = media_type or "none"
+    raise UnsupportedMediaType(
+        f"unsupported content type {shown}; "
+        "send multipart/form-data (a file field 'image') or application/json"
+    )
+
+
+def validation_error(error: ValidationError) -> RequestValidationError:
+    """A pydantic error on the body, in FastAPI's shape (locations under "body")."""
+    errors = error.errors(include_url=False, include_context=False)
+    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors])
+
+
+def missing(field: str, message: str = "Field required") -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "missing", "loc": ("body", field), "msg": message, "input": None}]
+    )
+
+
+async def read_json(request: Request, model: type[M], settings: Settings) -> M:
+    """The JSON body validated against `model` (the settings give the limits)."""
+    body = await request.body()
+    try:
+        return model.model_validate_json(body, context={"settings": settings})
+    except ValidationError as e:
+        raise validation_error(e) from e
+
+
+async def read_form(request: Request, params: type[M], settings: Settings) -> tuple[bytes, M]:
+    """The uploaded `image` file and the other fields, validated against `params`."""
+    form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+    try:
+        image = form.get("image")
+        if image is None:
+            raise missing("image", "Field required: a file field named 'image'")
+        if not isinstance(image, UploadFile):
+            raise missing("image", "image must be a file upload, not a text field")
+        data = await image.read(settings.max_upload_bytes + 1)
+        check_size(data, settings)
+        fields: dict[str, Any] = {key: value for key, value in form.multi_items() if key != "image"}
+        try:
+            return data, params.model_validate(fields, context={"settings": settings})
+        except ValidationError as e:
+            raise validation_error(e) from e
+    finally:
+        await form.close()
+
+
+async def read_image_request(
+    request: Request, kind: BodyKind, params: type[M], json_model: type[M], settings: Settings
+) -> tuple[bytes, M]:
+    """Image bytes and fields from either body kind; `json_model` is `params` plus a base64 `image`."""
+    if kind is BodyKind.MULTIPART:
+        return await read_form(request, params, settings)
+    body = await read_json(request, json_model, settings)
+    data: bytes = getattr(body, "image")  # noqa: B009 (json_model has it; params does not)
+    check_size(data, settings)
+    return data, body
+
+
+def check_size(data: bytes, settings: Settings) -> None:
+    """413 for an image over the upload limit."""
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"the image is larger than the limit of {settings.max_upload_bytes} bytes")

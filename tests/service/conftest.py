@@ -1,0 +1,76 @@
+"""Fixtures for in-process service tests: a tiny random checkpoint, and apps driven through ASGITransport."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from service import Settings, create_app
+
+Serve = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random built-in checkpoint, written once per test session."""
+    from model.testing import tiny_checkpoint
+
+    torch.set_num_threads(1)
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint"))
+
+
+async def wait_for_status(client: httpx.AsyncClient, status: str, timeout_s: float = 30.0) -> httpx.Response:
+    """Poll /health until it reports `status` (or the time is up)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        response = await client.get("/health")
+        if response.json()["status"] == status or loop.time() > deadline:
+            return response
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def serve(checkpoint: Path) -> Serve:
+    """`async with serve(**settings) as client`: an app on the tiny checkpoint, its lifespan running."""
+
+    @asynccontextmanager
+    async def serving(wait_ready: bool = True, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        defaults: dict[str, Any] = {
+            "model": str(checkpoint),
+            "device": "cpu",
+            "torch_threads": 1,
+            "decode_threads": 2,
+        }
+        app = create_app(Settings(**{**defaults, **overrides}))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://mmserve", timeout=60
+            ) as client:
+                if wait_ready:
+                    response = await wait_for_status(client, "ok")
+                    assert response.status_code == 200, response.text
+                client.app = app  # type: ignore[attr-defined]  # for tests that reach into the runtime
+                yield client
+
+    return serving
+
+
+@pytest.fixture(scope="module")
+async def client(serve: Serve) -> AsyncIterator[httpx.AsyncClient]:
+    """One ready app with the default settings, shared by a test module."""
+    async with serve() as client:
+        yield client

@@ -1,0 +1,199 @@
+"""Readiness, draining, failure, back-pressure, deadlines and errors, in-process with the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+import service.engine
+from model import MultimodalModel, load_model
+from service.engine import CaptionInput
+from service.errors import ClientDisconnected
+from service.testing import encode_image, error_of, noise_image, solid_image
+
+pytestmark = pytest.mark.anyio
+
+PNG = encode_image(solid_image((20, 120, 220)))
+
+
+def upload(data: bytes = PNG) -> dict[str, tuple[str, bytes, str]]:
+    return {"image": ("image.png", data, "image/png")}
+
+
+async def wait_for_status(client: httpx.AsyncClient, status: str, timeout_s: float = 30) -> httpx.Response:
+    deadline = time.monotonic() + timeout_s
+    while (response := await client.get("/health")).json()[
+        "status"
+    ] != status and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return response
+
+
+async def test_503_while_loading(serve) -> None:  # type: ignore[no-untyped-def]
+    async with serve(wait_ready=False, load_delay_s=1.0) as client:
+        health = await client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "loading"
+        assert (await client.get("/health/live")).status_code == 200
+        response = await client.post("/caption", files=upload())
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert error_of(response) == {
+            "type": "not_ready",
+            "message": "the model is still loading; retry shortly",
+        }
+        assert (await wait_for_status(client, "ok")).status_code == 200
+        assert (await client.post("/caption", files=upload())).status_code == 200
+
+
+async def test_503_while_draining(serve) -> None:  # type: ignore[no-untyped-def]
+    async with serve() as client:
+        client.app.state.runtime.begin_drain()
+        health = await client.get("/health")
+        assert (health.status_code, health.json()["status"]) == (503, "draining")
+        response = await client.post("/embed", json={"input": "hello"})
+        assert response.status_code == 503
+        assert error_of(response)["message"] == "the server is shutting down"
+
+
+async def test_unhealthy_when_loading_fails(
+    serve,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+) -> None:
+    def broken(spec: str, device: Any, dtype: Any) -> Any:
+        raise FileNotFoundError(spec)
+
+    monkeypatch.setattr(service.engine, "load_model", broken)
+    async with serve(wait_ready=False, model="/nonexistent/checkpoint") as client:
+        health = await wait_for_status(client, "unhealthy")
+        assert (health.status_code, health.json()["status"]) == (503, "unhealthy")
+        assert (await client.get("/health/live")).status_code == 503
+        response = await client.post("/caption", files=upload())
+        assert (response.status_code, error_of(response)["message"]) == (503, "the server is unhealthy")
+    assert "loading the model failed" in caplog.text
+
+
+async def test_429_when_the_queue_is_full_before_reading_the_body(serve) -> None:  # type: ignore[no-untyped-def]
+    async with serve(queue_capacity=1, max_embed_inputs=1, caption_max_wait_ms=500) as client:
+        first = asyncio.create_task(client.post("/caption", files=upload()))
+        while (await client.get("/health")).json()["queues"]["caption"] == 0:
+            await asyncio.sleep(0.005)
+        # Not an image at all: a 429 rather than a 400 shows the body was never read.
+        refused = await client.post("/caption", files=upload(b"not an image"))
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert error_of(refused) == {
+            "type": "queue_full",
+            "message": "the caption queue is full (1 requests); retry shortly",
+        }
+        assert (await first).status_code == 200
+        assert (
+            await client.post("/embed", json={"input": ["a", "b"]})
+        ).status_code == 422  # over the input limit
+        metrics = (await client.get("/metrics")).text
+        assert 'mmserve_requests_total{status="429",task="caption"} 1.0' in metrics
+
+
+async def test_504_and_the_expired_item_is_never_computed(serve) -> None:  # type: ignore[no-untyped-def]
+    async with serve(request_timeout_s=0.3, caption_max_wait_ms=2000) as client:
+        response = await client.post("/caption", files=upload())
+        assert response.status_code == 504
+        assert error_of(response) == {
+            "type": "timeout",
+            "message": "the request did not complete within 0.3 s",
+        }
+        await asyncio.sleep(0.1)
+        assert 'mmserve_batch_size_count{task="caption"}' not in (await client.get("/metrics")).text
+
+
+async def test_disconnected_client_item_is_dropped(serve) -> None:  # type: ignore[no-untyped-def]
+    async with serve(caption_max_wait_ms=1000) as client:
+        runtime = client.app.state.runtime
+        with runtime.batchers["caption"].reserve() as slot:
+            item = slot.submit(CaptionInput(noise_image(0), 3), time.monotonic() + 30)
+
+        async def gone() -> None:
+            return None
+
+        with pytest.raises(ClientDisconnected):
+            await runtime.wait([item], time.monotonic() + 30, gone)
+        assert item.future.cancelled()
+        assert runtime.batchers["caption"].in_flight() == 0
+
+
+async def test_a_failing_item_fails_alone_with_500_logged_once(
+    serve,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+) -> None:
+    poison = (13, 13, 13)
+    async with serve(caption_max_wait_ms=300) as client:
+        model = client.app.state.runtime.engine._models["caption"]
+        real_caption = model.caption
+
+        def caption(images: Sequence[Image.Image], max_new_tokens: Any = 32) -> list[str]:
+            if any(image.getpixel((0, 0)) == poison for image in images):
+                raise RuntimeError("a poisoned pixel")
+            return real_caption(images, max_new_tokens)
+
+        monkeypatch.setattr(model, "caption", caption)
+        good_a, bad, good_b = await asyncio.gather(
+            client.post("/caption", files=upload(encode_image(noise_image(5)))),
+            client.post(
+                "/caption", files=upload(encode_image(solid_image(poison))), headers={"x-request-id": "r-42"}
+            ),
+            client.post("/caption", files=upload(encode_image(noise_image(6)))),
+        )
+    assert (good_a.status_code, good_b.status_code) == (200, 200)
+    assert good_a.json()["timings"]["batch_size"] == 3  # they were batched together, then retried one by one
+    assert bad.status_code == 500
+    assert error_of(bad) == {"type": "internal_error", "message": "internal server error (request id r-42)"}
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR and "r-42" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+
+
+class TextOnly:
+    """The tiny model, limited to text embeddings (like a sentence-transformers adapter)."""
+
+    def __init__(self, inner: MultimodalModel) -> None:
+        self._inner = inner
+        self.name, self.device, self.dtype, self.dim = "text-only", inner.device, inner.dtype, inner.dim
+        self.max_text_tokens = inner.max_text_tokens
+        self.tasks = frozenset({"embed_text"})
+
+    def embed_text(self, texts: Sequence[str]) -> Any:
+        return self._inner.embed_text(texts)
+
+
+async def test_per_task_models_and_501(serve, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    loads: list[str] = []
+
+    def fake_registry(spec: str, device: Any, dtype: Any) -> Any:
+        loads.append(spec)
+        if spec == "text-only":
+            return TextOnly(load_model(str(checkpoint), device, dtype))
+        return load_model(spec, device, dtype)
+
+    monkeypatch.setattr(service.engine, "load_model", fake_registry)
+    async with serve(model="text-only", vqa_model=str(checkpoint)) as client:
+        assert sorted(loads) == sorted(["text-only", str(checkpoint)])  # each distinct model loaded once
+        health = (await client.get("/health")).json()
+        assert health["tasks"] == ["embed_text", "vqa"]
+        assert health["models"]["vqa"] != "text-only" and health["models"]["embed_text"] == "text-only"
+        caption = await client.post("/caption", files=upload())
+        assert caption.status_code == 501
+        assert error_of(caption)["type"] == "not_implemented"
+        assert "the model serving caption (text-only) does not support it" in error_of(caption)["message"]
+        image_embedding = await client.post("/embed", files=upload())
+        assert image_embedding.status_code == 501
+        assert (await client.post("/embed", json={"input": "hi"})).json()["model"] == "text-only"
+        assert (await client.post("/vqa", files=upload(), data={"question": "what?"})).status_code == 200
