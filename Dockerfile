@@ -1,17 +1,17 @@
 # mmserve: the multimodal inference service in a container (docker-compose.yml runs it on a GPU).
 #
-# Two stages. `build` fills a virtual environment in /opt/venv: torch first, then the project's
-# dependencies read from pyproject.toml, then the package itself (model/ and service/, with the built-in
-# weights as package data). The runtime stage copies only that venv onto a fresh slim image, so no
-# compiler, pip cache or source tree reaches it. Only the last two build steps depend on the code, so a
-# code change rebuilds in seconds.
+# Three stages. `deps` fills a virtual environment in /opt/venv: torch first, then the project's
+# dependencies read from pyproject.toml alone. `app` installs the package itself (model/ and service/,
+# with the built-in weights as package data) into /opt/mmserve, which the venv has on its path. The
+# runtime stage copies just those two folders onto a fresh slim image: no compiler, pip cache or source
+# tree reaches it, and a code change rebuilds only the small /opt/mmserve layer, in seconds.
 #
 #   docker build -t mmserve .                                        # PyPI's torch: a CUDA build
 #   docker build -t mmserve --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .   # CPU only
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE} AS deps
 
 # Which torch, from where. PyPI's Linux wheels are CUDA builds that bring their own CUDA libraries (the
 # host needs only the NVIDIA driver and the container toolkit); pin the release your driver supports.
@@ -28,27 +28,32 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv \
  && pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_REQUIREMENT"
 
-# The dependencies, from pyproject.toml alone: this layer is rebuilt only when they change. torch is
+# The dependencies, from pyproject.toml alone: these layers are rebuilt only when it changes. torch is
 # already there, so its open range in pyproject is satisfied and not downloaded again. setuptools builds
-# the package below without network access (--no-build-isolation).
+# the package in `app` without network access (--no-build-isolation). The .pth file puts /opt/mmserve on
+# the venv's path.
 WORKDIR /src
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
- && pip install --no-cache-dir -r requirements.txt "setuptools>=70"
+ && pip install --no-cache-dir -r requirements.txt "setuptools>=70" \
+ && python -c "import site; open(site.getsitepackages()[0] + '/mmserve.pth', 'w').write('/opt/mmserve\n')"
 
+
+FROM deps AS app
 COPY README.md ./
 COPY model/ model/
 COPY service/ service/
-RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
- && python -c "import model, service.cli"
+WORKDIR /
+RUN pip install --no-cache-dir --no-deps --no-build-isolation --target /opt/mmserve /src \
+ && python -c "import service.cli, model.checkpoint as c; print('weights:', sorted(p.name for p in c.WEIGHTS_DIR.glob('*')))"
 
 
 FROM ${PYTHON_IMAGE} AS runtime
 
 # Nothing downloads by default: the built-in model ships in the image and its text tower in a package.
 # A Hugging Face id in MMSERVE_MODEL still reaches the hub, into HF_HOME (mount a volume there to keep it).
-ENV PATH=/opt/venv/bin:$PATH \
+ENV PATH=/opt/mmserve/bin:/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/home/mmserve/.cache/huggingface \
@@ -58,7 +63,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN useradd --create-home --no-log-init --uid 10001 --user-group --shell /usr/sbin/nologin mmserve \
  && mkdir /models
 
-COPY --from=build /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=app /opt/mmserve /opt/mmserve
 
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001

@@ -109,6 +109,7 @@ if [[ $MMSERVE_MODEL == /models/tiny ]]; then
   echo "  no trained weights in model/weights/: serving a tiny random checkpoint from $MMSERVE_MODELS_DIR/tiny"
   docker run --rm --user "$(id -u):$(id -g)" -v "$MMSERVE_MODELS_DIR:/out" --entrypoint python mmserve:smoke \
     -c 'from pathlib import Path; from model.testing import tiny_checkpoint; tiny_checkpoint(Path("/out/tiny"))'
+  chmod -R a+rX "$MMSERVE_MODELS_DIR"  # safetensors writes 0600; the service runs as uid 10001
 fi
 
 step "single service on the CPU: up --wait (MMSERVE_MODEL=$MMSERVE_MODEL)"
