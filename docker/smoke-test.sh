@@ -85,7 +85,7 @@ stop_gracefully() {
   [[ $code == 0 ]] || fail "$name exited with $code, not 0 (137: killed after the grace period)"
   grep -q "draining: finishing accepted requests" <<<"$log" || fail "$name: no 'draining' line in the log"
   grep -q "Finished server process" <<<"$log" || fail "$name: uvicorn did not finish cleanly"
-  grep -E "draining|stopped|Finished server process" <<<"$log" | sed 's/^/    /'
+  grep -E "Shutting down|draining|stopped|Finished server process" <<<"$log" | sed 's/^/    /'
 }
 
 step "docker compose config: every combination"
@@ -104,6 +104,26 @@ step "build the image (CPU torch${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL})"
 t0=$SECONDS
 "${single[@]}" build --quiet api
 echo "  mmserve:smoke built in $((SECONDS - t0)) s, $(docker image inspect -f '{{.Size}}' mmserve:smoke | awk '{printf "%.0f MB", $1 / 1e6}')"
+
+[[ $(docker image inspect -f '{{.Config.User}} {{json .Config.Entrypoint}} {{json .Config.Cmd}} {{json .Config.ExposedPorts}}' mmserve:smoke) \
+   == '10001:10001 ["mmserve"] ["serve"] {"8000/tcp":{}}' ]] || fail "image config: user, entrypoint or port"
+docker image inspect -f '{{json .Config.Healthcheck.Test}}' mmserve:smoke | grep -q /health || fail "image has no HEALTHCHECK"
+echo "  image: user 10001, exec-form entrypoint 'mmserve serve', port 8000, HEALTHCHECK on /health"
+
+# No GPU here, but the engine can still be shown the request: create (never start) the GPU containers
+# and read the device requests the engine got.
+"${gpu[@]}" create --no-build --quiet-pull api >/dev/null 2>&1
+requests=$(docker inspect -f '{{json .HostConfig.DeviceRequests}}' "$("${gpu[@]}" ps -aq api)")
+echo "  GPU compose file → device request $requests"
+grep -q '"Driver":"nvidia","Count":1,' <<<"$requests" || fail "docker-compose.yml asks for no GPU"
+"${gpu[@]}" down -v >/dev/null 2>&1
+"${gpu_replicas[@]}" create --no-build --quiet-pull >/dev/null 2>&1
+for replica in 1 2; do
+  requests=$(docker inspect -f '{{json .HostConfig.DeviceRequests}}' "$("${gpu_replicas[@]}" ps -aq "api-$replica")")
+  echo "  GPU replica api-$replica → device request $requests"
+  grep -q "\"DeviceIDs\":\[\"$((replica - 1))\"\]" <<<"$requests" || fail "api-$replica is not pinned to GPU $((replica - 1))"
+done
+"${gpu_replicas[@]}" down -v >/dev/null 2>&1
 
 if [[ $MMSERVE_MODEL == /models/tiny ]]; then
   echo "  no trained weights in model/weights/: serving a tiny random checkpoint from $MMSERVE_MODELS_DIR/tiny"

@@ -85,7 +85,9 @@ def check(url: str, scenes: list[dict], strict: bool) -> None:
     status, _, health = request(f"{url}/health")
     expect_ok(status, health, "/health")
     expect(health.get("status") == "ok", f"/health: {health}")
-    print(f"  /health: ok, model {health.get('model')!r} on {health.get('device')}, tasks {health.get('tasks')}")
+    print(
+        f"  /health: ok, model {health.get('model')!r} on {health.get('device')}, tasks {health.get('tasks')}"
+    )
 
     wrong = []
     for scene in scenes:
@@ -97,7 +99,9 @@ def check(url: str, scenes: list[dict], strict: bool) -> None:
         if mark == "≠":
             wrong.append(f"caption of seed {scene['seed']}")
 
-        status, _, body = post_json(f"{url}/vqa", {"image": scene["png_base64"], "question": scene["question"]})
+        status, _, body = post_json(
+            f"{url}/vqa", {"image": scene["png_base64"], "question": scene["question"]}
+        )
         expect_ok(status, body, f"/vqa seed {scene['seed']}")
         expect(isinstance(body.get("answer"), str), f"/vqa: no answer in {body}")
         mark = "=" if body["answer"] == scene["answer"] else "≠"
@@ -115,7 +119,9 @@ def check(url: str, scenes: list[dict], strict: bool) -> None:
     expect_ok(status, body, "/embed (texts)")
     dim = body.get("dim")
     expect(dim == 384, f"/embed: dim {dim}, expected 384 (all-MiniLM-L6-v2)")
-    expect([item["index"] for item in body["data"]] == list(range(len(texts))), "/embed: indices out of order")
+    expect(
+        [item["index"] for item in body["data"]] == list(range(len(texts))), "/embed: indices out of order"
+    )
     for item in body["data"]:
         expect_unit_vector(item["embedding"], dim, f"/embed text {item['index']}")
     status, _, image_body = post_json(f"{url}/embed", {"image": scenes[0]["png_base64"]})
@@ -154,12 +160,14 @@ def spread(url: str, scenes: list[dict], requests: int) -> None:
 def load(url: str, scenes: list[dict], seconds: float, concurrency: int) -> None:
     """Send requests from `concurrency` threads for `seconds`; every one must succeed."""
     outcomes: Counter[str] = Counter()
+    retried = 0
     replicas_by_second: dict[int, set[str]] = {}
     failures: list[str] = []
     lock = threading.Lock()
     started = time.monotonic()
 
     def worker(index: int) -> None:
+        nonlocal retried
         i = index
         while time.monotonic() - started < seconds:
             scene = scenes[i % len(scenes)]
@@ -170,6 +178,7 @@ def load(url: str, scenes: list[dict], seconds: float, concurrency: int) -> None
                 status, headers, body = 0, {}, repr(e)
             with lock:
                 outcomes[str(status)] += 1
+                retried += "," in headers.get("X-Upstream", "")
                 second = int(time.monotonic() - started)
                 replicas_by_second.setdefault(second, set()).add(replica_of(headers))
                 if status != 200:
@@ -182,7 +191,10 @@ def load(url: str, scenes: list[dict], seconds: float, concurrency: int) -> None
         thread.join()
     total = sum(outcomes.values())
     timeline = " ".join(f"{s}s:{len(r)}" for s, r in sorted(replicas_by_second.items()))
-    print(f"  {total} requests in {seconds:.0f} s from {concurrency} clients: {dict(outcomes)}")
+    print(
+        f"  {total} requests in {seconds:.0f} s from {concurrency} clients: {dict(outcomes)}, "
+        f"{retried} retried on the other replica by nginx"
+    )
     print(f"  replicas answering, per second: {timeline}")
     for failure in failures[:10]:
         print(f"    {failure}")
@@ -190,7 +202,9 @@ def load(url: str, scenes: list[dict], seconds: float, concurrency: int) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=("check", "spread", "load"))
     parser.add_argument("url")
     parser.add_argument("scenes", help="JSON from docker/smoke_scenes.py")
