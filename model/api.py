@@ -40,9 +40,7 @@ class MultimodalModel(Protocol):
         """One caption per image; `max_new_tokens` is one limit for all or one per image."""
         ...
 
-    def answer(
-        self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16
-    ) -> list[str]:
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16) -> list[str]:
         """One answer per (image, question) pair."""
         ...
 

@@ -109,9 +109,7 @@ def evaluate_model(model, n_scenes: int = 1000, chunk: int = 100) -> dict[str, f
 
     image_emb = torch.cat([model.embed_image(images[s : s + chunk]) for s in range(0, n_scenes, chunk)])
     text_emb = model.embed_text(truths)
-    metrics["recall@1_text_to_image"], metrics["recall@1_image_to_text"] = recall_at_1(
-        image_emb, text_emb, truths
-    )
+    metrics["recall@1_text_to_image"], metrics["recall@1_image_to_text"] = recall_at_1(image_emb, text_emb, truths)
     return metrics
 
 
@@ -158,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         logger.warning("sentence-transformers is not installed: parity not measured")
     for k, v in metrics.items():
-        print(f"{k:32s} {v:.4f}")  # noqa: T201 - the command's output
+        print(f"{k:32s} {v:.4f}")
     if not args.no_card:
         folder = WEIGHTS_DIR if args.model == "builtin" else Path(args.model)
         meta = json.loads((folder / "config.json").read_text())

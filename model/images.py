@@ -28,8 +28,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def to_pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
     """(B, 3, size, size) float32 in [0, 1]."""
     arrays = [
-        np.asarray(to_rgb(image).resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
-        for image in images
+        np.asarray(to_rgb(image).resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) for image in images
     ]
     batch = torch.from_numpy(np.stack(arrays)) / 255.0  # (B, H, W, 3)
     return batch.permute(0, 3, 1, 2).contiguous()

@@ -35,9 +35,7 @@ class MultimodalTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.vision = VisionEncoder(config.vision)
-        self.image_proj = nn.Sequential(
-            nn.LayerNorm(config.vision.dim), nn.Linear(config.vision.dim, config.embed_dim)
-        )
+        self.image_proj = nn.Sequential(nn.LayerNorm(config.vision.dim), nn.Linear(config.vision.dim, config.embed_dim))
         self.decoder = Decoder(config.decoder, context_dim=config.vision.dim)
         # CLIP's learnable temperature, log(1/0.07); only the training loss reads it
         self.logit_scale = nn.Parameter(torch.tensor(2.6593))
@@ -85,9 +83,7 @@ class BuiltinModel:
         self, images: Sequence[Image.Image], prompts: list[list[int]], max_new_tokens: Sequence[int]
     ) -> list[str]:
         _, tokens = self.module.encode_image(self._pixels(images))
-        generated = greedy_decode(
-            self.module.decoder, tokens, prompts, max_new_tokens, self._ids[EOS], self._ids[PAD]
-        )
+        generated = greedy_decode(self.module.decoder, tokens, prompts, max_new_tokens, self._ids[EOS], self._ids[PAD])
         return [self.tokenizer.decode(ids).strip() for ids in generated]
 
     # -- the protocol ------------------------------------------------------------------------------
@@ -100,9 +96,7 @@ class BuiltinModel:
         return self._generate(images, [[self._ids[BOS]] for _ in images], limits)
 
     @torch.inference_mode()
-    def answer(
-        self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16
-    ) -> list[str]:
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16) -> list[str]:
         """One answer per (image, question); questions are truncated to `max_question_tokens` tokens."""
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")

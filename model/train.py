@@ -41,13 +41,14 @@ logger = logging.getLogger("model.train")
 @dataclass(frozen=True)
 class TrainConfig:
     preset: str = "base"
-    steps: int = 5000
+    steps: int = 4500
     batch_size: int = 64
     lr: float = 1e-3
     min_lr_ratio: float = 0.02  # cosine decay ends at lr * this
     warmup_steps: int = 200
     weight_decay: float = 0.05
     contrastive_weight: float = 0.5
+    questions_per_image: int = 3  # VQA rows per image and step (each image is encoded once for all)
     seed: int = 0
     eval_every: int = 500  # steps between quick held-out checks (per-attribute accuracy in the log)
     checkpoint_every: int = 200
@@ -85,7 +86,8 @@ class Batches:
         scenes = [make_scene(base + i, max_objects=most) for i in range(B)]
         size = PRESETS[self.config.preset].vision.image_size
         pixels = torch.stack([_to_tensor(render(s, size)) for s in scenes])
-        questions = [ask_any(s, rng) for s in scenes]
+        # question-major order, so row blocks line up with the images: [q0 of all images, q1 of all, ...]
+        questions = [ask_any(s, rng) for _ in range(self.config.questions_per_image) for s in scenes]
         encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
         bos, eos, sep = self.ids[BOS], self.ids[EOS], self.ids[SEP]
         rows, loss_from = [], []
@@ -111,9 +113,7 @@ def _to_tensor(image) -> torch.Tensor:  # type: ignore[no-untyped-def]
     return to_pixels([image], image.size[0])[0]
 
 
-def losses(
-    module: MultimodalTransformer, batch: dict, text_embeddings: torch.Tensor
-) -> dict[str, torch.Tensor]:
+def losses(module: MultimodalTransformer, batch: dict, text_embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
     """Captioning + VQA cross-entropy on one decoder pass, and the locked-text contrastive loss."""
     embedding, tokens = module.encode_image(batch["pixels"])
     seq, weight = batch["seq"], batch["weight"]
@@ -142,8 +142,7 @@ def losses(
 def save_state(path: Path, module, optimizer, step: int, config: TrainConfig) -> None:  # type: ignore[no-untyped-def]
     tmp = path.with_name(path.name + ".tmp")
     torch.save(
-        {"module": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-         "config": asdict(config)},
+        {"module": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": asdict(config)},
         tmp,
     )
     os.replace(tmp, path)
@@ -159,7 +158,8 @@ def train(config: TrainConfig, out: Path, run_dir: Path, resume: bool) -> Multim
     no_decay = [p for n, p in module.named_parameters() if p.dim() < 2 or "emb" in n]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.98),
+        lr=config.lr,
+        betas=(0.9, 0.98),
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "train_state.pt"
@@ -172,11 +172,13 @@ def train(config: TrainConfig, out: Path, run_dir: Path, resume: bool) -> Multim
         logger.info("resumed from %s at step %d", state_path, start)
     batches = Batches(config, tokenizer)
     n_params = sum(p.numel() for p in module.parameters())
-    logger.info("training %s (%.2fM parameters) on %s for %d steps", config.preset, n_params / 1e6, device,
-                config.steps)
+    logger.info(
+        "training %s (%.2fM parameters) on %s for %d steps", config.preset, n_params / 1e6, device, config.steps
+    )
     started = time.time()
-    progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train",
-                    mininterval=10, dynamic_ncols=True)
+    progress = tqdm(
+        range(start, config.steps), initial=start, total=config.steps, desc="train", mininterval=10, dynamic_ncols=True
+    )
     module.train()
     for step in progress:
         for group in optimizer.param_groups:
@@ -185,8 +187,7 @@ def train(config: TrainConfig, out: Path, run_dir: Path, resume: bool) -> Multim
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         text_embeddings = text_tower(batch["captions"]).clone().to(device)  # out of inference mode
         parts = losses(module, batch, text_embeddings)
-        loss = parts["caption"] + parts["answer"] + config.contrastive_weight * (parts["contrastive"]
-                                                                                 + parts["align"])
+        loss = parts["caption"] + parts["answer"] + config.contrastive_weight * (parts["contrastive"] + parts["align"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
@@ -200,11 +201,21 @@ def train(config: TrainConfig, out: Path, run_dir: Path, resume: bool) -> Multim
             module.eval()
             metrics = quick_eval(module, tokenizer, text_tower, n_scenes=config.eval_scenes)
             module.train()
-            logger.info("step %d (%.1f min, objects<=%d): %s", done, (time.time() - started) / 60,
-                        max_objects_at(config, step), " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
-            training = {**asdict(config), "steps_done": done, "device": str(device),
-                        "threads": torch.get_num_threads(), "minutes": round((time.time() - started) / 60, 1),
-                        "held_out_quick_eval": {k: round(v, 4) for k, v in metrics.items()}}
+            logger.info(
+                "step %d (%.1f min, objects<=%d): %s",
+                done,
+                (time.time() - started) / 60,
+                max_objects_at(config, step),
+                " ".join(f"{k}={v:.3f}" for k, v in metrics.items()),
+            )
+            training = {
+                **asdict(config),
+                "steps_done": done,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "minutes": round((time.time() - started) / 60, 1),
+                "held_out_quick_eval": {k: round(v, 4) for k, v in metrics.items()},
+            }
             save_checkpoint(module, tokenizer, out, name="mmserve-builtin", training=training)
     logger.info("trained %d steps in %.1f minutes", config.steps - start, (time.time() - started) / 60)
     return module
@@ -218,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--questions-per-image", type=int, default=defaults.questions_per_image)
     parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the shipping checkpoint goes")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="resumable training state")
@@ -227,8 +239,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = TrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         seed=args.seed, eval_every=args.eval_every)
+    config = TrainConfig(
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        questions_per_image=args.questions_per_image,
+    )
     train(config, args.out, args.run_dir, args.resume)
 
 

@@ -26,9 +26,7 @@ class VisionEncoder(nn.Module):
         self.patchify = nn.Conv2d(config.stem_channels, config.dim, kernel_size=half, stride=half)
         self.register_buffer("pos", sincos_2d(grid, config.dim), persistent=False)
         self.cls = nn.Parameter(torch.zeros(1, 1, config.dim))
-        self.blocks = nn.ModuleList(
-            Block(config.dim, config.heads, config.mlp_ratio) for _ in range(config.depth)
-        )
+        self.blocks = nn.ModuleList(Block(config.dim, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.ln_f = nn.LayerNorm(config.dim)
         self.apply(init_weights)
         scale_residual_init(self, config.depth)

@@ -31,7 +31,8 @@ def test_batched_equals_single(tiny_model) -> None:
     images = _scenes(5)
     questions = ["how many shapes are there?", "what colour is the circle?", "", "is there a red square?", "hm"]
     limits = [3, 12, 7, 1, 20]
-    assert tiny_model.caption(images, limits) == [tiny_model.caption([im], n)[0] for im, n in zip(images, limits, strict=True)]
+    singles = [tiny_model.caption([im], n)[0] for im, n in zip(images, limits, strict=True)]
+    assert tiny_model.caption(images, limits) == singles
     assert tiny_model.answer(images, questions) == [
         tiny_model.answer([im], [q])[0] for im, q in zip(images, questions, strict=True)
     ]
@@ -39,8 +40,9 @@ def test_batched_equals_single(tiny_model) -> None:
     single = torch.cat([tiny_model.embed_image([im]) for im in images])
     assert torch.allclose(batched, single, atol=1e-5)
     texts = ["a", "a much longer sentence about shapes", ""]
-    assert torch.allclose(tiny_model.embed_text(texts), torch.cat([tiny_model.embed_text([t]) for t in texts]),
-                          atol=1e-5)
+    assert torch.allclose(
+        tiny_model.embed_text(texts), torch.cat([tiny_model.embed_text([t]) for t in texts]), atol=1e-5
+    )
 
 
 def test_outputs_depend_on_the_input(tiny_model) -> None:
@@ -71,8 +73,10 @@ def _png(image: Image.Image) -> Image.Image:
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "L", "1", "P", "CMYK", "I", "F", "I;16", "YCbCr", "HSV"])
 def test_any_pil_mode(tiny_model, mode: str) -> None:
     image = render(make_scene(5))
-    converted = image.convert("RGBA" if mode == "RGBA" else mode) if mode not in ("I;16", "HSV") else (
-        image.convert("L").convert("I;16") if mode == "I;16" else image.convert("HSV")
+    converted = (
+        image.convert("RGBA" if mode == "RGBA" else mode)
+        if mode not in ("I;16", "HSV")
+        else (image.convert("L").convert("I;16") if mode == "I;16" else image.convert("HSV"))
     )
     assert len(tiny_model.caption([converted], 4)) == 1
     assert tiny_model.embed_image([converted]).shape == (1, 384)

@@ -47,8 +47,9 @@ def test_cached_logits_match_full_forward() -> None:
     cache = module.decoder.new_cache()
     steps = [module.decoder(ids[:, :2], positions[:, :2], causal_mask(valid[:, :2]), tokens, cache)]
     for t in range(2, 5):
-        steps.append(module.decoder(ids[:, t : t + 1], positions[:, t : t + 1], valid[:, None, None, : t + 1],
-                                    tokens, cache))
+        steps.append(
+            module.decoder(ids[:, t : t + 1], positions[:, t : t + 1], valid[:, None, None, : t + 1], tokens, cache)
+        )
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 

@@ -11,8 +11,9 @@ from model.train import Batches, TrainConfig, losses, lr_at, max_objects_at, tra
 
 
 def _config(steps: int) -> TrainConfig:
-    return TrainConfig(preset="tiny", steps=steps, batch_size=6, eval_every=steps, checkpoint_every=2,
-                       eval_scenes=100, warmup_steps=2)
+    return TrainConfig(
+        preset="tiny", steps=steps, batch_size=6, eval_every=steps, checkpoint_every=2, eval_scenes=100, warmup_steps=2
+    )
 
 
 def test_batches_are_deterministic() -> None:
@@ -66,3 +67,21 @@ def test_train_checkpoints_and_resumes(tmp_path, text_tower) -> None:
     assert not list(run.glob("*.tmp")) and not list(out.glob("*.tmp"))
     model = load_builtin(out, text_tower=text_tower)
     assert len(model.caption([render(make_scene(1))], 4)) == 1
+
+
+def test_several_questions_per_image_line_up_with_their_images() -> None:
+    from dataclasses import replace
+
+    tokenizer = build_tokenizer()
+    config = replace(_config(10), questions_per_image=3)
+    batch = Batches(config, tokenizer)(5)
+    n = len(batch["captions"])
+    assert batch["seq"].shape[0] == 4 * n  # captions, then three blocks of questions
+    # the count question, wherever it is asked, must agree with the caption of its own image
+    numbers = ("zero", "one", "two", "three", "four")
+    for row in range(n, 4 * n):
+        text = tokenizer.decode(batch["seq"][row].tolist(), skip_special_tokens=False)
+        if "how many" in text:
+            caption = batch["captions"][row % n]
+            objects = caption.count(",") + caption.count(" and ") + 1
+            assert numbers[objects] in text
