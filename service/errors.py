@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from model import UnsupportedTask
 
@@ -101,6 +102,8 @@ def status_of(error: BaseException) -> int:
         return NotImplementedTask.status_code
     if isinstance(error, StarletteHTTPException):
         return error.status_code
+    if isinstance(error, ClientDisconnect):
+        return ClientDisconnected.status_code
     return 422 if isinstance(error, RequestValidationError) else 500
 
 
@@ -111,6 +114,10 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unsupported_task(request: Request, exc: Exception) -> JSONResponse:
     return error_response(NotImplementedTask(str(exc) or "this model does not support the task"))
+
+
+async def _client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(ClientDisconnected("the client disconnected while sending the request"))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -128,3 +135,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(UnsupportedTask, _unsupported_task)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)

@@ -93,7 +93,7 @@ class ServerProcess:
         )
         return self
 
-    def wait_until(self, status: str = "ok", timeout_s: float = 60.0) -> None:
+    def wait_until(self, status: str = "ok", timeout_s: float = 180.0) -> None:
         """Poll /health until it reports `status` (fails with the server's log if it does not)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -128,7 +128,11 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         self.start()
-        self.wait_until("ok")
+        try:
+            self.wait_until("ok")
+        except BaseException:
+            self.__exit__(None, None, None)  # never leave a server behind
+            raise
         return self
 
     def __exit__(

@@ -1,8 +1,9 @@
 """The inference endpoints: /caption, /vqa, /embed.
 
 Each route runs the same steps in the same order: readiness (503) and task support (501), content
-type (415), admission (429, before the body is read), reading and validating the fields (422, 413),
-decoding the image off the event loop (400, 413), queueing, and waiting for the answer (504).
+type (415), admission (429, before the body is read; for JSON /embed just after, as the body says
+which task it is), reading and validating the fields (422, 413), decoding the image off the event
+loop (400, 413), queueing, and waiting for the answer (504).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from service.schemas import (
     VqaParams,
     VqaResponse,
 )
-from service.uploads import BodyKind, body_kind, read_form, read_image_request, read_json
+from service.uploads import BodyKind, body_kind, check_size, read_form, read_image_request, read_json
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -102,10 +103,12 @@ async def embed(request: Request, runtime: RuntimeDep) -> EmbedResponse:
         kind = body_kind(request)
         if kind is BodyKind.MULTIPART:
             return await _embed_image_upload(request, runtime, record)
+        # A JSON body must be read to know the task and the number of texts, so admission comes after.
         async with before_deadline(record):
             body = await read_json(request, EmbedJSON, runtime.settings)
         if body.image is not None:
             record.task = "embed_image"
+            check_size(body.image, runtime.settings)
             with runtime.admit("embed_image").reserve() as slot:
                 async with before_deadline(record):
                     image = await _decode(runtime, record, body.image)

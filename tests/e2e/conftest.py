@@ -16,20 +16,13 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def e2e_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random built-in checkpoint, written once per test session."""
-    from model.testing import tiny_checkpoint
-
-    return tiny_checkpoint(tmp_path_factory.mktemp("e2e-checkpoint"))
-
-
-@pytest.fixture(scope="session")
-def reference(e2e_checkpoint: Path) -> MultimodalModel:
-    """The same checkpoint, loaded in the test process and called directly."""
+def reference(tiny_checkpoint_dir: Path) -> MultimodalModel:
+    """The servers' checkpoint, loaded in the test process and called directly."""
     torch.set_num_threads(1)
-    return load_model(str(e2e_checkpoint), "cpu")
+    return load_model(str(tiny_checkpoint_dir), "cpu")
 
 
 @pytest.fixture(scope="session")
-def base_settings(e2e_checkpoint: Path) -> dict[str, str]:
-    return {"MMSERVE_MODEL": str(e2e_checkpoint), "MMSERVE_DEVICE": "cpu", "MMSERVE_TORCH_THREADS": "1"}
+def base_settings(tiny_checkpoint_dir: Path) -> dict[str, str]:
+    """Settings for a server on the session's tiny checkpoint (tests/conftest.py writes it)."""
+    return {"MMSERVE_MODEL": str(tiny_checkpoint_dir), "MMSERVE_DEVICE": "cpu", "MMSERVE_TORCH_THREADS": "1"}

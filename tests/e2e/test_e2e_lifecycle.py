@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -18,48 +19,61 @@ def upload(seed: int) -> dict[str, tuple[str, bytes, str]]:
     return {"image": ("image.png", encode_image(noise_image(seed)), "image/png")}
 
 
-def test_503_before_ready_then_ok_with_cli_flags(base_settings: dict[str, str]) -> None:
+@pytest.fixture(scope="module")
+def slow_start(base_settings: dict[str, str]) -> Iterator[ServerProcess]:
+    """`python -m service serve --model ... --device cpu`: a 3 s loading delay, a tiny queue, long waits.
+
+    Started, not waited for: the first test watches it become ready.
+    """
     flags = ("serve", "--model", base_settings["MMSERVE_MODEL"], "--device", "cpu", "--log-level", "warning")
-    server = ServerProcess({"MMSERVE_TORCH_THREADS": "1", "MMSERVE_LOAD_DELAY_S": "3"}, args=flags).start()
+    settings = {
+        "MMSERVE_TORCH_THREADS": "1",
+        "MMSERVE_LOAD_DELAY_S": "3",
+        "MMSERVE_QUEUE_CAPACITY": "4",
+        "MMSERVE_MAX_EMBED_INPUTS": "4",
+        "MMSERVE_CAPTION_MAX_WAIT_MS": "1000",  # admitted requests hold the queue for a second
+        "MMSERVE_VQA_MAX_WAIT_MS": "3000",
+    }
+    server = ServerProcess(settings, args=flags).start()
     try:
-        server.wait_until("loading")
-        health = httpx.get(f"{server.url}/health")
-        assert (health.status_code, health.json()["status"]) == (503, "loading")
-        response = httpx.post(f"{server.url}/caption", files=upload(0))
-        assert response.status_code == 503
-        assert error_of(response)["type"] == "not_ready"
-        server.wait_until("ok")
-        assert httpx.post(f"{server.url}/caption", files=upload(0)).status_code == 200
+        yield server
     finally:
         assert server.stop() in (0, -15)
 
 
-async def test_flood_gets_429_and_disconnects_are_dropped(base_settings: dict[str, str]) -> None:
-    settings = {
-        **base_settings,
-        "MMSERVE_QUEUE_CAPACITY": "4",
-        "MMSERVE_MAX_EMBED_INPUTS": "4",
-        "MMSERVE_CAPTION_MAX_WAIT_MS": "200",
-        "MMSERVE_CAPTION_MAX_BATCH_SIZE": "4",
-        "MMSERVE_VQA_MAX_WAIT_MS": "1500",
-    }
-    with ServerProcess(settings) as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            responses = await asyncio.gather(*(client.post("/caption", files=upload(i)) for i in range(40)))
-            statuses = [r.status_code for r in responses]
-            assert set(statuses) == {200, 429}, statuses
-            assert statuses.count(200) >= 4
-            refused = next(r for r in responses if r.status_code == 429)
-            assert refused.headers["retry-after"] == "1"
-            assert error_of(refused)["type"] == "queue_full"
+def test_503_before_ready(slow_start: ServerProcess) -> None:
+    slow_start.wait_until("loading")
+    health = httpx.get(f"{slow_start.url}/health")
+    assert (health.status_code, health.json()["status"]) == (503, "loading")
+    response = httpx.post(f"{slow_start.url}/caption", files=upload(0))
+    assert response.status_code == 503
+    assert error_of(response)["type"] == "not_ready"
+    slow_start.wait_until("ok")
+    assert httpx.post(f"{slow_start.url}/caption", files=upload(0)).status_code == 200
 
-            # A client that gives up before its batch is due: its item is dropped, never computed.
-            with pytest.raises(httpx.ReadTimeout):
-                await client.post("/vqa", files=upload(99), data={"question": "what?"}, timeout=0.3)
-            await asyncio.sleep(2.0)
-            metrics = (await client.get("/metrics")).text
-        assert 'mmserve_requests_total{status="499",task="vqa"} 1.0' in metrics
-        assert 'mmserve_batch_size_count{task="vqa"}' not in metrics
+
+async def test_flood_gets_429(slow_start: ServerProcess) -> None:
+    slow_start.wait_until("ok")
+    async with httpx.AsyncClient(base_url=slow_start.url, timeout=60) as client:
+        responses = await asyncio.gather(*(client.post("/caption", files=upload(i)) for i in range(40)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 429}, statuses
+    assert statuses.count(200) >= 4
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1"
+    assert error_of(refused)["type"] == "queue_full"
+
+
+async def test_a_disconnected_request_is_never_computed(slow_start: ServerProcess) -> None:
+    slow_start.wait_until("ok")
+    async with httpx.AsyncClient(base_url=slow_start.url, timeout=60) as client:
+        # The client gives up after 1 s, before its batch is due (3 s): its item is dropped.
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/vqa", files=upload(99), data={"question": "what?"}, timeout=1.0)
+        await asyncio.sleep(3.0)
+        metrics = (await client.get("/metrics")).text
+    assert 'mmserve_requests_total{status="499",task="vqa"} 1.0' in metrics
+    assert 'mmserve_batch_size_count{task="vqa"}' not in metrics
 
 
 async def test_sigterm_loses_no_accepted_request(base_settings: dict[str, str]) -> None:

@@ -12,6 +12,8 @@ import httpx
 import pytest
 import torch
 
+import service.engine
+from model import MultimodalModel
 from service import Settings, create_app
 
 Serve = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -23,15 +25,39 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random built-in checkpoint, written once per test session."""
-    from model.testing import tiny_checkpoint
-
+def checkpoint(tiny_checkpoint_dir: Path) -> Path:
+    """The session's tiny random built-in checkpoint (tests/conftest.py writes it once)."""
     torch.set_num_threads(1)
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint"))
+    return tiny_checkpoint_dir
 
 
-async def wait_for_status(client: httpx.AsyncClient, status: str, timeout_s: float = 30.0) -> httpx.Response:
+LoadModel = Callable[..., MultimodalModel]
+
+
+@pytest.fixture(scope="session")
+def load_once() -> LoadModel:
+    """`load_model`, remembering each (checkpoint, device, dtype): its text tower takes seconds to load."""
+    real_load_model = service.engine.load_model
+    loaded: dict[tuple[str, str, Any], MultimodalModel] = {}
+
+    def load_model(spec: str, device: Any = "cpu", dtype: Any = None) -> MultimodalModel:
+        key = (str(spec), str(device), dtype)
+        if key not in loaded:
+            loaded[key] = real_load_model(spec, device, dtype)
+        return loaded[key]
+
+    return load_model
+
+
+@pytest.fixture(autouse=True)
+def _load_each_model_once(monkeypatch: pytest.MonkeyPatch, load_once: LoadModel) -> None:
+    """Apps in this process share loaded models. They run one at a time, so no two threads share a device;
+    tests that replace `load_model` themselves still can (their monkeypatch comes later).
+    """
+    monkeypatch.setattr(service.engine, "load_model", load_once)
+
+
+async def wait_for_status(client: httpx.AsyncClient, status: str, timeout_s: float = 180.0) -> httpx.Response:
     """Poll /health until it reports `status` (or the time is up)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -57,9 +83,7 @@ def serve(checkpoint: Path) -> Serve:
         app = create_app(Settings(**{**defaults, **overrides}))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://mmserve", timeout=60
-            ) as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://mmserve", timeout=60) as client:
                 if wait_ready:
                     response = await wait_for_status(client, "ok")
                     assert response.status_code == 200, response.text

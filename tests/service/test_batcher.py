@@ -55,7 +55,7 @@ def start_thread(
 @pytest.fixture
 def running(lock: threading.Condition) -> Iterator[tuple[RecordingEngine, Batcher[int, int]]]:
     engine = RecordingEngine()
-    batcher: Batcher[int, int] = Batcher("double", max_batch_size=4, max_wait_ms=50, capacity=100, lock=lock)
+    batcher: Batcher[int, int] = Batcher("double", max_batch_size=4, max_wait_ms=300, capacity=100, lock=lock)
     thread = start_thread(engine, {"double": batcher}, lock)
     yield engine, batcher
     thread.stop()
@@ -72,7 +72,7 @@ def test_flushes_a_full_batch_at_once(running: tuple[RecordingEngine, Batcher[in
     started = time.monotonic()
     items = submit(batcher, [1, 2, 3, 4])
     assert [item.future.result(5) for item in items] == [2, 4, 6, 8]
-    assert time.monotonic() - started < 0.045  # did not wait for max_wait_ms
+    assert time.monotonic() - started < 0.25  # did not wait for max_wait_ms
     assert engine.batches == [[1, 2, 3, 4]]
     assert all(item.batch_size == 4 for item in items)
 
@@ -82,8 +82,8 @@ def test_flushes_a_partial_batch_after_max_wait(running: tuple[RecordingEngine, 
     started = time.monotonic()
     [item] = submit(batcher, [5])
     assert item.future.result(5) == 10
-    assert time.monotonic() - started >= 0.045
-    assert item.queue_s >= 0.045
+    assert time.monotonic() - started >= 0.29
+    assert item.queue_s >= 0.29
 
 
 def test_splits_more_than_max_batch_size(running: tuple[RecordingEngine, Batcher[int, int]]) -> None:
@@ -118,7 +118,7 @@ def test_admission_refuses_beyond_capacity(lock: threading.Condition) -> None:
 
 def test_abandoned_and_expired_items_are_never_computed(lock: threading.Condition) -> None:
     engine = RecordingEngine()
-    batcher: Batcher[int, int] = Batcher("double", max_batch_size=8, max_wait_ms=100, capacity=100, lock=lock)
+    batcher: Batcher[int, int] = Batcher("double", max_batch_size=8, max_wait_ms=500, capacity=100, lock=lock)
     thread = start_thread(engine, {"double": batcher}, lock)
     try:
         abandoned, kept = submit(batcher, [1, 2])
@@ -135,9 +135,7 @@ def test_abandoned_and_expired_items_are_never_computed(lock: threading.Conditio
 
 def test_stop_flushes_what_is_queued(lock: threading.Condition) -> None:
     engine = RecordingEngine()
-    batcher: Batcher[int, int] = Batcher(
-        "double", max_batch_size=8, max_wait_ms=60_000, capacity=100, lock=lock
-    )
+    batcher: Batcher[int, int] = Batcher("double", max_batch_size=8, max_wait_ms=60_000, capacity=100, lock=lock)
     thread = start_thread(engine, {"double": batcher}, lock)
     items = submit(batcher, [1, 2, 3])
     thread.stop()

@@ -17,9 +17,7 @@ pytestmark = pytest.mark.anyio
 PNG = encode_image(solid_image((200, 30, 30)))
 
 
-def upload(
-    data: bytes, name: str = "image.png", content_type: str = "image/png"
-) -> dict[str, tuple[str, bytes, str]]:
+def upload(data: bytes, name: str = "image.png", content_type: str = "image/png") -> dict[str, tuple[str, bytes, str]]:
     return {"image": (name, data, content_type)}
 
 
@@ -150,9 +148,7 @@ async def test_upload_over_the_byte_limit_while_streaming(small_limits: httpx.As
         for _ in range(100):
             yield b"x" * 1024
 
-    response = await small_limits.post(
-        "/embed", content=chunks(), headers={"content-type": "application/json"}
-    )
+    response = await small_limits.post("/embed", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert "the request body is larger than" in error_of(response)["message"]
 
@@ -162,15 +158,15 @@ async def test_image_over_the_byte_limit(small_limits: httpx.AsyncClient) -> Non
     for response in (
         await small_limits.post("/caption", files=upload(big, "big.bmp")),
         await small_limits.post("/caption", json={"image": b64(big)}),
+        await small_limits.post("/embed", json={"image": b64(big)}),
+        await small_limits.post("/embed", files=upload(big, "big.bmp")),
     ):
         assert response.status_code == 413
         assert error_of(response)["message"] == "the image is larger than the limit of 2000 bytes"
 
 
 async def test_image_over_the_pixel_limit(small_limits: httpx.AsyncClient) -> None:
-    response = await small_limits.post(
-        "/caption", files=upload(encode_image(solid_image((0, 0, 0), (200, 100))))
-    )
+    response = await small_limits.post("/caption", files=upload(encode_image(solid_image((0, 0, 0), (200, 100)))))
     assert response.status_code == 413
     assert error_of(response)["message"] == "the image is 200x100 = 20000 pixels; the limit is 10000 pixels"
 

@@ -11,16 +11,17 @@ import httpx
 import pytest
 import torch
 
-from model import MultimodalModel, load_model
+from model import MultimodalModel
 from service.testing import encode_image, noise_image, solid_image
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def reference(checkpoint: Path) -> MultimodalModel:
-    """The same checkpoint, called directly."""
-    return load_model(str(checkpoint), "cpu")
+def reference(checkpoint: Path, load_once) -> MultimodalModel:  # type: ignore[no-untyped-def]
+    """The served checkpoint, called directly."""
+    model: MultimodalModel = load_once(str(checkpoint), "cpu")
+    return model
 
 
 def upload(data: bytes) -> dict[str, tuple[str, bytes, str]]:
@@ -32,9 +33,7 @@ async def test_caption_multipart_and_json(client: httpx.AsyncClient, reference: 
     data = encode_image(image)
     [expected] = reference.caption([image], 7)
     by_upload = await client.post("/caption", files=upload(data), data={"max_new_tokens": "7"})
-    by_json = await client.post(
-        "/caption", json={"image": base64.b64encode(data).decode(), "max_new_tokens": 7}
-    )
+    by_json = await client.post("/caption", json={"image": base64.b64encode(data).decode(), "max_new_tokens": 7})
     for response in (by_upload, by_json):
         assert response.status_code == 200, response.text
         body = response.json()
@@ -58,11 +57,7 @@ async def test_vqa_multipart_and_json(client: httpx.AsyncClient, reference: Mult
 
 
 async def test_embed_texts_split_across_batches(serve, reference: MultimodalModel) -> None:  # type: ignore[no-untyped-def]
-    texts = [
-        f"a {colour} {shape}"
-        for colour in ("red", "green", "blue")
-        for shape in ("circle", "square", "cross")
-    ]
+    texts = [f"a {colour} {shape}" for colour in ("red", "green", "blue") for shape in ("circle", "square", "cross")]
     async with serve(embed_text_max_batch_size=4) as client:
         response = await client.post("/embed", json={"input": texts})
         metrics = (await client.get("/metrics")).text

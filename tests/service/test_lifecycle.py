@@ -18,6 +18,7 @@ from model import MultimodalModel, load_model
 from service.engine import CaptionInput
 from service.errors import ClientDisconnected
 from service.testing import encode_image, error_of, noise_image, solid_image
+from tests.service.conftest import wait_for_status
 
 pytestmark = pytest.mark.anyio
 
@@ -26,15 +27,6 @@ PNG = encode_image(solid_image((20, 120, 220)))
 
 def upload(data: bytes = PNG) -> dict[str, tuple[str, bytes, str]]:
     return {"image": ("image.png", data, "image/png")}
-
-
-async def wait_for_status(client: httpx.AsyncClient, status: str, timeout_s: float = 30) -> httpx.Response:
-    deadline = time.monotonic() + timeout_s
-    while (response := await client.get("/health")).json()[
-        "status"
-    ] != status and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return response
 
 
 async def test_503_while_loading(serve) -> None:  # type: ignore[no-untyped-def]
@@ -96,9 +88,7 @@ async def test_429_when_the_queue_is_full_before_reading_the_body(serve) -> None
             "message": "the caption queue is full (1 requests); retry shortly",
         }
         assert (await first).status_code == 200
-        assert (
-            await client.post("/embed", json={"input": ["a", "b"]})
-        ).status_code == 422  # over the input limit
+        assert (await client.post("/embed", json={"input": ["a", "b"]})).status_code == 422  # over the input limit
         metrics = (await client.get("/metrics")).text
         assert 'mmserve_requests_total{status="429",task="caption"} 1.0' in metrics
 
@@ -148,9 +138,7 @@ async def test_a_failing_item_fails_alone_with_500_logged_once(
         monkeypatch.setattr(model, "caption", caption)
         good_a, bad, good_b = await asyncio.gather(
             client.post("/caption", files=upload(encode_image(noise_image(5)))),
-            client.post(
-                "/caption", files=upload(encode_image(solid_image(poison))), headers={"x-request-id": "r-42"}
-            ),
+            client.post("/caption", files=upload(encode_image(solid_image(poison))), headers={"x-request-id": "r-42"}),
             client.post("/caption", files=upload(encode_image(noise_image(6)))),
         )
     assert (good_a.status_code, good_b.status_code) == (200, 200)
@@ -197,3 +185,37 @@ async def test_per_task_models_and_501(serve, checkpoint: Path, monkeypatch: pyt
         assert image_embedding.status_code == 501
         assert (await client.post("/embed", json={"input": "hi"})).json()["model"] == "text-only"
         assert (await client.post("/vqa", files=upload(), data={"question": "what?"})).status_code == 200
+
+
+async def test_disconnect_while_sending_the_body(client: httpx.AsyncClient) -> None:
+    app = client.app  # type: ignore[attr-defined]
+    messages = iter(
+        [{"type": "http.request", "body": b'{"input": "hal', "more_body": True}, {"type": "http.disconnect"}]
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/embed",
+        "raw_path": b"/embed",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"mmserve")],
+        "client": ("127.0.0.1", 1),
+        "server": ("mmserve", 80),
+        "state": {},
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 499
+    metrics = (await client.get("/metrics")).text
+    assert 'mmserve_requests_total{status="499",task="embed_text"} 1.0' in metrics
