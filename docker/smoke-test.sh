@@ -35,6 +35,10 @@ export MMSERVE_IMAGE_TAG=smoke
 MMSERVE_PUBLISH_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export MMSERVE_PUBLISH_PORT
 export MMSERVE_MODELS_DIR=$work/models
+# Generous limits: CI machines share their CPUs, and a starved CPU must not read as a broken container.
+export MMSERVE_REQUEST_TIMEOUT_S=${MMSERVE_REQUEST_TIMEOUT_S:-120}
+export MMSERVE_STOP_GRACE_PERIOD=$((MMSERVE_REQUEST_TIMEOUT_S + 15))s
+export MMSERVE_START_PERIOD=${MMSERVE_START_PERIOD:-600s}
 mkdir -p "$MMSERVE_MODELS_DIR"
 url=http://127.0.0.1:$MMSERVE_PUBLISH_PORT
 
@@ -79,7 +83,7 @@ exit_code() { docker inspect -f '{{.State.ExitCode}}' "$1"; }
 # drained: exit code 0 and the service's and uvicorn's shutdown lines in its log.
 stop_gracefully() {
   local id=$1 name=$2 t0=$SECONDS code log
-  docker stop -t 45 "$id" >/dev/null
+  docker stop -t "${MMSERVE_STOP_GRACE_PERIOD%s}" "$id" >/dev/null
   code=$(exit_code "$id")
   log=$(docker logs "$id" 2>&1)
   echo "  $name: SIGTERM → exited $code after $((SECONDS - t0)) s"
@@ -135,7 +139,7 @@ fi
 
 step "single service on the CPU: up --wait (MMSERVE_MODEL=$MMSERVE_MODEL)"
 t0=$SECONDS
-"${single[@]}" up -d --no-build --wait --wait-timeout 300
+"${single[@]}" up -d --no-build --wait --wait-timeout 900
 echo "  healthy after $((SECONDS - t0)) s on $url"
 api=$("${single[@]}" ps -aq api)
 
@@ -147,7 +151,7 @@ caches=$(docker run --rm --user 0 --entrypoint sh mmserve:smoke -c \
 [[ -z $caches ]] || fail "pip caches or build trees in the image: $caches"
 echo "  no pip cache or build tree in the image"
 
-"${single[@]}" exec -T api python - 4 <docker/smoke_scenes.py >"$work/scenes.json"
+"${single[@]}" exec -T api python - 4 "$MMSERVE_MODEL" <docker/smoke_scenes.py >"$work/scenes.json"
 strict=()
 [[ $SMOKE_CHECK_ANSWERS == 1 ]] && strict=(--strict)
 "$PY" docker/smoke_client.py check "$url" "$work/scenes.json" "${strict[@]}"
@@ -158,7 +162,7 @@ stop_gracefully "$api" api
 
 step "two CPU replicas behind nginx: up --wait"
 t0=$SECONDS
-"${replicas[@]}" up -d --no-build --wait --wait-timeout 300
+"${replicas[@]}" up -d --no-build --wait --wait-timeout 900
 echo "  healthy after $((SECONDS - t0)) s on $url"
 "$PY" docker/smoke_client.py spread "$url" "$work/scenes.json" --requests 12
 for replica in api-1 api-2; do
