@@ -1,7 +1,7 @@
 # mmserve: the multimodal inference service in a container (docker-compose.yml runs it on a GPU).
 #
-# Three stages. `deps` fills a virtual environment in /opt/venv: torch first, then the project's
-# dependencies read from pyproject.toml alone. `app` installs the package itself (model/ and service/,
+# Stages: `deps` fills a virtual environment in /opt/venv, torch first, then the dependencies listed in
+# pyproject.toml (which `requirements` extracts). `app` installs the package itself (model/ and service/,
 # with the built-in weights as package data) into /opt/mmserve, which the venv has on its path. The
 # runtime stage copies just those two folders onto a fresh slim image: no compiler, pip cache or source
 # tree reaches it, and a code change rebuilds only the small /opt/mmserve layer, in seconds.
@@ -10,6 +10,15 @@
 #   docker build -t mmserve --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .   # CPU only
 
 ARG PYTHON_IMAGE=python:3.11-slim
+
+# The dependency list alone, out of pyproject.toml: a change elsewhere in that file (tool settings, the
+# version) leaves requirements.txt as it was, so the layers that install it stay cached.
+FROM ${PYTHON_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt
+
 
 FROM ${PYTHON_IMAGE} AS deps
 
@@ -28,20 +37,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv \
  && pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_REQUIREMENT"
 
-# The dependencies, from pyproject.toml alone: these layers are rebuilt only when it changes. torch is
-# already there, so its open range in pyproject is satisfied and not downloaded again. setuptools builds
-# the package in `app` without network access (--no-build-isolation). The .pth file puts /opt/mmserve on
-# the venv's path.
+# The dependencies: rebuilt only when the list changes. torch is already there, so its open range in
+# pyproject is satisfied and not downloaded again. setuptools builds the package in `app` without network
+# access (--no-build-isolation). The .pth file puts /opt/mmserve on the venv's path.
 WORKDIR /src
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > requirements.txt \
- && pip install --no-cache-dir -r requirements.txt "setuptools>=70" \
+COPY --from=requirements /src/requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt "setuptools>=70" \
  && python -c "import site; open(site.getsitepackages()[0] + '/mmserve.pth', 'w').write('/opt/mmserve\n')"
 
 
 FROM deps AS app
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY model/ model/
 COPY service/ service/
 WORKDIR /

@@ -30,7 +30,6 @@ step() { printf '\n== %s (at %d s)\n' "$*" $((SECONDS - started)); }
 fail() { echo "FAILED: $*" >&2; exit 1; }
 
 export TORCH_INDEX_URL=${TORCH_INDEX_URL-}
-export COMPOSE_BAKE=false  # build through the engine's BuildKit; buildx (Bake) is not needed
 export MMSERVE_IMAGE_TAG=smoke
 MMSERVE_PUBLISH_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export MMSERVE_PUBLISH_PORT
