@@ -9,9 +9,17 @@ from pathlib import Path
 
 import torch
 
-from model.api import ALL_TASKS, MultimodalModel, Task, UnsupportedTask
+from model.api import ALL_TASKS, ModelLoadError, MultimodalModel, Task, UnsupportedTask
 
-__all__ = ["ALL_TASKS", "BUILTIN", "MultimodalModel", "Task", "UnsupportedTask", "load_model"]
+__all__ = [
+    "ALL_TASKS",
+    "BUILTIN",
+    "ModelLoadError",
+    "MultimodalModel",
+    "Task",
+    "UnsupportedTask",
+    "load_model",
+]
 
 BUILTIN = "builtin"
 

@@ -27,6 +27,10 @@ class UnsupportedTask(Exception):
     """The model was asked for a task it cannot do (e.g. captions from a text-only embedder)."""
 
 
+class ModelLoadError(Exception):
+    """A model could not be found or loaded; the message names it and says why (raised at start-up)."""
+
+
 @runtime_checkable
 class MultimodalModel(Protocol):
     name: str  # what /health and the responses report as "model"

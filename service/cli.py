@@ -37,9 +37,7 @@ def serve(overrides: dict[str, Any]) -> None:
     from service.app import create_app
 
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
 
     def begin_drain() -> None:
@@ -66,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser = commands.add_parser("serve", help="run the HTTP service (settings: MMSERVE_* variables)")
     serve_parser.add_argument("--host", help="address to bind (MMSERVE_HOST)")
     serve_parser.add_argument("--port", type=int, help="port to bind (MMSERVE_PORT)")
-    serve_parser.add_argument(
-        "--model", help="builtin, a checkpoint folder or a Hugging Face id (MMSERVE_MODEL)"
-    )
+    serve_parser.add_argument("--model", help="builtin, a checkpoint folder or a Hugging Face id (MMSERVE_MODEL)")
     serve_parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (MMSERVE_DEVICE)")
     serve_parser.add_argument("--dtype", choices=get_args(DType), help="MMSERVE_DTYPE")
     serve_parser.add_argument("--log-level", choices=get_args(LogLevel), help="MMSERVE_LOG_LEVEL")

@@ -136,9 +136,7 @@ class Engine:
                 case _:
                     raise ValueError(f"unknown task {task!r}")
         if len(outputs) != len(payloads):
-            raise RuntimeError(
-                f"{task}: the model returned {len(outputs)} outputs for {len(payloads)} inputs"
-            )
+            raise RuntimeError(f"{task}: the model returned {len(outputs)} outputs for {len(payloads)} inputs")
         return outputs
 
     def warm_up(self) -> None:

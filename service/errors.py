@@ -80,9 +80,7 @@ class InternalError(ServiceError):
     error_type = "internal_error"
 
 
-def json_error(
-    status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
+def json_error(status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The one JSON error shape."""
     return JSONResponse(
         status_code=status_code, content={"error": {"type": error_type, "message": message}}, headers=headers

@@ -15,9 +15,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.queue_size = Gauge(
-            "mmserve_queue_size", "Items waiting for a batch", ["task"], registry=self.registry
-        )
+        self.queue_size = Gauge("mmserve_queue_size", "Items waiting for a batch", ["task"], registry=self.registry)
         self.batch_size = Histogram(
             "mmserve_batch_size",
             "Items per batch run",

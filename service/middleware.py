@@ -85,11 +85,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            logger.exception(
-                "unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id
-            )
+            logger.exception("unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id)
             if not response_started:
-                response = json_error(
-                    500, "internal_error", f"internal server error (request id {request_id})"
-                )
+                response = json_error(500, "internal_error", f"internal server error (request id {request_id})")
                 await response(scope, receive, send_with_id)

@@ -65,8 +65,13 @@ class Runtime:
         self._thread.start()
 
     def begin_drain(self) -> None:
-        """Stop admitting new requests (safe to call from a signal handler: it only sets a flag)."""
+        """Stop admitting new requests, and run queued ones without waiting for batch-mates.
+
+        Called from uvicorn's signal handler too: that runs on the event loop's thread, and the batcher
+        lock is re-entrant and never held while a batch runs, so taking it here cannot deadlock.
+        """
         self._draining = True
+        self._thread.flush()
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for every admitted item to finish (at most `timeout_s`), then stop the inference thread."""
@@ -127,9 +132,7 @@ class Runtime:
     async def decode(self, data: bytes) -> Image.Image:
         """Decode an image in the decode pool, off the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._decode_pool, decode_image, data, self.settings.max_image_pixels
-        )
+        return await loop.run_in_executor(self._decode_pool, decode_image, data, self.settings.max_image_pixels)
 
     async def wait(
         self, items: Sequence[Item[Any, Any]], deadline: float, disconnected: Callable[[], Awaitable[None]]

@@ -48,6 +48,13 @@ class InferenceThread(threading.Thread):
         self._on_ready = on_ready
         self._on_failure = on_failure
         self._stopping = False
+        self._flushing = False  # draining: no new work will come, so nothing waits for batch-mates
+
+    def flush(self) -> None:
+        """From now on run every batch at once, without waiting for `max_wait_ms` (for draining)."""
+        with self._lock:
+            self._flushing = True
+            self._lock.notify_all()
 
     def stop(self) -> None:
         """Finish every queued item, then exit (join the thread to wait for it)."""
@@ -78,7 +85,8 @@ class InferenceThread(threading.Thread):
         with self._lock:
             while True:
                 now = time.monotonic()
-                due = {task: b.due_at(flush_now=self._stopping) for task, b in self._batchers.items()}
+                flush_now = self._stopping or self._flushing
+                due = {task: b.due_at(flush_now) for task, b in self._batchers.items()}
                 ready = [task for task, at in due.items() if at is not None and at <= now]
                 if ready:
                     task = min(ready, key=lambda t: self._batchers[t].oldest_enqueued_at())

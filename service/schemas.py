@@ -72,9 +72,7 @@ class CaptionParams(RequestModel):
 class CaptionJSON(CaptionParams):
     image: Base64Image
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"image": "iVBORw0KGgo...", "max_new_tokens": 20}]}
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"image": "iVBORw0KGgo...", "max_new_tokens": 20}]})
 
 
 class VqaParams(RequestModel):
@@ -95,9 +93,7 @@ class VqaJSON(VqaParams):
     image: Base64Image
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"image": "iVBORw0KGgo...", "question": "What colour is the square?"}]
-        }
+        json_schema_extra={"examples": [{"image": "iVBORw0KGgo...", "question": "What colour is the square?"}]}
     )
 
 
@@ -110,9 +106,7 @@ class EmbedJSON(RequestModel):
     image: Base64Image | None = None
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"input": ["a red circle", "a blue square"]}, {"input": "a red circle"}]
-        }
+        json_schema_extra={"examples": [{"input": ["a red circle", "a blue square"]}, {"input": "a red circle"}]}
     )
 
     @field_validator("input")
@@ -130,9 +124,7 @@ class EmbedJSON(RequestModel):
             if not text:
                 raise ValueError(f"input[{i}] is empty")
             if len(text) > settings.max_text_chars:
-                raise ValueError(
-                    f"input[{i}] is {len(text)} characters long; the limit is {settings.max_text_chars}"
-                )
+                raise ValueError(f"input[{i}] is {len(text)} characters long; the limit is {settings.max_text_chars}")
         return value
 
     @model_validator(mode="after")

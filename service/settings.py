@@ -74,9 +74,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.max_embed_inputs > self.queue_capacity:
-            raise ValueError(
-                "max_embed_inputs must not exceed queue_capacity (one /embed call would never fit)"
-            )
+            raise ValueError("max_embed_inputs must not exceed queue_capacity (one /embed call would never fit)")
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
         return self

@@ -93,7 +93,7 @@ class ServerProcess:
         )
         return self
 
-    def wait_until(self, status: str = "ok", timeout_s: float = 180.0) -> None:
+    def wait_until(self, status: str = "ok", timeout_s: float = 300.0) -> None:
         """Poll /health until it reports `status` (fails with the server's log if it does not)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -36,8 +36,7 @@ def body_kind(request: Request) -> BodyKind:
             return kind
     shown = media_type or "none"
     raise UnsupportedMediaType(
-        f"unsupported content type {shown}; "
-        "send multipart/form-data (a file field 'image') or application/json"
+        f"unsupported content type {shown}; send multipart/form-data (a file field 'image') or application/json"
     )
 
 
@@ -48,9 +47,7 @@ def validation_error(error: ValidationError) -> RequestValidationError:
 
 
 def missing(field: str, message: str = "Field required") -> RequestValidationError:
-    return RequestValidationError(
-        [{"type": "missing", "loc": ("body", field), "msg": message, "input": None}]
-    )
+    return RequestValidationError([{"type": "missing", "loc": ("body", field), "msg": message, "input": None}])
 
 
 async def read_json(request: Request, model: type[M], settings: Settings) -> M:

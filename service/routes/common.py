@@ -96,9 +96,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def request_body(
-    json_model: type[BaseModel], form_fields: dict[str, Any], required: list[str]
-) -> dict[str, Any]:
+def request_body(json_model: type[BaseModel], form_fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
     """OpenAPI for a body that is either JSON (base64 image) or multipart (image file)."""
     return {
         "requestBody": {

@@ -35,9 +35,7 @@ async def health(runtime: RuntimeDep) -> JSONResponse:
 async def live(runtime: RuntimeDep) -> JSONResponse:
     """Liveness: 200 while the process can still serve (also while loading); 503 once it never will."""
     unhealthy = runtime.state is State.UNHEALTHY
-    return JSONResponse(
-        {"status": "unhealthy" if unhealthy else "alive"}, status_code=503 if unhealthy else 200
-    )
+    return JSONResponse({"status": "unhealthy" if unhealthy else "alive"}, status_code=503 if unhealthy else 200)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

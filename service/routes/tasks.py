@@ -60,16 +60,12 @@ async def caption(request: Request, runtime: RuntimeDep) -> CaptionResponse:
         kind = body_kind(request)
         with batcher.reserve() as slot:
             async with before_deadline(record):
-                data, params = await read_image_request(
-                    request, kind, CaptionParams, CaptionJSON, runtime.settings
-                )
+                data, params = await read_image_request(request, kind, CaptionParams, CaptionJSON, runtime.settings)
                 image = await _decode(runtime, record, data)
             max_new_tokens = params.max_new_tokens or runtime.settings.default_max_new_tokens
             item = slot.submit(CaptionInput(image, max_new_tokens), record.deadline)
         [text] = await runtime.wait([item], record.deadline, disconnect_waiter(request))
-        return CaptionResponse(
-            caption=text, model=runtime.model_name("caption"), timings=timings(record, [item])
-        )
+        return CaptionResponse(caption=text, model=runtime.model_name("caption"), timings=timings(record, [item]))
 
 
 @router.post(

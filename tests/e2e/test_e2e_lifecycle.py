@@ -79,16 +79,16 @@ async def test_a_disconnected_request_is_never_computed(slow_start: ServerProces
 async def test_sigterm_loses_no_accepted_request(base_settings: dict[str, str]) -> None:
     settings = {
         **base_settings,
-        "MMSERVE_CAPTION_MAX_WAIT_MS": "1000",
+        "MMSERVE_CAPTION_MAX_WAIT_MS": "30000",  # they wait in the queue until SIGTERM flushes it
         "MMSERVE_CAPTION_MAX_BATCH_SIZE": "64",
     }
     server = ServerProcess(settings).start()
-    server.wait_until("ok")
     try:
+        server.wait_until("ok")
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             in_flight = [asyncio.create_task(client.post("/caption", files=upload(i))) for i in range(16)]
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:  # all 16 accepted and queued (waiting for max_wait_ms)
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline:  # all 16 accepted and queued
                 queued = re.search(
                     r'^mmserve_queue_size\{task="caption"\} (\S+)', (await client.get("/metrics")).text, re.M
                 )

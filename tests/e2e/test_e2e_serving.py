@@ -36,18 +36,14 @@ def upload(data: bytes) -> dict[str, tuple[str, bytes, str]]:
 
 
 def client_for(server: ServerProcess) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=server.url, timeout=120, limits=httpx.Limits(max_connections=CONCURRENCY * 2)
-    )
+    return httpx.AsyncClient(base_url=server.url, timeout=120, limits=httpx.Limits(max_connections=CONCURRENCY * 2))
 
 
 def batch_sizes(metrics: str, task: str) -> tuple[float, float]:
     """(sum, count) of the batch-size histogram of `task`."""
     found = {
         kind: float(value)
-        for kind, value in re.findall(
-            rf'^mmserve_batch_size_(sum|count){{task="{task}"}} (\S+)$', metrics, re.M
-        )
+        for kind, value in re.findall(rf'^mmserve_batch_size_(sum|count){{task="{task}"}} (\S+)$', metrics, re.M)
     }
     return found.get("sum", 0.0), found.get("count", 0.0)
 

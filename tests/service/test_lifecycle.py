@@ -46,14 +46,19 @@ async def test_503_while_loading(serve) -> None:  # type: ignore[no-untyped-def]
         assert (await client.post("/caption", files=upload())).status_code == 200
 
 
-async def test_503_while_draining(serve) -> None:  # type: ignore[no-untyped-def]
-    async with serve() as client:
+async def test_draining_refuses_new_work_and_flushes_the_queue(serve) -> None:  # type: ignore[no-untyped-def]
+    async with serve(caption_max_wait_ms=60_000) as client:
+        accepted = asyncio.create_task(client.post("/caption", files=upload()))
+        while (await client.get("/health")).json()["queues"]["caption"] == 0:
+            await asyncio.sleep(0.005)
         client.app.state.runtime.begin_drain()
         health = await client.get("/health")
         assert (health.status_code, health.json()["status"]) == (503, "draining")
         response = await client.post("/embed", json={"input": "hello"})
         assert response.status_code == 503
         assert error_of(response)["message"] == "the server is shutting down"
+        # The accepted request does not wait out its 60 s batching window.
+        assert (await asyncio.wait_for(accepted, 30)).status_code == 200
 
 
 async def test_unhealthy_when_loading_fails(
