@@ -95,9 +95,7 @@ def test_caption_equals_transformers(captioner: MultimodalModel, reference_capti
 def test_caption_batch_equals_single_calls_with_per_image_limits(captioner: MultimodalModel) -> None:
     limits = [1, 6, 3, 9, 0]
     batch = captioner.caption(IMAGES, limits)
-    assert batch == [
-        captioner.caption([image], limit)[0] for image, limit in zip(IMAGES, limits, strict=True)
-    ]
+    assert batch == [captioner.caption([image], limit)[0] for image, limit in zip(IMAGES, limits, strict=True)]
     assert batch[-1] == ""
     assert [len(c.split()) > 0 for c in batch[:4]] == [True] * 4
 
@@ -106,9 +104,7 @@ def test_caption_prompt_is_continued(captioning_dir: Path, reference_caption) ->
     prompted = load_hf_model(str(captioning_dir), caption_prompt="a picture of")
     captions = prompted.caption(IMAGES[:3], [4, 2, 6])
     assert all(caption.startswith("a picture of") for caption in captions)
-    assert captions == [
-        prompted.caption([image], n)[0] for image, n in zip(IMAGES[:3], [4, 2, 6], strict=True)
-    ]
+    assert captions == [prompted.caption([image], n)[0] for image, n in zip(IMAGES[:3], [4, 2, 6], strict=True)]
     assert captions[0] == reference_caption(IMAGES[0], 4, prompt="a picture of")
 
 

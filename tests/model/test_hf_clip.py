@@ -58,9 +58,7 @@ def test_text_embeddings_equal_transformers(clip: MultimodalModel, reference) ->
     model, processor = reference
     ours = torch.cat([clip.embed_text([text]) for text in TEXTS])
     tokens = processor.tokenizer(TEXTS, padding=True, return_tensors="pt")
-    theirs = model.get_text_features(
-        input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
-    ).pooler_output
+    theirs = model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).pooler_output
     assert ours.dtype == torch.float32 and ours.device.type == "cpu" and ours.shape == (5, 16)
     assert torch.allclose(ours.norm(dim=-1), torch.ones(5), atol=1e-5)
     assert cosines(ours, theirs).min() >= 0.9999
@@ -101,9 +99,7 @@ def test_siglip_pads_texts_to_fixed_length_like_transformers(siglip_dir: Path) -
         SiglipModel.from_pretrained(siglip_dir).eval(),
         AutoProcessor.from_pretrained(siglip_dir),
     )
-    tokens = processor.tokenizer(
-        TEXTS, padding="max_length", truncation=True, max_length=16, return_tensors="pt"
-    )
+    tokens = processor.tokenizer(TEXTS, padding="max_length", truncation=True, max_length=16, return_tensors="pt")
     theirs = model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
     ours = torch.cat([siglip.embed_text([text]) for text in TEXTS])
     assert cosines(ours, theirs.pooler_output).min() >= 0.9999

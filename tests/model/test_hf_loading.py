@@ -58,9 +58,7 @@ def test_missing_local_folder_names_the_model(tmp_path: Path) -> None:
 
 def test_unsupported_architecture_is_refused_clearly(tmp_path: Path) -> None:
     BertModel(
-        BertConfig(
-            hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=100
-        )
+        BertConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=100)
     ).save_pretrained(tmp_path / "bert")
     with pytest.raises(ModelLoadError, match=r"'bert'.*not a family"):
         load_hf_model(str(tmp_path / "bert"))

@@ -83,9 +83,7 @@ def test_batches_of_mixed_lengths_equal_single_calls(vlm: MultimodalModel) -> No
     # questions of different token lengths: the batch is left-padded
     answers = vlm.answer(IMAGES, QUESTIONS, 6)
     assert answers == [vlm.answer([i], [q], 6)[0] for i, q in zip(IMAGES, QUESTIONS, strict=True)]
-    assert len(set(vlm.answer([IMAGES[0]] * 3, QUESTIONS[:3], 6))) > 1, (
-        "answers should depend on the question"
-    )
+    assert len(set(vlm.answer([IMAGES[0]] * 3, QUESTIONS[:3], 6))) > 1, "answers should depend on the question"
     limits = [2, 7, 0, 4, 1]
     captions = vlm.caption(IMAGES, limits)
     assert captions == [vlm.caption([i], n)[0] for i, n in zip(IMAGES, limits, strict=True)]
