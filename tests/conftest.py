@@ -13,6 +13,12 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
 @pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """The async tests (service, e2e) run on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny-builtin"))
 

@@ -11,11 +11,6 @@ from model import MultimodalModel, load_model
 
 
 @pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="session")
 def reference(tiny_checkpoint_dir: Path) -> MultimodalModel:
     """The servers' checkpoint, loaded in the test process and called directly."""
     torch.set_num_threads(1)

@@ -20,11 +20,6 @@ Serve = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="session")
 def checkpoint(tiny_checkpoint_dir: Path) -> Path:
     """The session's tiny random built-in checkpoint (tests/conftest.py writes it once)."""
     torch.set_num_threads(1)
