@@ -3,7 +3,8 @@
 Every step draws a fresh batch of scenes (seeds below the held-out range), and trains three things at
 once on the same image encoding:
 - captioning: the decoder reads `[BOS]` and writes the canonical caption;
-- VQA: the decoder reads `[BOS] question [SEP]` and writes the one-word answer (loss on the answer only);
+- VQA: the decoder reads `[BOS] question [SEP]` and writes the one-word answer (loss on what it writes
+  only), after a short scratchpad and a second `[SEP]` for the questions that have one (position);
 - locked-text contrastive tuning: the image projection is pulled towards the frozen MiniLM embedding of
   the scene's caption (symmetric InfoNCE with soft labels, since two scenes can share a caption).
 
@@ -31,7 +32,7 @@ from model.checkpoint import WEIGHTS_DIR, save_checkpoint
 from model.config import PRESETS
 from model.evaluate import quick_eval
 from model.multimodal import MultimodalTransformer
-from model.scenes import HELD_OUT_SEED_START, ask_any, make_scene, render
+from model.scenes import HELD_OUT_SEED_START, MAX_OBJECTS, ask_any, make_scene, render
 from model.text import TextTower
 from model.tokenizer import BOS, EOS, PAD, SEP, build_tokenizer
 
@@ -96,7 +97,8 @@ class Batches:
             loss_from.append(1)
         for q in questions:
             prompt = [bos, *encode(q.text), sep]
-            rows.append([*prompt, *encode(q.answer), eos])
+            scratchpad = [*encode(q.scratchpad), sep] if q.scratchpad else []
+            rows.append([*prompt, *scratchpad, *encode(q.answer), eos])
             loss_from.append(len(prompt))
         T = max(len(r) for r in rows)
         seq = torch.full((len(rows), T), self.ids[PAD], dtype=torch.long)
@@ -148,11 +150,18 @@ def save_state(path: Path, module, optimizer, step: int, config: TrainConfig) ->
     os.replace(tmp, path)
 
 
-def train(config: TrainConfig, out: Path, run_dir: Path, resume: bool) -> MultimodalTransformer:
+def train(
+    config: TrainConfig, out: Path, run_dir: Path, resume: bool, init: Path | None = None
+) -> MultimodalTransformer:
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = build_tokenizer()
     module = MultimodalTransformer(PRESETS[config.preset]).to(device)
+    if init is not None:  # fine-tune: start from a shipping checkpoint's weights (fresh optimizer)
+        from model.checkpoint import load_module
+
+        module.load_state_dict(load_module(init)[0].state_dict())
+        logger.info("initialised from %s", init)
     text_tower = TextTower().to(device)
     decay = [p for n, p in module.named_parameters() if p.dim() >= 2 and "emb" not in n]
     no_decay = [p for n, p in module.named_parameters() if p.dim() < 2 or "emb" in n]
@@ -234,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the shipping checkpoint goes")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="resumable training state")
     parser.add_argument("--resume", action="store_true", help="continue from --run-dir's state")
+    parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (fine-tune)")
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -247,8 +258,11 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         eval_every=args.eval_every,
         questions_per_image=args.questions_per_image,
+        warmup_steps=args.warmup_steps,
+        # a fine-tuned model has been through the curriculum already: full scenes from the first step
+        **({"curriculum": ((1.0, MAX_OBJECTS),)} if args.init else {}),
     )
-    train(config, args.out, args.run_dir, args.resume)
+    train(config, args.out, args.run_dir, args.resume, init=args.init)
 
 
 if __name__ == "__main__":
