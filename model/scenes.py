@@ -179,9 +179,22 @@ def ask(scene: Scene, family: str, rng: random.Random) -> Question | None:
     raise ValueError(f"unknown question family {family!r}")
 
 
-def ask_any(scene: Scene, rng: random.Random, families: tuple[str, ...] = QUESTION_FAMILIES) -> Question:
-    """A question from a random family that the scene allows (count always does)."""
-    for family in rng.sample(families, len(families)):
+def ask_any(
+    scene: Scene,
+    rng: random.Random,
+    families: tuple[str, ...] = QUESTION_FAMILIES,
+    weights: dict[str, float] | None = None,
+) -> Question:
+    """A question from a random family that the scene allows (count always does).
+
+    Families are tried in a random order, uniform or, with `weights`, weighted (a family of weight 3 comes
+    first three times as often as one of weight 1).
+    """
+    if weights is None:
+        order = rng.sample(families, len(families))
+    else:  # weighted sampling without replacement (Efraimidis and Spirakis)
+        order = sorted(families, key=lambda f: rng.random() ** (1.0 / weights.get(f, 1.0)), reverse=True)
+    for family in order:
         question = ask(scene, family, rng)
         if question is not None:
             return question

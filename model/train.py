@@ -50,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     contrastive_weight: float = 0.5
     questions_per_image: int = 3  # VQA rows per image and step (each image is encoded once for all)
+    family_weights: tuple[tuple[str, float], ...] = ()  # favour some question families (empty: uniform)
     seed: int = 0
     eval_every: int = 500  # steps between quick held-out checks (per-attribute accuracy in the log)
     checkpoint_every: int = 200
@@ -88,7 +89,8 @@ class Batches:
         size = PRESETS[self.config.preset].vision.image_size
         pixels = torch.stack([_to_tensor(render(s, size)) for s in scenes])
         # question-major order, so row blocks line up with the images: [q0 of all images, q1 of all, ...]
-        questions = [ask_any(s, rng) for _ in range(self.config.questions_per_image) for s in scenes]
+        weights = dict(self.config.family_weights) or None
+        questions = [ask_any(s, rng, weights=weights) for _ in range(self.config.questions_per_image) for s in scenes]
         encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
         bos, eos, sep = self.ids[BOS], self.ids[EOS], self.ids[SEP]
         rows, loss_from = [], []
@@ -244,6 +246,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="resumable training state")
     parser.add_argument("--resume", action="store_true", help="continue from --run-dir's state")
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (fine-tune)")
+    parser.add_argument(
+        "--family-weight",
+        action="append",
+        default=[],
+        metavar="FAMILY=WEIGHT",
+        help="ask this question family more (or less) often, e.g. position=3 (repeatable)",
+    )
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -259,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_every=args.eval_every,
         questions_per_image=args.questions_per_image,
         warmup_steps=args.warmup_steps,
+        family_weights=tuple((f, float(w)) for f, w in (item.split("=", 1) for item in args.family_weight)),
         # a fine-tuned model has been through the curriculum already: full scenes from the first step
         **({"curriculum": ((1.0, MAX_OBJECTS),)} if args.init else {}),
     )

@@ -91,3 +91,13 @@ def test_rendered_image_shows_the_objects_colours() -> None:
         x, y = int(obj.x * 64), int(obj.y * 64)
         centre = pixels[y, x]
         assert np.abs(centre - np.array(COLOURS[obj.colour])).max() < 60
+
+
+def test_family_weights_favour_a_family() -> None:
+    from model.scenes import ask_any
+
+    scenes = [make_scene(seed, min_objects=3) for seed in range(300)]
+    uniform, weighted = random.Random(0), random.Random(0)
+    plain = sum(ask_any(s, uniform).family == "position" for s in scenes)
+    favoured = sum(ask_any(s, weighted, weights={"position": 5.0}).family == "position" for s in scenes)
+    assert favoured > 2 * plain, (plain, favoured)
