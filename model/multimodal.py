@@ -51,11 +51,12 @@ class MultimodalTransformer(nn.Module):
         """Pixels (B, 3, H, W) → normalised embedding (B, embed_dim) and image tokens (B, 1 + N, d)."""
         cls, patches = self.vision(pixels)
         embedding = F.normalize(self.image_proj(cls).float(), dim=-1)
-        # The decoder reads the patch tokens with their fixed 2-D positions added back, as DETR adds
-        # positional encodings to the encoder's memory: "which column is the circle in?" becomes a linear
-        # read-out of what cross-attention fetches, rather than something the ViT must carry through its
-        # blocks (without this, 300 fine-tuning steps left column look-ups near chance, 0.29).
-        patches = patches + self.vision.pos.to(patches.dtype)
+        # Optionally the decoder reads the patch tokens with their fixed 2-D positions added back, as DETR
+        # adds positional encodings to the encoder's memory, so that an object's column is a linear
+        # read-out of what cross-attention fetches. Off in the shipped model (it did not make the position
+        # family learnable within 1,500 steps).
+        if self.config.context_positions:
+            patches = patches + self.vision.pos.to(patches.dtype)
         return embedding, torch.cat([cls[:, None], patches], dim=1)
 
 
