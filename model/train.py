@@ -4,7 +4,7 @@ Every step draws a fresh batch of scenes (seeds below the held-out range), and t
 once on the same image encoding:
 - captioning: the decoder reads `[BOS]` and writes the canonical caption;
 - VQA: the decoder reads `[BOS] question [SEP]` and writes the one-word answer (loss on what it writes
-  only), after a short scratchpad and a second `[SEP]` for the questions that have one (position);
+  only); with `--scratchpad`, position answers come after the two objects' columns and a second `[SEP]`;
 - locked-text contrastive tuning: the image projection is pulled towards the frozen MiniLM embedding of
   the scene's caption (symmetric InfoNCE with soft labels, since two scenes can share a caption).
 
@@ -51,6 +51,7 @@ class TrainConfig:
     contrastive_weight: float = 0.5
     questions_per_image: int = 3  # VQA rows per image and step (each image is encoded once for all)
     family_weights: tuple[tuple[str, float], ...] = ()  # favour some question families (empty: uniform)
+    scratchpad: bool = False  # position answers written after the objects' columns (an experiment; see scenes.py)
     seed: int = 0
     eval_every: int = 500  # steps between quick held-out checks (per-attribute accuracy in the log)
     checkpoint_every: int = 200
@@ -99,7 +100,7 @@ class Batches:
             loss_from.append(1)
         for q in questions:
             prompt = [bos, *encode(q.text), sep]
-            scratchpad = [*encode(q.scratchpad), sep] if q.scratchpad else []
+            scratchpad = [*encode(q.scratchpad), sep] if q.scratchpad and self.config.scratchpad else []
             rows.append([*prompt, *scratchpad, *encode(q.answer), eos])
             loss_from.append(len(prompt))
         T = max(len(r) for r in rows)
@@ -253,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
         metavar="FAMILY=WEIGHT",
         help="ask this question family more (or less) often, e.g. position=3 (repeatable)",
     )
+    parser.add_argument(
+        "--scratchpad", action="store_true", help="position answers after the objects' columns (experimental)"
+    )
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -268,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_every=args.eval_every,
         questions_per_image=args.questions_per_image,
         warmup_steps=args.warmup_steps,
+        scratchpad=args.scratchpad,
         family_weights=tuple((f, float(w)) for f, w in (item.split("=", 1) for item in args.family_weight)),
         # a fine-tuned model has been through the curriculum already: full scenes from the first step
         **({"curriculum": ((1.0, MAX_OBJECTS),)} if args.init else {}),

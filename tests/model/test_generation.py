@@ -10,7 +10,6 @@ from model.generate import greedy_decode
 from model.multimodal import MultimodalTransformer
 from model.scenes import make_scene, render
 
-
 # every equivalence holds with and without the optional rotary positions and context positions
 VARIANTS = {
     "plain": PRESETS["tiny"],

@@ -5,9 +5,9 @@ import numpy as np
 from model.scenes import (
     COLOURS,
     HELD_OUT_SEED_START,
+    NUMBERS,
     QUESTION_FAMILIES,
     SHAPES,
-    NUMBERS,
     ask,
     column_of,
     make_scene,

