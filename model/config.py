@@ -25,6 +25,7 @@ class DecoderConfig:
     heads: int = 3
     max_len: int = 64  # prompt plus generated tokens; generation stops there
     mlp_ratio: float = 4.0
+    rope: bool = False  # rotary positions in self-attention, on top of the learned ones (see decoder.py)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class ModelConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     embed_dim: int = 384  # the frozen text tower's size: image embeddings are projected into its space
     max_question_tokens: int = 40  # longer questions keep their first 40 tokens (documented truncation)
+    # add the patch tokens' fixed 2-D positions back before the decoder reads them (see multimodal.py)
+    context_positions: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,6 +23,22 @@ class KVCache:
     v: torch.Tensor | None = None
 
 
+def rotary(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE angles for token positions (B, T): cos and sin, each (B, 1, T, head_dim), to broadcast over heads."""
+    half = head_dim // 2
+    inv_freq = 1.0 / (base ** (torch.arange(half, dtype=torch.float32, device=positions.device) / half))
+    angles = positions.float()[..., None] * inv_freq  # (B, T, half)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, T, head_dim)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate queries or keys (B, nh, T, hs) by their positions' angles (the rotate-half form of RoPE)."""
+    cos, sin = rope
+    x1, x2 = x.chunk(2, dim=-1)
+    return (x * cos.to(x.dtype)) + (torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype))
+
+
 class Attention(nn.Module):
     """Multi-head attention. Without `context` it is self-attention; with it, cross-attention."""
 
@@ -41,16 +57,22 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         is_cross: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """`rope` (self-attention only): rotary angles of the new tokens, applied to their queries and keys."""
         B, T, C = x.shape
         nh, hs = self.heads, C // self.heads
         q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:
+            q = apply_rotary(q, rope)
         if is_cross and cache is not None and cache.k is not None:
             k, v = cache.k, cache.v  # the image tokens' keys and values, computed once per generation
         else:
             source = x if context is None else context
             S = source.shape[1]
             k, v = self.kv(source).view(B, S, 2, nh, hs).permute(2, 0, 3, 1, 4)  # 2 × (B, nh, S, hs)
+            if rope is not None:
+                k = apply_rotary(k, rope)  # cached already rotated: a key's position never changes
             if cache is not None:
                 if not is_cross and cache.k is not None:
                     k = torch.cat([cache.k, k], dim=2)
@@ -95,8 +117,9 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         cache: BlockCache | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), mask=mask, cache=cache.self_attn if cache else None)
+        x = x + self.attn(self.ln1(x), mask=mask, cache=cache.self_attn if cache else None, rope=rope)
         if self.cross is not None and self.ln_cross is not None:
             cross_cache = cache.cross_attn if cache else None
             x = x + self.cross(self.ln_cross(x), context=context, cache=cross_cache, is_cross=True)

@@ -5,7 +5,9 @@ frozen MiniLM text space (for embeddings), and a decoder with cross-attention (f
 `BuiltinModel` wraps it with the tokenizer, the text tower and image preprocessing, and implements the
 `MultimodalModel` protocol the service uses: batched `caption`, `answer`, `embed_text`, `embed_image`.
 
-Prompts: a caption is generated after `[BOS]`; an answer after `[BOS] question [SEP]`.
+Prompts: a caption is generated after `[BOS]`; an answer after `[BOS] question [SEP]`. For some questions
+(relative position) the decoder first writes a scratchpad ending in `[SEP]` (the column of each object,
+e.g. "two four [SEP] yes"); `answer` returns only what follows the last `[SEP]`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from model.tokenizer import BOS, EOS, PAD, SEP
 from model.vision import VisionEncoder
 
 
+def after_scratchpad(ids: list[int], sep_id: int) -> list[int]:
+    """The answer part of generated ids: what follows the last `[SEP]` (all of it when there is none)."""
+    return ids[len(ids) - ids[::-1].index(sep_id) :] if sep_id in ids else ids
+
+
 class MultimodalTransformer(nn.Module):
     """The trainable towers: image encoder, image→text-space projection, decoder."""
 
@@ -44,6 +51,12 @@ class MultimodalTransformer(nn.Module):
         """Pixels (B, 3, H, W) → normalised embedding (B, embed_dim) and image tokens (B, 1 + N, d)."""
         cls, patches = self.vision(pixels)
         embedding = F.normalize(self.image_proj(cls).float(), dim=-1)
+        # Optionally the decoder reads the patch tokens with their fixed 2-D positions added back, as DETR
+        # adds positional encodings to the encoder's memory, so that an object's column is a linear
+        # read-out of what cross-attention fetches. Off in the shipped model (it did not make the position
+        # family learnable within 1,500 steps).
+        if self.config.context_positions:
+            patches = patches + self.vision.pos.to(patches.dtype)
         return embedding, torch.cat([cls[:, None], patches], dim=1)
 
 
@@ -81,10 +94,12 @@ class BuiltinModel:
 
     def _generate(
         self, images: Sequence[Image.Image], prompts: list[list[int]], max_new_tokens: Sequence[int]
-    ) -> list[str]:
+    ) -> list[list[int]]:
         _, tokens = self.module.encode_image(self._pixels(images))
-        generated = greedy_decode(self.module.decoder, tokens, prompts, max_new_tokens, self._ids[EOS], self._ids[PAD])
-        return [self.tokenizer.decode(ids).strip() for ids in generated]
+        return greedy_decode(self.module.decoder, tokens, prompts, max_new_tokens, self._ids[EOS], self._ids[PAD])
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids).strip()
 
     # -- the protocol ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -93,7 +108,7 @@ class BuiltinModel:
         if not images:
             return []
         limits = [max_new_tokens] * len(images) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        return self._generate(images, [[self._ids[BOS]] for _ in images], limits)
+        return [self._decode(ids) for ids in self._generate(images, [[self._ids[BOS]] for _ in images], limits)]
 
     @torch.inference_mode()
     def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16) -> list[str]:
@@ -103,7 +118,8 @@ class BuiltinModel:
         if not images:
             return []
         prompts = [self._question_prompt(q) for q in questions]
-        return self._generate(images, prompts, [max_new_tokens] * len(images))
+        generated = self._generate(images, prompts, [max_new_tokens] * len(images))
+        return [self._decode(after_scratchpad(ids, self._ids[SEP])) for ids in generated]
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Every step draws a fresh batch of scenes (seeds below the held-out range), and trains three things at
 once on the same image encoding:
 - captioning: the decoder reads `[BOS]` and writes the canonical caption;
-- VQA: the decoder reads `[BOS] question [SEP]` and writes the one-word answer (loss on the answer only);
+- VQA: the decoder reads `[BOS] question [SEP]` and writes the one-word answer (loss on what it writes
+  only); with `--scratchpad`, position answers come after the two objects' columns and a second `[SEP]`;
 - locked-text contrastive tuning: the image projection is pulled towards the frozen MiniLM embedding of
   the scene's caption (symmetric InfoNCE with soft labels, since two scenes can share a caption).
 
@@ -31,7 +32,7 @@ from model.checkpoint import WEIGHTS_DIR, save_checkpoint
 from model.config import PRESETS
 from model.evaluate import quick_eval
 from model.multimodal import MultimodalTransformer
-from model.scenes import HELD_OUT_SEED_START, ask_any, make_scene, render
+from model.scenes import HELD_OUT_SEED_START, MAX_OBJECTS, ask_any, make_scene, render
 from model.text import TextTower
 from model.tokenizer import BOS, EOS, PAD, SEP, build_tokenizer
 
@@ -49,6 +50,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     contrastive_weight: float = 0.5
     questions_per_image: int = 3  # VQA rows per image and step (each image is encoded once for all)
+    family_weights: tuple[tuple[str, float], ...] = ()  # favour some question families (empty: uniform)
+    scratchpad: bool = False  # position answers written after the objects' columns (an experiment; see scenes.py)
     seed: int = 0
     eval_every: int = 500  # steps between quick held-out checks (per-attribute accuracy in the log)
     checkpoint_every: int = 200
@@ -87,7 +90,8 @@ class Batches:
         size = PRESETS[self.config.preset].vision.image_size
         pixels = torch.stack([_to_tensor(render(s, size)) for s in scenes])
         # question-major order, so row blocks line up with the images: [q0 of all images, q1 of all, ...]
-        questions = [ask_any(s, rng) for _ in range(self.config.questions_per_image) for s in scenes]
+        weights = dict(self.config.family_weights) or None
+        questions = [ask_any(s, rng, weights=weights) for _ in range(self.config.questions_per_image) for s in scenes]
         encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
         bos, eos, sep = self.ids[BOS], self.ids[EOS], self.ids[SEP]
         rows, loss_from = [], []
@@ -96,7 +100,8 @@ class Batches:
             loss_from.append(1)
         for q in questions:
             prompt = [bos, *encode(q.text), sep]
-            rows.append([*prompt, *encode(q.answer), eos])
+            scratchpad = [*encode(q.scratchpad), sep] if q.scratchpad and self.config.scratchpad else []
+            rows.append([*prompt, *scratchpad, *encode(q.answer), eos])
             loss_from.append(len(prompt))
         T = max(len(r) for r in rows)
         seq = torch.full((len(rows), T), self.ids[PAD], dtype=torch.long)
@@ -148,11 +153,18 @@ def save_state(path: Path, module, optimizer, step: int, config: TrainConfig) ->
     os.replace(tmp, path)
 
 
-def train(config: TrainConfig, out: Path, run_dir: Path, resume: bool) -> MultimodalTransformer:
+def train(
+    config: TrainConfig, out: Path, run_dir: Path, resume: bool, init: Path | None = None
+) -> MultimodalTransformer:
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = build_tokenizer()
     module = MultimodalTransformer(PRESETS[config.preset]).to(device)
+    if init is not None:  # fine-tune: start from a shipping checkpoint's weights (fresh optimizer)
+        from model.checkpoint import load_module
+
+        module.load_state_dict(load_module(init)[0].state_dict())
+        logger.info("initialised from %s", init)
     text_tower = TextTower().to(device)
     decay = [p for n, p in module.named_parameters() if p.dim() >= 2 and "emb" not in n]
     no_decay = [p for n, p in module.named_parameters() if p.dim() < 2 or "emb" in n]
@@ -234,6 +246,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the shipping checkpoint goes")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="resumable training state")
     parser.add_argument("--resume", action="store_true", help="continue from --run-dir's state")
+    parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (fine-tune)")
+    parser.add_argument(
+        "--family-weight",
+        action="append",
+        default=[],
+        metavar="FAMILY=WEIGHT",
+        help="ask this question family more (or less) often, e.g. position=3 (repeatable)",
+    )
+    parser.add_argument(
+        "--scratchpad", action="store_true", help="position answers after the objects' columns (experimental)"
+    )
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -247,8 +271,13 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         eval_every=args.eval_every,
         questions_per_image=args.questions_per_image,
+        warmup_steps=args.warmup_steps,
+        scratchpad=args.scratchpad,
+        family_weights=tuple((f, float(w)) for f, w in (item.split("=", 1) for item in args.family_weight)),
+        # a fine-tuned model has been through the curriculum already: full scenes from the first step
+        **({"curriculum": ((1.0, MAX_OBJECTS),)} if args.init else {}),
     )
-    train(config, args.out, args.run_dir, args.resume)
+    train(config, args.out, args.run_dir, args.resume, init=args.init)
 
 
 if __name__ == "__main__":

@@ -113,3 +113,12 @@ def test_long_texts_are_truncated_not_refused(tiny_model) -> None:
 def test_mismatched_answer_inputs(tiny_model) -> None:
     with pytest.raises(ValueError, match="2 images but 1 questions"):
         tiny_model.answer(_scenes(2), ["one question"])
+
+
+def test_answers_drop_the_scratchpad() -> None:
+    from model.multimodal import after_scratchpad
+
+    sep = 4
+    assert after_scratchpad([20, 21, sep, 30], sep) == [30]  # "two four [SEP] yes" → "yes"
+    assert after_scratchpad([30], sep) == [30]  # no scratchpad
+    assert after_scratchpad([20, sep, 21, sep], sep) == []  # the last [SEP] counts

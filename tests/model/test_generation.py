@@ -1,16 +1,32 @@
 """Equivalence tests for decoding: KV cache vs none, batched vs one by one."""
 
+from dataclasses import replace
+
+import pytest
 import torch
 
-from model.config import PRESETS
+from model.config import PRESETS, ModelConfig
 from model.generate import greedy_decode
 from model.multimodal import MultimodalTransformer
 from model.scenes import make_scene, render
 
+# every equivalence holds with and without the optional rotary positions and context positions
+VARIANTS = {
+    "plain": PRESETS["tiny"],
+    "rope+context-positions": replace(
+        PRESETS["tiny"], decoder=replace(PRESETS["tiny"].decoder, rope=True), context_positions=True
+    ),
+}
 
-def _random_module(seed: int = 0) -> MultimodalTransformer:
+
+@pytest.fixture(params=sorted(VARIANTS))
+def config(request: pytest.FixtureRequest) -> ModelConfig:
+    return VARIANTS[request.param]
+
+
+def _random_module(config: ModelConfig, seed: int = 0) -> MultimodalTransformer:
     torch.manual_seed(seed)
-    module = MultimodalTransformer(PRESETS["tiny"]).eval()
+    module = MultimodalTransformer(config).eval()
     with torch.no_grad():
         for p in module.parameters():
             if p.dim() > 1:
@@ -25,8 +41,8 @@ def _image_tokens(module: MultimodalTransformer, n: int) -> torch.Tensor:
     return module.encode_image(pixels)[1]
 
 
-def test_kv_cache_equals_no_cache() -> None:
-    module = _random_module()
+def test_kv_cache_equals_no_cache(config: ModelConfig) -> None:
+    module = _random_module(config)
     tokens = _image_tokens(module, 3)
     prompts = [[2], [2, 10, 11, 4], [2, 7, 4]]
     with_cache = greedy_decode(module.decoder, tokens, prompts, [12, 12, 12], eos_id=3, pad_id=0)
@@ -35,10 +51,10 @@ def test_kv_cache_equals_no_cache() -> None:
     assert any(len(o) > 3 for o in with_cache)  # the comparison covers several cached steps
 
 
-def test_cached_logits_match_full_forward() -> None:
+def test_cached_logits_match_full_forward(config: ModelConfig) -> None:
     from model.decoder import causal_mask
 
-    module = _random_module(1)
+    module = _random_module(config, 1)
     tokens = _image_tokens(module, 2)
     ids = torch.tensor([[2, 9, 10, 11, 12], [2, 5, 6, 7, 8]])
     valid = torch.ones_like(ids, dtype=torch.bool)
@@ -53,8 +69,8 @@ def test_cached_logits_match_full_forward() -> None:
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
-def test_batched_equals_single_with_mixed_prompts_and_limits() -> None:
-    module = _random_module(2)
+def test_batched_equals_single_with_mixed_prompts_and_limits(config: ModelConfig) -> None:
+    module = _random_module(config, 2)
     tokens = _image_tokens(module, 5)
     prompts = [[2], [2, 10, 11, 12, 13, 14, 4], [2, 7, 4], [2], [2, 30, 31, 4]]
     limits = [9, 3, 14, 1, 6]
@@ -68,8 +84,8 @@ def test_batched_equals_single_with_mixed_prompts_and_limits() -> None:
     assert len({tuple(o) for o in batched}) > 1  # outputs depend on the input
 
 
-def test_per_row_end_of_sequence() -> None:
-    module = _random_module(3)
+def test_per_row_end_of_sequence(config: ModelConfig) -> None:
+    module = _random_module(config, 3)
     tokens = _image_tokens(module, 4)
     prompts = [[2], [2, 8, 4], [2, 20, 4], [2, 40, 4]]
     free = greedy_decode(module.decoder, tokens, prompts, [10] * 4, eos_id=-1, pad_id=0)
@@ -82,6 +98,22 @@ def test_per_row_end_of_sequence() -> None:
     assert stopped[late] == free[late]
 
 
-def test_empty_batch() -> None:
-    module = _random_module()
+def test_empty_batch(config: ModelConfig) -> None:
+    module = _random_module(config)
     assert greedy_decode(module.decoder, torch.zeros(0, 17, 32), [], [], eos_id=3, pad_id=0) == []
+
+
+def test_rotary_scores_depend_only_on_the_offset() -> None:
+    from model.layers import apply_rotary, rotary
+
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m: int, n: int) -> float:
+        rq = apply_rotary(q, rotary(torch.tensor([[m]]), 16))
+        rk = apply_rotary(k, rotary(torch.tensor([[n]]), 16))
+        return float((rq * rk).sum())
+
+    assert abs(score(5, 2) - score(17, 14)) < 1e-4  # same offset, same score
+    assert abs(score(5, 2) - score(5, 4)) > 1e-3  # another offset, another score
+    assert torch.allclose(apply_rotary(q, rotary(torch.tensor([[0]]), 16)), q)  # position 0 is the identity

@@ -5,9 +5,11 @@ import numpy as np
 from model.scenes import (
     COLOURS,
     HELD_OUT_SEED_START,
+    NUMBERS,
     QUESTION_FAMILIES,
     SHAPES,
     ask,
+    column_of,
     make_scene,
     render,
 )
@@ -39,6 +41,12 @@ def test_grammar_coverage() -> None:
     assert {len(s.objects) for s in scenes} == {1, 2, 3, 4}
 
 
+def test_every_object_has_a_column_of_its_own() -> None:
+    for seed in range(300):
+        columns = [column_of(o) for o in make_scene(seed).objects]
+        assert columns == sorted(set(columns)) and all(0 <= c < 4 for c in columns)
+
+
 def test_caption_formats() -> None:
     counts = {len(make_scene(s).objects): make_scene(s).caption for s in range(100)}
     assert " and " not in counts[1]
@@ -66,6 +74,13 @@ def test_questions_are_answered_by_the_scene() -> None:
                 colour, shape = q.text.removeprefix("is there a ").removesuffix("?").split()
                 present = any((o.colour, o.shape) == (colour, shape) for o in scene.objects)
                 assert q.answer == ("yes" if present else "no")
+            if family == "position":
+                # the scratchpad names the two objects' columns, in the question's order
+                a, b = (NUMBERS.index(word) for word in q.scratchpad.split())
+                left = " left of " in q.text
+                assert q.answer == ("yes" if (a < b) == left else "no"), q
+            else:
+                assert q.scratchpad == ""
     assert seen == set(QUESTION_FAMILIES)
 
 
@@ -76,3 +91,13 @@ def test_rendered_image_shows_the_objects_colours() -> None:
         x, y = int(obj.x * 64), int(obj.y * 64)
         centre = pixels[y, x]
         assert np.abs(centre - np.array(COLOURS[obj.colour])).max() < 60
+
+
+def test_family_weights_favour_a_family() -> None:
+    from model.scenes import ask_any
+
+    scenes = [make_scene(seed, min_objects=3) for seed in range(300)]
+    uniform, weighted = random.Random(0), random.Random(0)
+    plain = sum(ask_any(s, uniform).family == "position" for s in scenes)
+    favoured = sum(ask_any(s, weighted, weights={"position": 5.0}).family == "position" for s in scenes)
+    assert favoured > 2 * plain, (plain, favoured)

@@ -1,5 +1,6 @@
 """Training runs, checkpoints atomically, resumes where it stopped, and exports a loadable checkpoint."""
 
+import pytest
 import torch
 
 from model.checkpoint import load_builtin
@@ -24,13 +25,25 @@ def test_batches_are_deterministic() -> None:
     assert a["captions"] != batches(4)["captions"]
 
 
-def test_answer_loss_covers_only_the_answer() -> None:
+@pytest.mark.parametrize("scratchpad", [False, True])
+def test_answer_loss_covers_only_what_the_decoder_writes(scratchpad: bool) -> None:
+    from dataclasses import replace
+
     tokenizer = build_tokenizer()
-    batch = Batches(_config(10), tokenizer)(0)
+    config = replace(_config(10), scratchpad=scratchpad)
+    batch = Batches(config, tokenizer)(9)  # the end of the curriculum: up to four objects
     n = len(batch["captions"])
+    positions = 0
     for row, weight in zip(batch["seq"][n:], batch["weight"][n:], strict=True):
+        text = tokenizer.decode(row.tolist(), skip_special_tokens=False)
         targets = [tokenizer.id_to_token(int(t)) for t, w in zip(row[1:], weight, strict=False) if w > 0]
-        assert targets[-1] == "[EOS]" and len(targets) == 2  # one answer word, then end of sequence
+        assert targets[-1] == "[EOS]"
+        if scratchpad and (" left of " in text or " right of " in text):  # two columns, [SEP], answer, end
+            positions += 1
+            assert len(targets) == 5 and targets[2] == "[SEP]" and targets[3] in ("yes", "no"), text
+        else:  # one answer word, then end of sequence
+            assert len(targets) == 2, text
+    assert (positions > 0) == scratchpad
 
 
 def test_curriculum_and_schedule() -> None:
@@ -67,6 +80,16 @@ def test_train_checkpoints_and_resumes(tmp_path, text_tower) -> None:
     assert not list(run.glob("*.tmp")) and not list(out.glob("*.tmp"))
     model = load_builtin(out, text_tower=text_tower)
     assert len(model.caption([render(make_scene(1))], 4)) == 1
+
+
+def test_fine_tuning_starts_from_a_checkpoint(tmp_path, tiny_checkpoint_dir, text_tower) -> None:
+    from model.checkpoint import load_module
+
+    start = load_module(tiny_checkpoint_dir)[0].state_dict()
+    module = train(_config(1), tmp_path / "weights", tmp_path / "run", resume=False, init=tiny_checkpoint_dir)
+    # one small step away from the checkpoint, not a fresh random initialisation
+    drift = max((module.state_dict()[k].cpu() - v).abs().max().item() for k, v in start.items())
+    assert 0 < drift < 0.05
 
 
 def test_several_questions_per_image_line_up_with_their_images() -> None:
