@@ -7,7 +7,7 @@ frozen MiniLM text space (for embeddings), and a decoder with cross-attention (f
 
 Prompts: a caption is generated after `[BOS]`; an answer after `[BOS] question [SEP]`. For some questions
 (relative position) the decoder first writes a scratchpad ending in `[SEP]` (the column of each object,
-e.g. "two four [SEP] yes"); `answer` returns only what follows the last `[SEP]`.
+e.g. "two four left [SEP] yes"); `answer` returns only what follows the last `[SEP]`.
 """
 
 from __future__ import annotations

@@ -170,12 +170,14 @@ def ask(scene: Scene, family: str, rng: random.Random) -> Question | None:
         (i, a), (j, b) = rng.sample(refs, 2)
         relation = rng.choice(("left", "right"))
         truth = i < j if relation == "left" else i > j
-        # The scratchpad names each object's column ("one" to "four", left to right) before the answer.
-        # Answered directly, the comparison of two objects picked out by words stayed at chance for
-        # 4,500 steps; finding one object's column is a one-hop lookup like "what colour is the circle?",
-        # and comparing two column words the decoder has just written is easy.
-        columns = " ".join(NUMBERS[column_of(objs[k]) + 1] for k in (i, j))
-        return Question(family, f"is the {a} {relation} of the {b}?", "yes" if truth else "no", columns)
+        # The scratchpad (for `--scratchpad` training) names each object's column ("one" to "four", left
+        # to right), then the actual relation of the first to the second: "two four left". Each step is
+        # then a first-order function of what precedes it; answered directly, yes/no is an XOR of the
+        # objects' order and the asked relation, and stayed at chance (see model/MODEL_CARD.md).
+        columns = [column_of(objs[k]) for k in (i, j)]
+        actual = "left" if columns[0] < columns[1] else "right"
+        scratchpad = " ".join([*(NUMBERS[c + 1] for c in columns), actual])
+        return Question(family, f"is the {a} {relation} of the {b}?", "yes" if truth else "no", scratchpad)
     raise ValueError(f"unknown question family {family!r}")
 
 

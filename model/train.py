@@ -4,7 +4,8 @@ Every step draws a fresh batch of scenes (seeds below the held-out range), and t
 once on the same image encoding:
 - captioning: the decoder reads `[BOS]` and writes the canonical caption;
 - VQA: the decoder reads `[BOS] question [SEP]` and writes the one-word answer (loss on what it writes
-  only); with `--scratchpad`, position answers come after the two objects' columns and a second `[SEP]`;
+  only); with `--scratchpad`, a position answer comes after the two objects' columns, their relation
+  and a second `[SEP]`;
 - locked-text contrastive tuning: the image projection is pulled towards the frozen MiniLM embedding of
   the scene's caption (symmetric InfoNCE with soft labels, since two scenes can share a caption).
 
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         help="ask this question family more (or less) often, e.g. position=3 (repeatable)",
     )
     parser.add_argument(
-        "--scratchpad", action="store_true", help="position answers after the objects' columns (experimental)"
+        "--scratchpad", action="store_true", help="position answers after the objects' columns and relation"
     )
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")

@@ -75,10 +75,11 @@ def test_questions_are_answered_by_the_scene() -> None:
                 present = any((o.colour, o.shape) == (colour, shape) for o in scene.objects)
                 assert q.answer == ("yes" if present else "no")
             if family == "position":
-                # the scratchpad names the two objects' columns, in the question's order
-                a, b = (NUMBERS.index(word) for word in q.scratchpad.split())
-                left = " left of " in q.text
-                assert q.answer == ("yes" if (a < b) == left else "no"), q
+                # the scratchpad names the two objects' columns, in the question's order, then their relation
+                first, second, actual = q.scratchpad.split()
+                a, b = NUMBERS.index(first), NUMBERS.index(second)
+                assert actual == ("left" if a < b else "right"), q
+                assert q.answer == ("yes" if f" {actual} of " in q.text else "no"), q
             else:
                 assert q.scratchpad == ""
     assert seen == set(QUESTION_FAMILIES)

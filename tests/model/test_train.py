@@ -38,9 +38,10 @@ def test_answer_loss_covers_only_what_the_decoder_writes(scratchpad: bool) -> No
         text = tokenizer.decode(row.tolist(), skip_special_tokens=False)
         targets = [tokenizer.id_to_token(int(t)) for t, w in zip(row[1:], weight, strict=False) if w > 0]
         assert targets[-1] == "[EOS]"
-        if scratchpad and (" left of " in text or " right of " in text):  # two columns, [SEP], answer, end
+        if scratchpad and (" left of " in text or " right of " in text):  # columns, relation, [SEP], answer
             positions += 1
-            assert len(targets) == 5 and targets[2] == "[SEP]" and targets[3] in ("yes", "no"), text
+            assert len(targets) == 6 and targets[2] in ("left", "right") and targets[3] == "[SEP]", text
+            assert targets[4] in ("yes", "no"), text
         else:  # one answer word, then end of sequence
             assert len(targets) == 2, text
     assert (positions > 0) == scratchpad
