@@ -52,7 +52,7 @@ class TrainConfig:
     contrastive_weight: float = 0.5
     questions_per_image: int = 3  # VQA rows per image and step (each image is encoded once for all)
     family_weights: tuple[tuple[str, float], ...] = ()  # favour some question families (empty: uniform)
-    scratchpad: bool = False  # position answers written after the objects' columns (an experiment; see scenes.py)
+    scratchpad: bool = False  # position answers after the objects' columns and relation (`Question.scratchpad`)
     seed: int = 0
     eval_every: int = 500  # steps between quick held-out checks (per-attribute accuracy in the log)
     checkpoint_every: int = 200
@@ -234,6 +234,15 @@ def train(
     return module
 
 
+def _family_weight(text: str) -> tuple[str, float]:
+    """`position=4` → ("position", 4.0), for `--family-weight`."""
+    family, _, weight = text.partition("=")
+    try:
+        return family, float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FAMILY=WEIGHT, e.g. position=4, not {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mmserve train", description=__doc__.splitlines()[0])
     defaults = TrainConfig()
@@ -252,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         "--family-weight",
         action="append",
         default=[],
+        type=_family_weight,
         metavar="FAMILY=WEIGHT",
         help="ask this question family more (or less) often, e.g. position=3 (repeatable)",
     )
@@ -274,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         questions_per_image=args.questions_per_image,
         warmup_steps=args.warmup_steps,
         scratchpad=args.scratchpad,
-        family_weights=tuple((f, float(w)) for f, w in (item.split("=", 1) for item in args.family_weight)),
+        family_weights=tuple(args.family_weight),
         # a fine-tuned model has been through the curriculum already: full scenes from the first step
         **({"curriculum": ((1.0, MAX_OBJECTS),)} if args.init else {}),
     )

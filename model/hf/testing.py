@@ -116,24 +116,23 @@ def _blip_processor() -> BlipProcessor:
     return BlipProcessor(image_processor=BlipImageProcessorPil(size=size), tokenizer=_blip_tokenizer())
 
 
-def build_blip_captioning(out_dir: Path, seed: int = 0) -> Path:
-    """A tiny `BlipForConditionalGeneration` with its processor."""
+def _build_blip(out_dir: Path, seed: int, model_class: type) -> Path:
     torch.manual_seed(seed)
     config = _blip_config()
-    config.architectures = ["BlipForConditionalGeneration"]
-    BlipForConditionalGeneration(config).save_pretrained(out_dir)
+    config.architectures = [model_class.__name__]
+    model_class(config).save_pretrained(out_dir)
     _blip_processor().save_pretrained(out_dir)
     return out_dir
+
+
+def build_blip_captioning(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny `BlipForConditionalGeneration` with its processor."""
+    return _build_blip(out_dir, seed, BlipForConditionalGeneration)
 
 
 def build_blip_vqa(out_dir: Path, seed: int = 1) -> Path:
     """A tiny `BlipForQuestionAnswering` with its processor."""
-    torch.manual_seed(seed)
-    config = _blip_config()
-    config.architectures = ["BlipForQuestionAnswering"]
-    BlipForQuestionAnswering(config).save_pretrained(out_dir)
-    _blip_processor().save_pretrained(out_dir)
-    return out_dir
+    return _build_blip(out_dir, seed, BlipForQuestionAnswering)
 
 
 def build_clip(out_dir: Path, seed: int = 2) -> Path:
