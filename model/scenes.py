@@ -169,15 +169,14 @@ def ask(scene: Scene, family: str, rng: random.Random) -> Question | None:
             return None
         (i, a), (j, b) = rng.sample(refs, 2)
         relation = rng.choice(("left", "right"))
-        truth = i < j if relation == "left" else i > j
+        actual = "left" if i < j else "right"  # objects are ordered left to right
         # The scratchpad (for `--scratchpad` training) names each object's column ("one" to "four", left
         # to right), then the actual relation of the first to the second: "two four left". Each step is
         # then a first-order function of what precedes it; answered directly, yes/no is an XOR of the
         # objects' order and the asked relation, and stayed at chance (see model/MODEL_CARD.md).
-        columns = [column_of(objs[k]) for k in (i, j)]
-        actual = "left" if columns[0] < columns[1] else "right"
-        scratchpad = " ".join([*(NUMBERS[c + 1] for c in columns), actual])
-        return Question(family, f"is the {a} {relation} of the {b}?", "yes" if truth else "no", scratchpad)
+        scratchpad = " ".join([*(NUMBERS[column_of(objs[k]) + 1] for k in (i, j)), actual])
+        answer = "yes" if actual == relation else "no"
+        return Question(family, f"is the {a} {relation} of the {b}?", answer, scratchpad)
     raise ValueError(f"unknown question family {family!r}")
 
 

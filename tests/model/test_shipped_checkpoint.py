@@ -45,7 +45,7 @@ def test_answers_held_out_questions(shipped) -> None:
     assert correct >= 18, report
 
 
-def test_answers_held_out_position_questions_above_chance(shipped) -> None:
+def test_answers_held_out_position_questions(shipped) -> None:
     """Position, the weakest family (0.81 on 1,000 held-out scenes, through the scratchpad), on 100
     two-object-or-more scenes: at least 72 right (the 0.80 bar less two standard deviations of a
     100-question sample); chance (50) passes it with probability below 1e-5."""
