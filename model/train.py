@@ -9,9 +9,16 @@ once on the same image encoding:
 - locked-text contrastive tuning: the image projection is pulled towards the frozen MiniLM embedding of
   the scene's caption (symmetric InfoNCE with soft labels, since two scenes can share a caption).
 
-A curriculum raises the number of objects per scene over the first third of training. The state is
-checkpointed atomically every few hundred steps and `--resume` continues from it; the final weights are
-exported as a shipping checkpoint (safetensors + config + tokenizer).
+The shipped model comes from a recipe of two stages, which `mmserve train` runs one after the other:
+- `base`: everything from scratch, every question family equally often, one-word answers; a curriculum
+  raises the number of objects per scene over the first third of the stage;
+- `position`: from the base weights, full scenes, position questions four times as often and written
+  with the scratchpad, at half the learning rate.
+
+Each stage checkpoints its state atomically every few hundred steps under `--run-dir/<stage>/` and
+`--resume` continues from it (a finished stage is not trained again); the base stage's weights go to
+`--run-dir/base/weights`, the finished model to `--out`, as a shipping checkpoint (safetensors + config
++ tokenizer). `--stage` runs one stage alone, with its settings open to the command line.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,7 +50,7 @@ logger = logging.getLogger("model.train")
 @dataclass(frozen=True)
 class TrainConfig:
     preset: str = "base"
-    steps: int = 4500
+    steps: int = 3400
     batch_size: int = 64
     lr: float = 1e-3
     min_lr_ratio: float = 0.02  # cosine decay ends at lr * this
@@ -59,6 +66,22 @@ class TrainConfig:
     eval_scenes: int = 200  # held-out scenes per quick check (at least 100: recall is among 100)
     # curriculum: fraction of training done → most objects per scene
     curriculum: tuple[tuple[float, int], ...] = ((0.06, 1), (0.15, 2), (0.3, 3), (1.0, 4))
+
+
+# The shipped recipe: its stages in order, each a full TrainConfig (`TrainConfig()` is the base stage).
+STAGES: dict[str, TrainConfig] = {
+    "base": TrainConfig(),
+    "position": TrainConfig(
+        steps=1400,
+        lr=5e-4,
+        warmup_steps=30,
+        eval_every=350,
+        scratchpad=True,
+        family_weights=(("position", 4.0),),
+        # the base stage has been through the curriculum already: full scenes from the first step
+        curriculum=((1.0, MAX_OBJECTS),),
+    ),
+}
 
 
 def max_objects_at(config: TrainConfig, step: int) -> int:
@@ -230,6 +253,10 @@ def train(
                 "held_out_quick_eval": {k: round(v, 4) for k, v in metrics.items()},
             }
             save_checkpoint(module, tokenizer, out, name="mmserve-builtin", training=training)
+    if start >= config.steps and not (out / "config.json").exists():  # stopped between state and export
+        save_checkpoint(
+            module, tokenizer, out, name="mmserve-builtin", training={**asdict(config), "steps_done": start}
+        )
     logger.info("trained %d steps in %.1f minutes", config.steps - start, (time.time() - started) / 60)
     return module
 
@@ -243,52 +270,98 @@ def _family_weight(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected FAMILY=WEIGHT, e.g. position=4, not {text!r}") from None
 
 
-def main(argv: list[str] | None = None) -> None:
+# command-line flags that set one stage's TrainConfig field (flag destination → field)
+_STAGE_FLAGS = {
+    "preset": "preset",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "questions_per_image": "questions_per_image",
+    "warmup_steps": "warmup_steps",
+    "scratchpad": "scratchpad",
+    "family_weight": "family_weights",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `mmserve train` will do: stages in order, each with its config, init, output and state folder."""
+
+    stages: tuple[tuple[str, TrainConfig, Path | None, Path, Path], ...]  # name, config, init, out, run dir
+    resume: bool
+    threads: int | None
+
+
+def parse_args(argv: list[str] | None = None) -> Plan:
     parser = argparse.ArgumentParser(prog="mmserve train", description=__doc__.splitlines()[0])
-    defaults = TrainConfig()
-    parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS))
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--questions-per-image", type=int, default=defaults.questions_per_image)
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the shipping checkpoint goes")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="resumable training state")
-    parser.add_argument("--resume", action="store_true", help="continue from --run-dir's state")
-    parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (fine-tune)")
     parser.add_argument(
+        "--stage", choices=list(STAGES), default=None, help="run this stage alone (default: every stage, in order)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=None, help="steps between held-out quick checks")
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the finished model goes")
+    parser.add_argument(
+        "--run-dir", type=Path, default=Path("runs/train"), help="resumable state, one folder per stage"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from --run-dir's state")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    one = parser.add_argument_group("one stage's settings (with --stage; defaults: the recipe's)")
+    one.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights")
+    one.add_argument("--preset", default=None, choices=sorted(PRESETS))
+    one.add_argument("--steps", type=int, default=None)
+    one.add_argument("--batch-size", type=int, default=None)
+    one.add_argument("--lr", type=float, default=None)
+    one.add_argument("--questions-per-image", type=int, default=None)
+    one.add_argument("--warmup-steps", type=int, default=None)
+    one.add_argument(
+        "--scratchpad",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="position answers after the objects' columns and relation",
+    )
+    one.add_argument(
         "--family-weight",
         action="append",
-        default=[],
+        default=None,
         type=_family_weight,
         metavar="FAMILY=WEIGHT",
         help="ask this question family more (or less) often, e.g. position=3 (repeatable)",
     )
-    parser.add_argument(
-        "--scratchpad", action="store_true", help="position answers after the objects' columns and relation"
-    )
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    given = {field: getattr(args, flag) for flag, field in _STAGE_FLAGS.items() if getattr(args, flag) is not None}
+    if args.stage is None and (given or args.init is not None):
+        named = sorted("--" + flag.replace("_", "-") for flag in [*given, *(["init"] if args.init else [])])
+        parser.error(f"{', '.join(named)} set one stage's settings: add --stage {' or --stage '.join(STAGES)}")
+    if "family_weights" in given:
+        given["family_weights"] = tuple(given["family_weights"])
+    common = {"seed": args.seed, **({"eval_every": args.eval_every} if args.eval_every else {})}
+    names = [args.stage] if args.stage else list(STAGES)
+    stages = []
+    for name in names:
+        config = replace(STAGES[name], **common, **(given if args.stage else {}))
+        init = args.init if args.stage else None
+        if name == "position" and init is None:
+            init = args.run_dir / "base" / "weights"
+            if args.stage and not (init / "config.json").exists():
+                parser.error(
+                    f"--stage position starts from the base stage's weights, not found in {init}: "
+                    "run --stage base first, or give --init"
+                )
+        out = args.out if name == "position" else args.run_dir / "base" / "weights"
+        stages.append((name, config, init, out, args.run_dir / name))
+    return Plan(stages=tuple(stages), resume=args.resume, threads=args.threads)
+
+
+def main(argv: list[str] | None = None) -> None:
+    plan = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = TrainConfig(
-        preset=args.preset,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        questions_per_image=args.questions_per_image,
-        warmup_steps=args.warmup_steps,
-        scratchpad=args.scratchpad,
-        family_weights=tuple(args.family_weight),
-        # a fine-tuned model has been through the curriculum already: full scenes from the first step
-        **({"curriculum": ((1.0, MAX_OBJECTS),)} if args.init else {}),
-    )
-    train(config, args.out, args.run_dir, args.resume, init=args.init)
+    if plan.threads:
+        torch.set_num_threads(plan.threads)
+    started = time.time()
+    for name, config, init, out, run_dir in plan.stages:
+        logger.info("stage %s: %d steps, writing %s", name, config.steps, out)
+        train(config, out, run_dir, plan.resume, init=init)
+    logger.info("finished in %.1f minutes; the model is in %s", (time.time() - started) / 60, plan.stages[-1][3])
 
 
 if __name__ == "__main__":

@@ -109,3 +109,85 @@ def test_several_questions_per_image_line_up_with_their_images() -> None:
             caption = batch["captions"][row % n]
             objects = caption.count(",") + caption.count(" and ") + 1
             assert numbers[objects] in text
+
+
+def test_the_command_line_plans_the_shipped_recipe(tmp_path) -> None:
+    from model.train import STAGES, parse_args
+
+    plan = parse_args(["--run-dir", str(tmp_path), "--out", str(tmp_path / "model"), "--seed", "3"])
+    assert [name for name, *_ in plan.stages] == ["base", "position"]
+    (_, base, base_init, base_out, base_run), (_, position, position_init, out, position_run) = plan.stages
+    assert base.steps == STAGES["base"].steps and not base.scratchpad and base.family_weights == ()
+    assert base_init is None and base_out == tmp_path / "base" / "weights" and base_run == tmp_path / "base"
+    # the second stage starts from the first one's weights and writes the finished model
+    assert position_init == base_out and out == tmp_path / "model" and position_run == tmp_path / "position"
+    assert position.scratchpad and dict(position.family_weights) == {"position": 4.0}
+    assert position.curriculum == ((1.0, 4),) and position.lr < base.lr
+    assert base.seed == position.seed == 3
+
+
+def test_one_stage_takes_its_settings_from_the_command_line(tmp_path, tiny_checkpoint_dir) -> None:
+    from model.train import parse_args
+
+    plan = parse_args(
+        [
+            "--stage",
+            "position",
+            "--init",
+            str(tiny_checkpoint_dir),
+            "--steps",
+            "7",
+            "--no-scratchpad",
+            "--family-weight",
+            "shape=2",
+            "--family-weight",
+            "exists=2",
+        ]
+    )
+    ((name, config, init, _, _),) = plan.stages
+    assert name == "position" and init == tiny_checkpoint_dir
+    assert config.steps == 7 and not config.scratchpad and config.family_weights == (("shape", 2.0), ("exists", 2.0))
+    assert config.lr == 5e-4  # what was not given stays the stage's
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "10"], "--steps set one stage's settings: add --stage base or --stage position"),
+        (["--stage", "position"], "run --stage base first, or give --init"),
+        (["--stage", "base", "--family-weight", "position"], "expected FAMILY=WEIGHT"),
+    ],
+)
+def test_the_command_line_refuses_what_it_cannot_do(tmp_path, capsys, argv, message) -> None:
+    from model.train import parse_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_args([*argv, "--run-dir", str(tmp_path)])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_stage_already_done_is_not_trained_again(tmp_path, text_tower) -> None:
+    out, run = tmp_path / "weights", tmp_path / "run"
+    train(_config(2), out, run, resume=False)
+    before = (out / "model.safetensors").read_bytes()
+    module = train(_config(2), out, run, resume=True)  # nothing left: no step, weights untouched
+    assert (out / "model.safetensors").read_bytes() == before
+    assert module is not None
+    # stopped after the state was saved but before the export: resuming exports
+    import shutil
+
+    shutil.rmtree(out)
+    train(_config(2), out, run, resume=True)
+    assert load_builtin(out, text_tower=text_tower).caption([render(make_scene(1))], 2)
+
+
+def test_mmserve_train_runs_stage_after_stage(tmp_path, text_tower) -> None:
+    from model.train import main
+
+    common = ["--preset", "tiny", "--steps", "2", "--batch-size", "4", "--run-dir", str(tmp_path / "run")]
+    main(["--stage", "base", *common])
+    assert (tmp_path / "run" / "base" / "weights" / "model.safetensors").exists()
+    main(["--stage", "position", *common, "--out", str(tmp_path / "model")])  # from the base stage's weights
+    assert torch.load(tmp_path / "run" / "position" / "train_state.pt", weights_only=False)["step"] == 2
+    model = load_builtin(tmp_path / "model", text_tower=text_tower)
+    assert len(model.answer([render(make_scene(1))], ["is the circle left of the square?"])) == 1
