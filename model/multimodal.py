@@ -6,8 +6,9 @@ frozen MiniLM text space (for embeddings), and a decoder with cross-attention (f
 `MultimodalModel` protocol the service uses: batched `caption`, `answer`, `embed_text`, `embed_image`.
 
 Prompts: a caption is generated after `[BOS]`; an answer after `[BOS] question [SEP]`. For some questions
-(relative position) the decoder first writes a scratchpad ending in `[SEP]` (each object's column, then
-their relation: "two four left [SEP] yes"); `answer` returns only what follows the last `[SEP]`.
+the decoder first writes a scratchpad ending in `[SEP]`: for relative position each object's column, then
+their relation ("two four left [SEP] yes"); for colour the object's column ("three [SEP] green").
+`answer` returns only what follows the last `[SEP]`.
 """
 
 from __future__ import annotations

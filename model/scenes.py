@@ -146,7 +146,8 @@ def ask(scene: Scene, family: str, rng: random.Random) -> Question | None:
         if not refs:
             return None
         obj, ref = rng.choice(refs)
-        return Question(family, f"what colour is the {ref}?", obj.colour)
+        # scratchpad: the object's column first, the look-up that position questions learn too
+        return Question(family, f"what colour is the {ref}?", obj.colour, NUMBERS[column_of(obj) + 1])
     if family == "shape":
         refs = [o for o in objs if sum(1 for p in objs if p.colour == o.colour) == 1]
         if not refs:

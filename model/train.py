@@ -4,21 +4,25 @@ Every step draws a fresh batch of scenes (seeds below the held-out range), and t
 once on the same image encoding:
 - captioning: the decoder reads `[BOS]` and writes the canonical caption;
 - VQA: the decoder reads `[BOS] question [SEP]` and writes the one-word answer (loss on what it writes
-  only); with `--scratchpad`, a position answer comes after the two objects' columns, their relation
-  and a second `[SEP]`;
+  only); for the families in `scratchpad`, the answer comes after a scratchpad and a second `[SEP]`
+  (a position answer after the two objects' columns and their relation, a colour answer after the
+  object's column);
 - locked-text contrastive tuning: the image projection is pulled towards the frozen MiniLM embedding of
   the scene's caption (symmetric InfoNCE with soft labels, since two scenes can share a caption).
 
-The shipped model comes from a recipe of two stages, which `mmserve train` runs one after the other:
+The shipped model comes from a recipe of three stages, which `mmserve train` runs one after the other:
 - `base`: everything from scratch, every question family equally often, one-word answers; a curriculum
   raises the number of objects per scene over the first third of the stage;
 - `position`: from the base weights, full scenes, position questions four times as often and written
-  with the scratchpad, at half the learning rate.
+  with the scratchpad, at half the learning rate;
+- `colour`: colour questions four times as often (position twice), both with the scratchpad, so that
+  "what colour is the square?" reuses the look-up of an object's column that position questions taught.
 
 Each stage checkpoints its state atomically every few hundred steps under `--run-dir/<stage>/` and
-`--resume` continues from it (a finished stage is not trained again); the base stage's weights go to
-`--run-dir/base/weights`, the finished model to `--out`, as a shipping checkpoint (safetensors + config
-+ tokenizer). `--stage` runs one stage alone, with its settings open to the command line.
+`--resume` continues from it (a finished stage is not trained again); each stage's weights go to
+`--run-dir/<stage>/weights` and the next stage starts from them; the last stage writes the finished model
+to `--out`, as a shipping checkpoint (safetensors + config + tokenizer). `--stage` runs one stage alone,
+with its settings open to the command line.
 """
 
 from __future__ import annotations
@@ -54,12 +58,14 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     min_lr_ratio: float = 0.02  # cosine decay ends at lr * this
+    schedule_steps: int | None = None  # the cosine is planned for this many steps (default: `steps`)
     warmup_steps: int = 200
     weight_decay: float = 0.05
     contrastive_weight: float = 0.5
     questions_per_image: int = 3  # VQA rows per image and step (each image is encoded once for all)
     family_weights: tuple[tuple[str, float], ...] = ()  # favour some question families (empty: uniform)
-    scratchpad: bool = False  # position answers after the objects' columns and relation (`Question.scratchpad`)
+    # families whose answers come after what `Question.scratchpad` says (objects' columns, relation)
+    scratchpad: tuple[str, ...] = ()
     seed: int = 0
     eval_every: int = 500  # steps between quick held-out checks (per-attribute accuracy in the log)
     checkpoint_every: int = 200
@@ -73,12 +79,22 @@ STAGES: dict[str, TrainConfig] = {
     "base": TrainConfig(),
     "position": TrainConfig(
         steps=1400,
+        schedule_steps=2000,  # stops before the cosine anneals: the colour stage goes on at full rate
         lr=5e-4,
         warmup_steps=30,
         eval_every=350,
-        scratchpad=True,
+        scratchpad=("position",),
         family_weights=(("position", 4.0),),
         # the base stage has been through the curriculum already: full scenes from the first step
+        curriculum=((1.0, MAX_OBJECTS),),
+    ),
+    "colour": TrainConfig(
+        steps=700,
+        lr=5e-4,
+        warmup_steps=30,
+        eval_every=350,
+        scratchpad=("position", "colour"),
+        family_weights=(("colour", 4.0), ("position", 2.0)),
         curriculum=((1.0, MAX_OBJECTS),),
     ),
 }
@@ -92,7 +108,8 @@ def max_objects_at(config: TrainConfig, step: int) -> int:
 def lr_at(config: TrainConfig, step: int) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    planned = config.schedule_steps or config.steps
+    progress = (step - config.warmup_steps) / max(1, planned - config.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
@@ -124,7 +141,7 @@ class Batches:
             loss_from.append(1)
         for q in questions:
             prompt = [bos, *encode(q.text), sep]
-            scratchpad = [*encode(q.scratchpad), sep] if q.scratchpad and self.config.scratchpad else []
+            scratchpad = [*encode(q.scratchpad), sep] if q.scratchpad and q.family in self.config.scratchpad else []
             rows.append([*prompt, *scratchpad, *encode(q.answer), eos])
             loss_from.append(len(prompt))
         T = max(len(r) for r in rows)
@@ -261,6 +278,19 @@ def train(
     return module
 
 
+def _families(text: str) -> tuple[str, ...]:
+    """`position,colour` → ("position", "colour"), for `--scratchpad`."""
+    from model.scenes import QUESTION_FAMILIES
+
+    families = tuple(f.strip() for f in text.split(",") if f.strip())
+    unknown = [f for f in families if f not in QUESTION_FAMILIES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown question family {unknown[0]!r}: one of {', '.join(QUESTION_FAMILIES)}"
+        )
+    return families
+
+
 def _family_weight(text: str) -> tuple[str, float]:
     """`position=4` → ("position", 4.0), for `--family-weight`."""
     family, _, weight = text.partition("=")
@@ -274,6 +304,7 @@ def _family_weight(text: str) -> tuple[str, float]:
 _STAGE_FLAGS = {
     "preset": "preset",
     "steps": "steps",
+    "schedule_steps": "schedule_steps",
     "batch_size": "batch_size",
     "lr": "lr",
     "questions_per_image": "questions_per_image",
@@ -309,15 +340,19 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     one.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights")
     one.add_argument("--preset", default=None, choices=sorted(PRESETS))
     one.add_argument("--steps", type=int, default=None)
+    one.add_argument(
+        "--schedule-steps", type=int, default=None, help="plan the cosine for this many steps (default: --steps)"
+    )
     one.add_argument("--batch-size", type=int, default=None)
     one.add_argument("--lr", type=float, default=None)
     one.add_argument("--questions-per-image", type=int, default=None)
     one.add_argument("--warmup-steps", type=int, default=None)
     one.add_argument(
         "--scratchpad",
-        action=argparse.BooleanOptionalAction,
+        type=_families,
         default=None,
-        help="position answers after the objects' columns and relation",
+        metavar="FAMILIES",
+        help="comma-separated families whose answers come after a scratchpad, e.g. position,colour ('' for none)",
     )
     one.add_argument(
         "--family-weight",
@@ -340,14 +375,15 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     for name in names:
         config = replace(STAGES[name], **common, **(given if args.stage else {}))
         init = args.init if args.stage else None
-        if name == "position" and init is None:
-            init = args.run_dir / "base" / "weights"
+        previous = list(STAGES)[list(STAGES).index(name) - 1] if name != next(iter(STAGES)) else None
+        if previous and init is None:  # from the previous stage's weights
+            init = args.run_dir / previous / "weights"
             if args.stage and not (init / "config.json").exists():
                 parser.error(
-                    f"--stage position starts from the base stage's weights, not found in {init}: "
-                    "run --stage base first, or give --init"
+                    f"--stage {name} starts from the {previous} stage's weights, not found in {init}: "
+                    f"run --stage {previous} first, or give --init"
                 )
-        out = args.out if name == "position" else args.run_dir / "base" / "weights"
+        out = args.out if name == list(STAGES)[-1] else args.run_dir / name / "weights"
         stages.append((name, config, init, out, args.run_dir / name))
     return Plan(stages=tuple(stages), resume=args.resume, threads=args.threads)
 

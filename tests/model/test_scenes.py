@@ -70,6 +70,9 @@ def test_questions_are_answered_by_the_scene() -> None:
             if family == "colour":
                 shape = q.text.removeprefix("what colour is the ").removesuffix("?")
                 assert [o.colour for o in scene.objects if o.shape == shape] == [q.answer]
+                # the scratchpad names the column of the object asked about
+                (obj,) = [o for o in scene.objects if o.shape == shape]
+                assert q.scratchpad == NUMBERS[column_of(obj) + 1]
             if family == "exists":
                 colour, shape = q.text.removeprefix("is there a ").removesuffix("?").split()
                 present = any((o.colour, o.shape) == (colour, shape) for o in scene.objects)
@@ -80,7 +83,7 @@ def test_questions_are_answered_by_the_scene() -> None:
                 a, b = NUMBERS.index(first), NUMBERS.index(second)
                 assert actual == ("left" if a < b else "right"), q
                 assert q.answer == ("yes" if f" {actual} of " in q.text else "no"), q
-            else:
+            elif family != "colour":
                 assert q.scratchpad == ""
     assert seen == set(QUESTION_FAMILIES)
 

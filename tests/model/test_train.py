@@ -25,26 +25,27 @@ def test_batches_are_deterministic() -> None:
     assert a["captions"] != batches(4)["captions"]
 
 
-@pytest.mark.parametrize("scratchpad", [False, True])
-def test_answer_loss_covers_only_what_the_decoder_writes(scratchpad: bool) -> None:
+@pytest.mark.parametrize("scratchpad", [(), ("position",), ("position", "colour")])
+def test_answer_loss_covers_only_what_the_decoder_writes(scratchpad: tuple[str, ...]) -> None:
     from dataclasses import replace
 
     tokenizer = build_tokenizer()
-    config = replace(_config(10), scratchpad=scratchpad)
-    batch = Batches(config, tokenizer)(9)  # the end of the curriculum: up to four objects
+    config = replace(_config(40), batch_size=24, scratchpad=scratchpad)
+    batch = Batches(config, tokenizer)(39)  # the end of the curriculum: up to four objects
     n = len(batch["captions"])
-    positions = 0
+    seen = set()
     for row, weight in zip(batch["seq"][n:], batch["weight"][n:], strict=True):
         text = tokenizer.decode(row.tolist(), skip_special_tokens=False)
         targets = [tokenizer.id_to_token(int(t)) for t, w in zip(row[1:], weight, strict=False) if w > 0]
         assert targets[-1] == "[EOS]"
-        if scratchpad and (" left of " in text or " right of " in text):  # columns, relation, [SEP], answer
-            positions += 1
-            assert len(targets) == 6 and targets[2] in ("left", "right") and targets[3] == "[SEP]", text
-            assert targets[4] in ("yes", "no"), text
+        family = "position" if " left of " in text or " right of " in text else "colour" if "colour" in text else ""
+        if family in scratchpad:  # position: columns, relation, [SEP], answer; colour: column, [SEP], answer
+            seen.add(family)
+            assert len(targets) == {"position": 6, "colour": 4}[family], text
+            assert targets[-3] == "[SEP]" and targets[0] in ("one", "two", "three", "four"), text
         else:  # one answer word, then end of sequence
             assert len(targets) == 2, text
-    assert (positions > 0) == scratchpad
+    assert seen == set(scratchpad)
 
 
 def test_curriculum_and_schedule() -> None:
@@ -52,6 +53,9 @@ def test_curriculum_and_schedule() -> None:
     assert max_objects_at(config, 0) == 1 and max_objects_at(config, 999) == 4
     assert lr_at(config, 0) < lr_at(config, config.warmup_steps) == config.lr
     assert lr_at(config, 999) < 0.05 * config.lr
+    # a stage that stops before its planned schedule ends stops at a higher rate
+    stopped = TrainConfig(steps=1000, schedule_steps=2000)
+    assert lr_at(stopped, 500) == lr_at(TrainConfig(steps=2000), 500) and lr_at(stopped, 999) > 0.4 * config.lr
 
 
 def test_a_few_steps_lower_the_loss() -> None:
@@ -115,15 +119,21 @@ def test_the_command_line_plans_the_shipped_recipe(tmp_path) -> None:
     from model.train import STAGES, parse_args
 
     plan = parse_args(["--run-dir", str(tmp_path), "--out", str(tmp_path / "model"), "--seed", "3"])
-    assert [name for name, *_ in plan.stages] == ["base", "position"]
-    (_, base, base_init, base_out, base_run), (_, position, position_init, out, position_run) = plan.stages
-    assert base.steps == STAGES["base"].steps and not base.scratchpad and base.family_weights == ()
+    assert [name for name, *_ in plan.stages] == ["base", "position", "colour"]
+    stages = {name: rest for name, *rest in plan.stages}  # name → config, init, out, run dir
+    base, base_init, base_out, base_run = stages["base"]
+    position, position_init, position_out, position_run = stages["position"]
+    colour, colour_init, out, _ = stages["colour"]
+    assert base.steps == STAGES["base"].steps and base.scratchpad == () and base.family_weights == ()
     assert base_init is None and base_out == tmp_path / "base" / "weights" and base_run == tmp_path / "base"
-    # the second stage starts from the first one's weights and writes the finished model
-    assert position_init == base_out and out == tmp_path / "model" and position_run == tmp_path / "position"
-    assert position.scratchpad and dict(position.family_weights) == {"position": 4.0}
-    assert position.curriculum == ((1.0, 4),) and position.lr < base.lr
-    assert base.seed == position.seed == 3
+    # each stage starts from the previous one's weights; the last writes the finished model
+    assert position_init == base_out and position_out == tmp_path / "position" / "weights"
+    assert position_run == tmp_path / "position"
+    assert colour_init == position_out and out == tmp_path / "model"
+    assert position.scratchpad == ("position",) and dict(position.family_weights) == {"position": 4.0}
+    assert set(colour.scratchpad) == {"position", "colour"} and dict(colour.family_weights)["colour"] == 4.0
+    assert position.curriculum == colour.curriculum == ((1.0, 4),) and position.lr < base.lr
+    assert base.seed == position.seed == colour.seed == 3
 
 
 def test_one_stage_takes_its_settings_from_the_command_line(tmp_path, tiny_checkpoint_dir) -> None:
@@ -137,7 +147,8 @@ def test_one_stage_takes_its_settings_from_the_command_line(tmp_path, tiny_check
             str(tiny_checkpoint_dir),
             "--steps",
             "7",
-            "--no-scratchpad",
+            "--scratchpad",
+            "",
             "--family-weight",
             "shape=2",
             "--family-weight",
@@ -146,14 +157,15 @@ def test_one_stage_takes_its_settings_from_the_command_line(tmp_path, tiny_check
     )
     ((name, config, init, _, _),) = plan.stages
     assert name == "position" and init == tiny_checkpoint_dir
-    assert config.steps == 7 and not config.scratchpad and config.family_weights == (("shape", 2.0), ("exists", 2.0))
+    assert config.steps == 7 and config.scratchpad == () and config.family_weights == (("shape", 2.0), ("exists", 2.0))
     assert config.lr == 5e-4  # what was not given stays the stage's
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--steps", "10"], "--steps set one stage's settings: add --stage base or --stage position"),
+        (["--steps", "10"], "--steps set one stage's settings: add --stage base or --stage position or"),
+        (["--stage", "colour", "--scratchpad", "colour,size"], "unknown question family 'size'"),
         (["--stage", "position"], "run --stage base first, or give --init"),
         (["--stage", "base", "--family-weight", "position"], "expected FAMILY=WEIGHT"),
     ],
@@ -187,7 +199,8 @@ def test_mmserve_train_runs_stage_after_stage(tmp_path, text_tower) -> None:
     common = ["--preset", "tiny", "--steps", "2", "--batch-size", "4", "--run-dir", str(tmp_path / "run")]
     main(["--stage", "base", *common])
     assert (tmp_path / "run" / "base" / "weights" / "model.safetensors").exists()
-    main(["--stage", "position", *common, "--out", str(tmp_path / "model")])  # from the base stage's weights
+    main(["--stage", "position", *common])  # from the base stage's weights
     assert torch.load(tmp_path / "run" / "position" / "train_state.pt", weights_only=False)["step"] == 2
+    main(["--stage", "colour", *common, "--out", str(tmp_path / "model")])  # the last stage: the finished model
     model = load_builtin(tmp_path / "model", text_tower=text_tower)
-    assert len(model.answer([render(make_scene(1))], ["is the circle left of the square?"])) == 1
+    assert len(model.answer([render(make_scene(1))], ["what colour is the circle?"])) == 1
