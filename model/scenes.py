@@ -162,8 +162,11 @@ def ask(scene: Scene, family: str, rng: random.Random) -> Question | None:
             present = {(o.colour, o.shape) for o in objs}
             absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
             colour, shape = rng.choice(absent)
-        answer = "yes" if any((o.colour, o.shape) == (colour, shape) for o in objs) else "no"
-        return Question(family, f"is there a {colour} {shape}?", answer)
+        match = [o for o in objs if (o.colour, o.shape) == (colour, shape)]
+        answer = "yes" if match else "no"
+        # scratchpad: the matching object's column, or "zero" if there is none
+        column = NUMBERS[column_of(match[0]) + 1] if match else NUMBERS[0]
+        return Question(family, f"is there a {colour} {shape}?", answer, column)
     if family == "position":
         refs = [(i, r) for i, o in enumerate(objs) if (r := _unique_reference(scene, o))]
         if len(refs) < 2:

@@ -6,7 +6,7 @@ once on the same image encoding:
 - VQA: the decoder reads `[BOS] question [SEP]` and writes the one-word answer (loss on what it writes
   only); for the families in `scratchpad`, the answer comes after a scratchpad and a second `[SEP]`
   (a position answer after the two objects' columns and their relation, a colour answer after the
-  object's column);
+  object's column, an existence answer after the matching object's column or "zero");
 - locked-text contrastive tuning: the image projection is pulled towards the frozen MiniLM embedding of
   the scene's caption (symmetric InfoNCE with soft labels, since two scenes can share a caption).
 

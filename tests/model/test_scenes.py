@@ -75,15 +75,17 @@ def test_questions_are_answered_by_the_scene() -> None:
                 assert q.scratchpad == NUMBERS[column_of(obj) + 1]
             if family == "exists":
                 colour, shape = q.text.removeprefix("is there a ").removesuffix("?").split()
-                present = any((o.colour, o.shape) == (colour, shape) for o in scene.objects)
+                present = [o for o in scene.objects if (o.colour, o.shape) == (colour, shape)]
                 assert q.answer == ("yes" if present else "no")
+                # the scratchpad names the matching object's column, or "zero" if there is none
+                assert q.scratchpad == (NUMBERS[column_of(present[0]) + 1] if present else "zero")
             if family == "position":
                 # the scratchpad names the two objects' columns, in the question's order, then their relation
                 first, second, actual = q.scratchpad.split()
                 a, b = NUMBERS.index(first), NUMBERS.index(second)
                 assert actual == ("left" if a < b else "right"), q
                 assert q.answer == ("yes" if f" {actual} of " in q.text else "no"), q
-            elif family != "colour":
+            elif family in ("count", "shape"):
                 assert q.scratchpad == ""
     assert seen == set(QUESTION_FAMILIES)
 
