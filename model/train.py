@@ -35,6 +35,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -74,28 +75,25 @@ class TrainConfig:
     curriculum: tuple[tuple[float, int], ...] = ((0.06, 1), (0.15, 2), (0.3, 3), (1.0, 4))
 
 
+# what the stages after the first share: half the base learning rate, a short warm-up, and full scenes
+# from the first step (the base stage has been through the curriculum already)
+_FROM_BASE = {"lr": 5e-4, "warmup_steps": 30, "eval_every": 350, "curriculum": ((1.0, MAX_OBJECTS),)}
+
 # The shipped recipe: its stages in order, each a full TrainConfig (`TrainConfig()` is the base stage).
 STAGES: dict[str, TrainConfig] = {
     "base": TrainConfig(),
     "position": TrainConfig(
         steps=1400,
         schedule_steps=2000,  # stops before the cosine anneals: the colour stage goes on at full rate
-        lr=5e-4,
-        warmup_steps=30,
-        eval_every=350,
         scratchpad=("position",),
         family_weights=(("position", 4.0),),
-        # the base stage has been through the curriculum already: full scenes from the first step
-        curriculum=((1.0, MAX_OBJECTS),),
+        **_FROM_BASE,
     ),
     "colour": TrainConfig(
         steps=700,
-        lr=5e-4,
-        warmup_steps=30,
-        eval_every=350,
         scratchpad=("position", "colour"),
         family_weights=(("colour", 4.0), ("position", 2.0)),
-        curriculum=((1.0, MAX_OBJECTS),),
+        **_FROM_BASE,
     ),
 }
 
@@ -300,25 +298,33 @@ def _family_weight(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected FAMILY=WEIGHT, e.g. position=4, not {text!r}") from None
 
 
-# command-line flags that set one stage's TrainConfig field (flag destination → field)
-_STAGE_FLAGS = {
-    "preset": "preset",
-    "steps": "steps",
-    "schedule_steps": "schedule_steps",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "questions_per_image": "questions_per_image",
-    "warmup_steps": "warmup_steps",
-    "scratchpad": "scratchpad",
-    "family_weight": "family_weights",
-}
+# the TrainConfig fields that one stage's command-line flags set (`--family-weight` → family_weights)
+_STAGE_FIELDS = (
+    "preset",
+    "steps",
+    "schedule_steps",
+    "batch_size",
+    "lr",
+    "questions_per_image",
+    "warmup_steps",
+    "scratchpad",
+    "family_weights",
+)
+
+
+class Stage(NamedTuple):
+    name: str
+    config: TrainConfig
+    init: Path | None  # the weights it starts from (None: from scratch)
+    out: Path  # where its weights go
+    run_dir: Path  # its resumable state
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What `mmserve train` will do: stages in order, each with its config, init, output and state folder."""
+    """What `mmserve train` will do: its stages in order."""
 
-    stages: tuple[tuple[str, TrainConfig, Path | None, Path, Path], ...]  # name, config, init, out, run dir
+    stages: tuple[Stage, ...]
     resume: bool
     threads: int | None
 
@@ -356,6 +362,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     )
     one.add_argument(
         "--family-weight",
+        dest="family_weights",
         action="append",
         default=None,
         type=_family_weight,
@@ -363,19 +370,20 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         help="ask this question family more (or less) often, e.g. position=3 (repeatable)",
     )
     args = parser.parse_args(argv)
-    given = {field: getattr(args, flag) for flag, field in _STAGE_FLAGS.items() if getattr(args, flag) is not None}
+    given = {field: getattr(args, field) for field in _STAGE_FIELDS if getattr(args, field) is not None}
     if args.stage is None and (given or args.init is not None):
-        named = sorted("--" + flag.replace("_", "-") for flag in [*given, *(["init"] if args.init else [])])
+        flag_of = {action.dest: action.option_strings[0] for action in one._group_actions}
+        named = sorted(flag_of[field] for field in [*given, *(["init"] if args.init else [])])
         parser.error(f"{', '.join(named)} set one stage's settings: add --stage {' or --stage '.join(STAGES)}")
     if "family_weights" in given:
         given["family_weights"] = tuple(given["family_weights"])
     common = {"seed": args.seed, **({"eval_every": args.eval_every} if args.eval_every else {})}
-    names = [args.stage] if args.stage else list(STAGES)
+    order = list(STAGES)
     stages = []
-    for name in names:
+    for name in [args.stage] if args.stage else order:
         config = replace(STAGES[name], **common, **(given if args.stage else {}))
         init = args.init if args.stage else None
-        previous = list(STAGES)[list(STAGES).index(name) - 1] if name != next(iter(STAGES)) else None
+        previous = order[order.index(name) - 1] if name != order[0] else None
         if previous and init is None:  # from the previous stage's weights
             init = args.run_dir / previous / "weights"
             if args.stage and not (init / "config.json").exists():
@@ -383,8 +391,8 @@ def parse_args(argv: list[str] | None = None) -> Plan:
                     f"--stage {name} starts from the {previous} stage's weights, not found in {init}: "
                     f"run --stage {previous} first, or give --init"
                 )
-        out = args.out if name == list(STAGES)[-1] else args.run_dir / name / "weights"
-        stages.append((name, config, init, out, args.run_dir / name))
+        out = args.out if name == order[-1] else args.run_dir / name / "weights"
+        stages.append(Stage(name, config, init, out, args.run_dir / name))
     return Plan(stages=tuple(stages), resume=args.resume, threads=args.threads)
 
 
@@ -394,10 +402,10 @@ def main(argv: list[str] | None = None) -> None:
     if plan.threads:
         torch.set_num_threads(plan.threads)
     started = time.time()
-    for name, config, init, out, run_dir in plan.stages:
-        logger.info("stage %s: %d steps, writing %s", name, config.steps, out)
-        train(config, out, run_dir, plan.resume, init=init)
-    logger.info("finished in %.1f minutes; the model is in %s", (time.time() - started) / 60, plan.stages[-1][3])
+    for stage in plan.stages:
+        logger.info("stage %s: %d steps, writing %s", stage.name, stage.config.steps, stage.out)
+        train(stage.config, stage.out, stage.run_dir, plan.resume, init=stage.init)
+    logger.info("finished in %.1f minutes; the model is in %s", (time.time() - started) / 60, plan.stages[-1].out)
 
 
 if __name__ == "__main__":
