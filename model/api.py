@@ -9,12 +9,18 @@ Conventions, for every implementation:
 - Embeddings come back as float32 CPU tensors of shape [n, dim], L2-normalised.
 - An empty list gives an empty result (an empty list, or a [0, dim] tensor).
 - A task the model cannot do is absent from `tasks`; calling it raises `UnsupportedTask`.
+- `prepare_image` / `prepare_text` do the per-item preprocessing (resize and normalise, tokenise) that
+  can run off the device thread; the batched calls take either raw items or prepared ones.
+
+A model that can decode step by step (the built-in one) also implements `StepwiseGenerator`: the service
+then batches its captions and answers continuously (sequences join and leave between decoding steps).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
@@ -55,3 +61,75 @@ class MultimodalModel(Protocol):
     def embed_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[n, dim] float32 CPU tensor, L2-normalised, in the same space as embed_text."""
         ...
+
+    def prepare_image(self, image: Image.Image) -> Any:
+        """One image as the batched calls take it (thread-safe; runs in the service's decode pool)."""
+        ...
+
+    def prepare_text(self, text: str) -> Any:
+        """One text to embed as `embed_text` takes it (thread-safe; runs in the decode pool)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image as a model takes it, and a digest of those pixels: equal keys give equal encodings."""
+
+    pixels: torch.Tensor  # (3, H, W), on the CPU (pinned when the model is on CUDA)
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one decoding step did to one sequence: `delta` is newly visible text, `text` the whole once finished."""
+
+    delta: str
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" (end of sequence) or "length" (its limit)
+    text: str | None = None
+    tokens: int = 0  # generated so far
+
+
+class ImageEncoding(Protocol):
+    """What a decoder needs of one image, computed once (and cached by the service)."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+class GenerationState(Protocol):
+    """Sequences decoding together, as rows (TGI's `Batch`): anonymous, compact, in order of arrival."""
+
+    capacity: int
+
+    def __len__(self) -> int: ...
+
+    @property
+    def free(self) -> int: ...
+
+    def prefill(self, specs: Sequence[Any], images: Sequence[Any]) -> list[Update]:
+        """Append sequences; each one's first update (its first token, or finished)."""
+        ...
+
+    def step(self) -> list[Update]:
+        """One token for every row."""
+        ...
+
+    def filter(self, keep: Sequence[int]) -> None:
+        """Keep the rows `keep` (ascending): they become rows 0, 1, ... in that order."""
+        ...
+
+
+@runtime_checkable
+class StepwiseGenerator(Protocol):
+    """A model whose captions and answers can be decoded a step at a time, sequences joining and leaving."""
+
+    def sequence(self, task: Task, question: str | None, max_new_tokens: int) -> Any:
+        """The spec of one sequence to generate (its tokenised prompt and limit); thread-safe."""
+        ...
+
+    def encode_images(self, images: Sequence[PreparedImage]) -> list[Any]:
+        """Each prepared image's `ImageEncoding` (one batched pass of the image encoder)."""
+        ...
+
+    def new_state(self, capacity: int) -> GenerationState: ...

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from model.config import DecoderConfig
-from model.layers import Block, BlockCache, KVCache, init_weights, rotary, scale_residual_init
+from model.layers import Block, BlockCache, KVCache, SlotKV, init_weights, rotary, scale_residual_init
 
 
 class Decoder(nn.Module):
@@ -49,6 +49,39 @@ class Decoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, context=context, cache=cache[i] if cache is not None else None, rope=rope)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    # Serving: sequences in preallocated slots (see model.generate.DecodeState).
+    def cross_kv(self, image_tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each block's cross-attention keys and values of the image tokens (B, N, d'): (B, nh, N, hs) each.
+
+        Computed once per image (and kept in the encoder cache), never per decoding step.
+        """
+        context = self.context_proj(image_tokens)
+        return [block.cross.project_kv(context) for block in self.blocks if block.cross is not None]
+
+    def forward_slots(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        self_kv: list[SlotKV],
+        cross_kv: list[SlotKV],
+        rows: slice,
+        keys: int,
+    ) -> torch.Tensor:
+        """Hidden states (B, T, d) of new tokens `ids` (B, T) at `positions` in slots `rows`.
+
+        `mask` (B, 1, T, keys) says which of the slot's first `keys` cached positions each token sees;
+        the new tokens' own keys are written at their positions before attention.
+        """
+        x = self.tok_emb(ids) + self.pos_emb(positions)
+        rope = rotary(positions, self.config.dim // self.config.heads) if self.config.rope else None
+        for block, own, cross in zip(self.blocks, self_kv, cross_kv, strict=True):
+            x = block.forward_slots(x, own, cross, rows, keys, mask, positions, rope)
+        return x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.ln_f(hidden))
 
 
 def causal_mask(valid: torch.Tensor) -> torch.Tensor:

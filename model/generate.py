@@ -1,4 +1,7 @@
-"""Batched greedy decoding with a KV cache, left-padded prompts and per-row end of sequence.
+"""Greedy decoding: the reference (`greedy_decode`, whole batches) and the serving state (`DecodeState`).
+
+`greedy_decode` runs a fixed batch with a growing KV cache until its longest row ends; it is the
+reference that `DecodeState`, the continuous-batching state the service uses, is tested against.
 
 Rows of a batch never see one another: prompts are left-padded and padded keys are masked, so each row
 computes what it would compute alone (up to float rounding), and a finished row only waits for the
@@ -7,11 +10,14 @@ others. Each row has its own limit on new tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
+from model.api import Update
 from model.decoder import Decoder, causal_mask
+from model.layers import SlotKV
 
 
 @torch.inference_mode()
@@ -63,3 +69,202 @@ def greedy_decode(
             logits = decoder(ids, positions, causal_mask(valid), image_tokens)
         logits = logits[:, -1]
     return outputs
+
+
+# -- Serving: continuous batching ------------------------------------------------------------------------
+# The generation state in the spirit of TGI's `Batch`: `prefill` appends sequences, `step` decodes one token
+# for every running sequence, `filter` keeps some and compacts them. Rows are anonymous: which request a
+# row belongs to is the caller's business, and the caller applies the same `filter` to its own list.
+
+
+@dataclass(frozen=True)
+class ImageEncoding:
+    """What the decoder needs of one image: each block's cross-attention keys and values (nh, N, hs)."""
+
+    cross_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.cross_kv)
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """One sequence to generate: its prompt ids, its limit, and how its text is shown."""
+
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    answer_only: bool = False  # VQA: the visible text is what follows the last [SEP] (the scratchpad is hidden)
+
+
+@dataclass
+class _Row:
+    spec: SequenceSpec
+    limit: int  # max_new_tokens, bounded by the room left in max_len
+    filled: int  # cache positions written (the prompt, then each fed token)
+    ids: list[int] = field(default_factory=list)
+    shown: str = ""  # visible text already reported
+    finished: bool = False
+
+
+class DecodeState:
+    """Up to `capacity` sequences decoding together, their keys and values in preallocated slots.
+
+    Row i is slot i: running rows are kept compact at the front, so each step works on views of the
+    first n slots; `filter` moves the survivors down. Per step: one forward for all rows, one host sync
+    (the new token ids, needed for end-of-sequence and streaming). Rows never see one another, so each
+    row's tokens equal greedy decoding of that sequence alone.
+    """
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        capacity: int,
+        context_len: int,
+        eos_id: int,
+        pad_id: int,
+        sep_id: int,
+        detokenize: Callable[[list[int]], str],
+    ) -> None:
+        parameter = next(decoder.parameters())
+        device, dtype = parameter.device, parameter.dtype
+        config = decoder.config
+        nh, hs = config.heads, config.dim // config.heads
+        self.decoder = decoder
+        self.capacity = capacity
+        self._eos, self._pad, self._sep = eos_id, pad_id, sep_id
+        self._detokenize = detokenize
+        self._device = device
+
+        def slots(length: int) -> SlotKV:
+            shape = (capacity, nh, length, hs)
+            return SlotKV(*(torch.zeros(shape, device=device, dtype=dtype) for _ in "kv"))
+
+        self._self_kv = [slots(config.max_len) for _ in decoder.blocks]
+        self._cross_kv = [slots(context_len) for _ in decoder.blocks]
+        self._last = torch.full((capacity,), pad_id, dtype=torch.long, device=device)  # each row's next input
+        self._keys = torch.arange(config.max_len, device=device)
+        self._rows: list[_Row] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self._rows)
+
+    @torch.inference_mode()
+    def prefill(self, specs: Sequence[SequenceSpec], images: Sequence[ImageEncoding]) -> list[Update]:
+        """Append sequences (their prompts run in one forward); the first token of each, as updates."""
+        k = len(specs)
+        if k == 0:
+            return []
+        if k > self.free:
+            raise ValueError(f"{k} sequences do not fit in {self.free} free slots")
+        start = len(self._rows)
+        rows = slice(start, start + k)
+        room = self.decoder.config.max_len
+        for layer, cache in enumerate(self._cross_kv):  # each image's keys and values into its slot
+            cache.k[rows] = torch.stack([image.cross_kv[layer][0] for image in images])
+            cache.v[rows] = torch.stack([image.cross_kv[layer][1] for image in images])
+        length = max(len(spec.prompt) for spec in specs)
+        ids = torch.full((k, length), self._pad, dtype=torch.long)
+        for i, spec in enumerate(specs):  # right-padded: a prompt starts at position 0 of its slot
+            ids[i, : len(spec.prompt)] = torch.tensor(spec.prompt, dtype=torch.long)
+        lengths = torch.tensor([len(spec.prompt) for spec in specs])
+        valid = torch.arange(length)[None, :] < lengths[:, None]
+        ids, lengths, valid = ids.to(self._device), lengths.to(self._device), valid.to(self._device)
+        positions = self._keys[:length].expand(k, length)
+        hidden = self.decoder.forward_slots(
+            ids, positions, causal_mask(valid), self._self_kv, self._cross_kv, rows, length
+        )
+        last = hidden[torch.arange(k, device=self._device), lengths - 1]  # each prompt's last token
+        next_ids = self.decoder.logits(last).argmax(-1)
+        self._last[rows] = next_ids
+        for spec in specs:
+            limit = max(0, min(spec.max_new_tokens, room - len(spec.prompt)))
+            self._rows.append(_Row(spec, limit, filled=len(spec.prompt)))
+        return [self._advance(row, token) for row, token in zip(self._rows[start:], next_ids.tolist(), strict=True)]
+
+    @torch.inference_mode()
+    def step(self) -> list[Update]:
+        """One token for every running row (call `filter` to drop the finished ones first)."""
+        n = len(self._rows)
+        if n == 0:
+            return []
+        if any(row.finished for row in self._rows):
+            raise RuntimeError("filter out finished rows before the next step")
+        filled = [row.filled for row in self._rows]
+        keys = max(filled) + 1
+        positions = torch.tensor(filled, dtype=torch.long).to(self._device, non_blocking=True)[:, None]  # (n, 1)
+        mask = (self._keys[:keys][None, :] <= positions)[:, None, None, :]  # (n, 1, 1, keys)
+        hidden = self.decoder.forward_slots(
+            self._last[:n, None], positions, mask, self._self_kv, self._cross_kv, slice(0, n), keys
+        )
+        next_ids = self.decoder.logits(hidden[:, -1]).argmax(-1)
+        self._last[:n] = next_ids
+        for row in self._rows:
+            row.filled += 1
+        return [self._advance(row, token) for row, token in zip(self._rows, next_ids.tolist(), strict=True)]
+
+    def filter(self, keep: Sequence[int]) -> None:
+        """Keep the rows `keep` (ascending), which become rows 0, 1, ...; the others' slots are freed."""
+        keep = list(keep)
+        moves = [(new, old) for new, old in enumerate(keep) if new != old]
+        if moves:
+            dst = torch.tensor([new for new, _ in moves], device=self._device)
+            src = torch.tensor([old for _, old in moves], device=self._device)
+            for cache in (*self._self_kv, *self._cross_kv):
+                cache.k[dst] = cache.k[src]
+                cache.v[dst] = cache.v[src]
+            self._last[dst] = self._last[src]
+        self._rows = [self._rows[i] for i in keep]
+
+    def _advance(self, row: _Row, token: int) -> Update:
+        """Take one generated token into a row: end of sequence, its limit, or one more token shown."""
+        if row.limit == 0 or token == self._eos:
+            return self._finish(row, "stop" if row.limit else "length")
+        row.ids.append(token)
+        if len(row.ids) >= row.limit:
+            return self._finish(row, "length")
+        visible = self._visible(row)
+        if visible is None or not visible.startswith(row.shown):
+            return Update("", tokens=len(row.ids))  # held back: not yet known to be final
+        delta, row.shown = visible[len(row.shown) :], visible
+        return Update(delta, tokens=len(row.ids))
+
+    def _finish(self, row: _Row, reason: str) -> Update:
+        row.finished = True
+        ids = after_scratchpad(row.ids, self._sep) if row.spec.answer_only else row.ids
+        text = self._detokenize(ids)
+        delta = text[len(row.shown) :] if text.startswith(row.shown) else ""
+        row.shown = text
+        return Update(delta, True, reason, text, len(row.ids))
+
+    def _visible(self, row: _Row) -> str | None:
+        """The text shown so far; an answer is held back until its scratchpad's [SEP] is out."""
+        if not row.spec.answer_only:
+            return self._detokenize(row.ids)
+        return self._detokenize(after_scratchpad(row.ids, self._sep)) if self._sep in row.ids else None
+
+
+def after_scratchpad(ids: list[int], sep_id: int) -> list[int]:
+    """The answer part of generated ids: what follows the last `[SEP]` (all of it when there is none)."""
+    return ids[len(ids) - ids[::-1].index(sep_id) :] if sep_id in ids else ids
+
+
+def generate_all(state: DecodeState, specs: Sequence[SequenceSpec], images: Sequence[ImageEncoding]) -> list[str]:
+    """Run sequences to the end together (the model's own batched calls); texts in order."""
+    texts: list[str | None] = [None] * len(specs)
+    index = list(range(len(specs)))  # row → sequence
+    updates = state.prefill(specs, images)
+    while True:
+        for i, update in zip(index, updates, strict=True):
+            if update.finished:
+                texts[i] = update.text
+        keep = [row for row, update in enumerate(updates) if not update.finished]
+        state.filter(keep)
+        index = [index[row] for row in keep]
+        if not index:
+            return [text or "" for text in texts]
+        updates = state.step()

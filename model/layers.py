@@ -17,10 +17,26 @@ from torch import nn
 
 @dataclass
 class KVCache:
-    """Keys and values of one attention layer, (B, nh, S, hs) each; grows by one step per decode call."""
+    """Keys and values of one attention layer, (B, nh, S, hs) each; grows by one step per decode call.
+
+    The reference decoder's cache (`model.generate.greedy_decode`); serving uses `SlotKV`.
+    """
 
     k: torch.Tensor | None = None
     v: torch.Tensor | None = None
+
+
+@dataclass
+class SlotKV:
+    """One attention layer's keys and values for a fixed number of sequence slots, preallocated.
+
+    (slots, nh, S, hs) each, where S is the decoder's `max_len` (self-attention) or the image's token
+    count (cross-attention). Row i of the running batch is slot i; a new token's keys are written in
+    place at its position, so nothing is allocated or copied as sequences grow.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
 
 
 def rotary(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +97,43 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
+    def project_kv(
+        self, source: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of `source` (B, S, C): two (B, nh, S, hs) tensors."""
+        B, S, C = source.shape
+        k, v = self.kv(source).view(B, S, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        return (apply_rotary(k, rope) if rope is not None else k), v
+
+    def forward_slots(
+        self,
+        x: torch.Tensor,
+        cache: SlotKV,
+        rows: slice,
+        keys: int,
+        mask: torch.Tensor | None,
+        positions: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Attention of `x` (B, T, C), the new tokens of slots `rows`, over the first `keys` cached keys.
+
+        Self-attention passes the new tokens' `positions` (B, T): their keys and values are written into
+        the cache there first. Cross-attention passes none: the cache already holds the image's.
+        """
+        B, T, C = x.shape
+        nh, hs = self.heads, C // self.heads
+        q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:
+            q = apply_rotary(q, rope)
+        k_all, v_all = cache.k[rows], cache.v[rows]  # views of the slots
+        if positions is not None:
+            k, v = self.project_kv(x, rope)
+            row = torch.arange(B, device=x.device)[:, None]
+            k_all[row, :, positions] = k.transpose(1, 2)  # (B, T, nh, hs) written in place
+            v_all[row, :, positions] = v.transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k_all[:, :, :keys], v_all[:, :, :keys], attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
 
 class MLP(nn.Module):
     def __init__(self, dim: int, ratio: float) -> None:
@@ -123,6 +176,24 @@ class Block(nn.Module):
         if self.cross is not None and self.ln_cross is not None:
             cross_cache = cache.cross_attn if cache else None
             x = x + self.cross(self.ln_cross(x), context=context, cache=cross_cache, is_cross=True)
+        return x + self.mlp(self.ln2(x))
+
+    def forward_slots(
+        self,
+        x: torch.Tensor,
+        self_cache: SlotKV,
+        cross_cache: SlotKV | None,
+        rows: slice,
+        keys: int,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """`forward` for new tokens of slot-cached sequences (see `Attention.forward_slots`)."""
+        x = x + self.attn.forward_slots(self.ln1(x), self_cache, rows, keys, mask, positions, rope)
+        if self.cross is not None and self.ln_cross is not None and cross_cache is not None:
+            context = cross_cache.k.shape[2]  # every image token is valid: no mask
+            x = x + self.cross.forward_slots(self.ln_cross(x), cross_cache, rows, context, None)
         return x + self.mlp(self.ln2(x))
 
 

@@ -13,6 +13,7 @@ their relation ("two four left [SEP] yes"); for colour the object's column ("thr
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -21,19 +22,14 @@ from PIL import Image
 from tokenizers import Tokenizer
 from torch import nn
 
-from model.api import ALL_TASKS, Task
+from model.api import ALL_TASKS, PreparedImage, Task
 from model.config import ModelConfig
 from model.decoder import Decoder
-from model.generate import greedy_decode
+from model.generate import DecodeState, ImageEncoding, SequenceSpec, generate_all
 from model.images import to_pixels
 from model.text import TextTower
 from model.tokenizer import BOS, EOS, PAD, SEP
 from model.vision import VisionEncoder
-
-
-def after_scratchpad(ids: list[int], sep_id: int) -> list[int]:
-    """The answer part of generated ids: what follows the last `[SEP]` (all of it when there is none)."""
-    return ids[len(ids) - ids[::-1].index(sep_id) :] if sep_id in ids else ids
 
 
 class MultimodalTransformer(nn.Module):
@@ -62,7 +58,7 @@ class MultimodalTransformer(nn.Module):
 
 
 class BuiltinModel:
-    """The built-in model behind the `MultimodalModel` protocol."""
+    """The built-in model behind the `MultimodalModel` protocol, and a `StepwiseGenerator`."""
 
     tasks: frozenset[Task] = ALL_TASKS
 
@@ -83,52 +79,92 @@ class BuiltinModel:
         self.dim: int | None = module.config.embed_dim
         self.max_text_tokens = text_tower.max_tokens
         self._ids = {token: tokenizer.token_to_id(token) for token in (PAD, BOS, EOS, SEP)}
+        vision = module.config.vision
+        self._context_len = 1 + (vision.image_size // vision.patch_size) ** 2  # CLS + patches
 
-    # -- images and prompts --------------------------------------------------------------------
-    def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        pixels = to_pixels(images, self.config.vision.image_size)  # (B, 3, H, W) float32
-        return pixels.to(self.device, self.dtype)
+    # -- preprocessing (any thread) --------------------------------------------------------------
+    def prepare_image(self, image: Image.Image) -> PreparedImage:
+        """Resized and scaled pixels (3, S, S), keyed by a digest of exactly those pixels."""
+        pixels = to_pixels([image], self.config.vision.image_size)[0]
+        key = hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16).digest()
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory()  # so the copy to the device can be asynchronous
+        return PreparedImage(pixels, key)
 
-    def _question_prompt(self, question: str) -> list[int]:
+    def prepare_text(self, text: str) -> list[int]:
+        """MiniLM token ids of one text to embed (truncated to `max_text_tokens`)."""
+        return self.text_tower.tokenize(text)
+
+    def sequence(self, task: Task, question: str | None, max_new_tokens: int) -> SequenceSpec:
+        """A caption is generated after `[BOS]`; an answer after `[BOS] question [SEP]`, its scratchpad hidden."""
+        if task == "caption":
+            return SequenceSpec((self._ids[BOS],), max_new_tokens)
+        if task != "vqa" or question is None:
+            raise ValueError(f"no sequence for task {task!r} with question {question!r}")
         ids = self.tokenizer.encode(question, add_special_tokens=False).ids[: self.config.max_question_tokens]
-        return [self._ids[BOS], *ids, self._ids[SEP]]
+        return SequenceSpec((self._ids[BOS], *ids, self._ids[SEP]), max_new_tokens, answer_only=True)
 
-    def _generate(
-        self, images: Sequence[Image.Image], prompts: list[list[int]], max_new_tokens: Sequence[int]
-    ) -> list[list[int]]:
+    # -- the device ------------------------------------------------------------------------------
+    def _prepared(self, images: Sequence[Image.Image | PreparedImage]) -> list[PreparedImage]:
+        return [im if isinstance(im, PreparedImage) else self.prepare_image(im) for im in images]
+
+    def _pixels(self, images: Sequence[Image.Image | PreparedImage]) -> torch.Tensor:
+        pixels = torch.stack([p.pixels for p in self._prepared(images)])  # (B, 3, H, W) float32
+        return pixels.to(self.device, self.dtype, non_blocking=True)
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[PreparedImage]) -> list[ImageEncoding]:
+        """Each image's cross-attention keys and values, from one pass of the image encoder."""
+        if not images:
+            return []
         _, tokens = self.module.encode_image(self._pixels(images))
-        return greedy_decode(self.module.decoder, tokens, prompts, max_new_tokens, self._ids[EOS], self._ids[PAD])
+        layers = self.module.decoder.cross_kv(tokens)
+        return [ImageEncoding(tuple((k[i].clone(), v[i].clone()) for k, v in layers)) for i in range(len(images))]
+
+    def new_state(self, capacity: int) -> DecodeState:
+        return DecodeState(
+            self.module.decoder,
+            capacity,
+            self._context_len,
+            eos_id=self._ids[EOS],
+            pad_id=self._ids[PAD],
+            sep_id=self._ids[SEP],
+            detokenize=self._decode,
+        )
+
+    def _generate(self, images: Sequence[Image.Image | PreparedImage], specs: list[SequenceSpec]) -> list[str]:
+        if not images:
+            return []
+        return generate_all(self.new_state(len(specs)), specs, self.encode_images(self._prepared(images)))
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids).strip()
 
     # -- the protocol ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def caption(self, images: Sequence[Image.Image], max_new_tokens: int | Sequence[int] = 32) -> list[str]:
+    def caption(
+        self, images: Sequence[Image.Image | PreparedImage], max_new_tokens: int | Sequence[int] = 32
+    ) -> list[str]:
         """One caption per image (objects left to right)."""
-        if not images:
-            return []
         limits = [max_new_tokens] * len(images) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        return [self._decode(ids) for ids in self._generate(images, [[self._ids[BOS]] for _ in images], limits)]
+        return self._generate(images, [self.sequence("caption", None, n) for n in limits])
 
     @torch.inference_mode()
-    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16) -> list[str]:
+    def answer(
+        self, images: Sequence[Image.Image | PreparedImage], questions: Sequence[str], max_new_tokens: int = 16
+    ) -> list[str]:
         """One answer per (image, question); questions are truncated to `max_question_tokens` tokens."""
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
-        if not images:
-            return []
-        prompts = [self._question_prompt(q) for q in questions]
-        generated = self._generate(images, prompts, [max_new_tokens] * len(images))
-        return [self._decode(after_scratchpad(ids, self._ids[SEP])) for ids in generated]
+        return self._generate(images, [self.sequence("vqa", q, max_new_tokens) for q in questions])
 
     @torch.inference_mode()
-    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
+    def embed_text(self, texts: Sequence[str | list[int]]) -> torch.Tensor:
         """(n, 384) MiniLM embeddings, normalised; texts past 256 tokens are truncated."""
-        return self.text_tower(list(texts))
+        return self.text_tower([t if isinstance(t, list) else self.prepare_text(t) for t in texts])
 
     @torch.inference_mode()
-    def embed_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def embed_image(self, images: Sequence[Image.Image | PreparedImage]) -> torch.Tensor:
         """(n, 384) image embeddings in MiniLM's space, normalised."""
         if not images:
             return torch.zeros(0, self.config.embed_dim)

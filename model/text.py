@@ -45,20 +45,27 @@ class TextTower(nn.Module):
     def train(self, mode: bool = True) -> TextTower:
         return super().train(False)  # frozen: dropout stays off even inside a training loop
 
+    def tokenize(self, text: str) -> list[int]:
+        """One text's token ids, [CLS] and [SEP] included, truncated to `max_tokens` (thread-safe)."""
+        ids: list[int] = self.tokenizer(text, truncation=True, max_length=self.max_tokens)["input_ids"]
+        return ids
+
     @torch.inference_mode()
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+    def forward(self, texts: Sequence[str | list[int]]) -> torch.Tensor:
+        """Texts, or their `tokenize`d ids, → (n, dim) unit vectors."""
         device = next(self.encoder.parameters()).device
         chunks = []
         for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                list(texts[start : start + self.batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=self.max_tokens,
-                return_tensors="pt",
-            ).to(device)
-            hidden = self.encoder(**batch).last_hidden_state  # (n, T, 384)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (n, T, 1)
+            ids = [t if isinstance(t, list) else self.tokenize(t) for t in texts[start : start + self.batch_size]]
+            width = max(len(row) for row in ids)
+            input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros(len(ids), width, dtype=torch.long)
+            for i, row in enumerate(ids):  # right-padded, as the tokenizer pads a batch
+                input_ids[i, : len(row)] = torch.tensor(row)
+                attention[i, : len(row)] = 1
+            input_ids, attention = input_ids.to(device), attention.to(device)
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (n, T, 384)
+            mask = attention.unsqueeze(-1).to(hidden.dtype)  # (n, T, 1)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             chunks.append(F.normalize(pooled.float(), dim=-1))
         if not chunks:
