@@ -1,11 +1,12 @@
 """The generic dynamic batcher: one instance per task, consumed by the one inference thread.
 
-A `Batcher` is a queue with a flush policy. Routes first `reserve()` room (429 when the task is at
-capacity, before any decoding), then `submit()` decoded payloads; each gets a `concurrent.futures.Future`.
-The inference thread asks each batcher when its next batch is due (`due_at`: at once when
-`max_batch_size` items wait, else when the oldest has waited `max_wait_ms`) and `take()`s it, skipping
-items whose client gave up (cancelled future) or whose deadline passed. Which batch runs next, and how,
-is the scheduler's business (`service.scheduler`), so continuous batching can replace it there.
+A `Batcher` is a queue with a flush policy. The runtime first `reserve()`s room (429 when the task is at
+capacity, before any decoding), then `submit()`s prepared payloads; each gets a `concurrent.futures.Future`
+(and, when streamed, a sink for its updates). The inference thread asks each batcher when its next batch
+is due (`due_at`: at once by default, as TEI and vLLM do: a batch is whatever arrived while the device was
+busy; with `max_wait_ms` > 0, when `max_batch_size` items wait or the oldest has waited that long) and
+`take()`s it, skipping items whose client gave up or whose deadline passed. Which batch runs next, and
+how, is the scheduler's business (`service.scheduler`).
 
 All state is guarded by one lock shared by every batcher and the scheduler (a `threading.Condition`),
 so that a submit wakes the inference thread.
@@ -16,13 +17,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from service.errors import QueueFull, Timeout
+from service.errors import ClientDisconnected, QueueFull, Timeout
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -37,10 +38,26 @@ class Item(Generic[In, Out]):
     payload: In
     deadline: float  # time.monotonic() after which nobody wants the answer
     future: Future[Out] = field(default_factory=Future)
+    on_update: Callable[[Any], None] | None = None  # streaming: called on the inference thread per step
     enqueued_at: float = field(default_factory=time.monotonic)
-    started_at: float = 0.0  # set by the inference thread when its batch starts
+    started_at: float = 0.0  # set by the inference thread when its batch (or prefill) starts
+    first_token_at: float = 0.0
     finished_at: float = 0.0
-    batch_size: int = 0  # how many items its batch held
+    batch_size: int = 0  # how many items its batch held (generation: sequences running when it joined)
+    abandoned: bool = False  # its request is gone (client left, or answered with an error already)
+
+    def abandon(self) -> None:
+        """Nobody wants the answer: a queued item is skipped, a running one dropped at the next step."""
+        self.abandoned = True
+        self.future.cancel()  # only succeeds while queued; a running item is failed by the scheduler
+
+    def gone(self, now: float) -> BaseException | None:
+        """Why this running item should be dropped now, or None while its request still wants it."""
+        if self.abandoned:
+            return ClientDisconnected("the client disconnected")
+        if self.deadline <= now:
+            return Timeout("the request timed out while running")
+        return None
 
     @property
     def queue_s(self) -> float:
@@ -58,12 +75,12 @@ class Reservation(Generic[In, Out]):
         self._batcher = batcher
         self._unused = count
 
-    def submit(self, payload: In, deadline: float) -> Item[In, Out]:
+    def submit(self, payload: In, deadline: float, on_update: Callable[[Any], None] | None = None) -> Item[In, Out]:
         """Queue one payload in a reserved slot; the slot is freed when its future is done."""
         if self._unused <= 0:
             raise RuntimeError("more items submitted than reserved")
         self._unused -= 1
-        return self._batcher._put(Item(payload, deadline))
+        return self._batcher._put(Item(payload, deadline, on_update=on_update))
 
     def _release_unused(self) -> None:
         self._batcher._release(self._unused)
@@ -91,7 +108,7 @@ class Batcher(Generic[In, Out]):
             if self._reserved + count > self.capacity:
                 raise QueueFull(
                     f"the {self.task} queue is full ({self.capacity} requests); retry shortly",
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                    retry_after_s=RETRY_AFTER_S,
                 )
             self._reserved += count
         reservation = Reservation(self, count)
@@ -114,7 +131,7 @@ class Batcher(Generic[In, Out]):
             if not self._pending:
                 return None
             oldest = self._pending[0].enqueued_at
-            if flush_now or len(self._pending) >= self.max_batch_size:
+            if flush_now or self.max_wait_s <= 0 or len(self._pending) >= self.max_batch_size:
                 return oldest
             return oldest + self.max_wait_s
 
@@ -122,22 +139,34 @@ class Batcher(Generic[In, Out]):
         with self._lock:
             return self._pending[0].enqueued_at if self._pending else float("inf")
 
-    def take(self) -> list[Item[In, Out]]:
-        """Up to `max_batch_size` live items, marked running; abandoned and expired ones are dropped."""
+    def take(self, limit: int | None = None) -> list[Item[In, Out]]:
+        """Up to `max_batch_size` (or `limit`) live items, marked running; abandoned and expired ones dropped."""
         batch: list[Item[In, Out]] = []
         expired: list[Item[In, Out]] = []
+        size = self.max_batch_size if limit is None else min(limit, self.max_batch_size)
         with self._lock:
             now = time.monotonic()
-            while self._pending and len(batch) < self.max_batch_size:
+            while self._pending and len(batch) < size:
                 item = self._pending.popleft()
                 if item.deadline <= now:
                     expired.append(item)
                 elif item.future.set_running_or_notify_cancel():  # False: cancelled by its client
-                    batch.append(item)
+                    if item.abandoned:  # abandoned between the cancel and now: drop it as it is
+                        item.future.set_exception(ClientDisconnected("the client disconnected"))
+                    else:
+                        batch.append(item)
         for item in expired:
             if item.future.set_running_or_notify_cancel():
                 item.future.set_exception(Timeout("the request timed out while waiting in the queue"))
         return batch
+
+    def fail_pending(self, error: BaseException) -> None:
+        """Answer every waiting item with `error` (the inference thread is gone)."""
+        with self._lock:
+            waiting, self._pending = list(self._pending), deque()
+        for item in waiting:
+            if item.future.set_running_or_notify_cancel():
+                item.future.set_exception(error)
 
     def _put(self, item: Item[In, Out]) -> Item[In, Out]:
         item.future.add_done_callback(lambda _: self._release(1))

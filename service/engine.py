@@ -1,9 +1,10 @@
-"""The engine: the loaded models, one per task, and their batched synchronous calls.
+"""The engine: the loaded models, one per task, their preprocessing and their batched synchronous calls.
 
 Each task maps to a model object (`MMSERVE_CAPTION_MODEL`, `MMSERVE_VQA_MODEL`, `MMSERVE_EMBED_MODEL`,
 each defaulting to `MMSERVE_MODEL`); a model named by several tasks is loaded once. A task whose model
-cannot do it is not served (501). The engine knows no HTTP and no asyncio; only the inference thread
-calls it, under `torch.inference_mode()`.
+cannot do it is not served (501). The engine knows no HTTP and no asyncio. `prepare_*` run in the decode
+pool (model-sized tensors are what cross the queue); `run` and the generation states are the inference
+thread's alone, under `torch.inference_mode()`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from model import ALL_TASKS, MultimodalModel, Task, load_model
+from model.api import StepwiseGenerator
 from service.errors import NotImplementedTask
 from service.settings import Settings
 
@@ -32,15 +34,27 @@ _DTYPES: dict[str, torch.dtype | None] = {
 
 
 @dataclass(frozen=True)
-class CaptionInput:
-    image: Image.Image
+class GenerationInput:
+    """A caption or an answer to generate, prepared: the model's image, and its sequence spec if stepwise."""
+
+    image: Any  # what the model's prepare_image made of the decoded image
+    question: str | None
     max_new_tokens: int
+    spec: Any = None  # a stepwise model's sequence (tokenised prompt, limit); None for whole-batch models
+
+    @property
+    def image_key(self) -> bytes | None:
+        """A digest of the pixels the model sees, for the encoder cache (None when the model gives none)."""
+        return getattr(self.image, "key", None)
 
 
 @dataclass(frozen=True)
-class VqaInput:
-    image: Image.Image
-    question: str
+class Generated:
+    """A finished caption or answer."""
+
+    text: str
+    finish_reason: str | None = None  # "stop" or "length" (continuous batching knows; whole batches do not)
+    tokens: int = 0  # generated tokens (0 when not counted)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -56,9 +70,12 @@ def resolve_device(spec: str) -> torch.device:
 class Engine:
     """Models by task, and one batched call per task."""
 
-    def __init__(self, models: Mapping[Task, MultimodalModel], vqa_max_new_tokens: int = 16) -> None:
+    def __init__(
+        self, models: Mapping[Task, MultimodalModel], vqa_max_new_tokens: int = 16, continuous: bool = True
+    ) -> None:
         self._models = dict(models)
         self._vqa_max_new_tokens = vqa_max_new_tokens
+        self._continuous = continuous
 
     @classmethod
     def load(cls, settings: Settings) -> Engine:
@@ -86,7 +103,7 @@ class Engine:
                     time.monotonic() - started,
                 )
             models[task] = loaded[spec]
-        return cls(models, settings.vqa_max_new_tokens)
+        return cls(models, settings.vqa_max_new_tokens, continuous=settings.scheduler == "continuous")
 
     # What the service reports.
     @property
@@ -116,23 +133,49 @@ class Engine:
                 "choose another with MMSERVE_CAPTION_MODEL, MMSERVE_VQA_MODEL or MMSERVE_EMBED_MODEL"
             )
 
+    def stepwise(self, task: Task) -> StepwiseGenerator | None:
+        """The model generating `task` step by step (continuous batching), or None: whole batches."""
+        model = self._models.get(task)
+        if self._continuous and task in ("caption", "vqa") and isinstance(model, StepwiseGenerator):
+            return model
+        return None
+
+    # Preprocessing (the decode pool; thread-safe).
+    def prepare_generation(
+        self, task: Task, image: Image.Image, question: str | None = None, max_new_tokens: int | None = None
+    ) -> GenerationInput:
+        """A caption (`max_new_tokens`) or an answer (`question`) to generate, ready for the device."""
+        model = self._models[task]
+        limit = self._vqa_max_new_tokens if task == "vqa" else int(max_new_tokens or 0)
+        stepwise = self.stepwise(task)
+        spec = stepwise.sequence(task, question, limit) if stepwise is not None else None
+        return GenerationInput(model.prepare_image(image), question, limit, spec)
+
+    def prepare_image(self, task: Task, image: Image.Image) -> Any:
+        return self._models[task].prepare_image(image)
+
+    def prepare_text(self, task: Task, text: str) -> Any:
+        return self._models[task].prepare_text(text)
+
     # The batched calls (inference thread only).
     def run(self, task: str, payloads: Sequence[Any]) -> list[Any]:
-        """Run one batch of `task`; exactly one output per payload."""
+        """Run one batch of `task`; exactly one output per payload (captions and answers as `Generated`)."""
         with torch.inference_mode():
             match task:
                 case "caption":
-                    outputs: list[Any] = self._models["caption"].caption(
+                    texts = self._models["caption"].caption(
                         [p.image for p in payloads], [p.max_new_tokens for p in payloads]
                     )
+                    outputs: list[Any] = [Generated(text) for text in texts]
                 case "vqa":
-                    outputs = self._models["vqa"].answer(
+                    texts = self._models["vqa"].answer(
                         [p.image for p in payloads], [p.question for p in payloads], self._vqa_max_new_tokens
                     )
+                    outputs = [Generated(text) for text in texts]
                 case "embed_text":
-                    outputs = self._models["embed_text"].embed_text(list(payloads)).float().tolist()
+                    outputs = list(self._models["embed_text"].embed_text(list(payloads)).float().numpy())
                 case "embed_image":
-                    outputs = self._models["embed_image"].embed_image(list(payloads)).float().tolist()
+                    outputs = list(self._models["embed_image"].embed_image(list(payloads)).float().numpy())
                 case _:
                     raise ValueError(f"unknown task {task!r}")
         if len(outputs) != len(payloads):
@@ -142,13 +185,15 @@ class Engine:
     def warm_up(self) -> None:
         """One small batch per served task, so the first request pays no lazy initialisation."""
         image = Image.new("RGB", (64, 48), (120, 60, 200))
-        batches: dict[str, list[Any]] = {
-            "caption": [CaptionInput(image, 2), CaptionInput(image, 3)],
-            "vqa": [VqaInput(image, "what colour is it?")] * 2,
-            "embed_text": ["a warm-up sentence", "another"],
-            "embed_image": [image, image],
-        }
         for task in sorted(self.tasks):
             started = time.monotonic()
-            self.run(task, batches[task])
+            if task == "caption":
+                batch = [self.prepare_generation(task, image, max_new_tokens=n) for n in (2, 3)]
+            elif task == "vqa":
+                batch = [self.prepare_generation(task, image, "what colour is it?")] * 2
+            elif task == "embed_text":
+                batch = [self.prepare_text(task, text) for text in ("a warm-up sentence", "another")]
+            else:
+                batch = [self.prepare_image(task, image)] * 2
+            self.run(task, batch)
             logger.info("warmed up %s in %.2f s", task, time.monotonic() - started)

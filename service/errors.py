@@ -27,10 +27,14 @@ class ServiceError(Exception):
     status_code: int = 500
     error_type: str = "internal_error"
 
-    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.headers = headers or {}
+        self.retry_after_s = retry_after_s  # overload and not-ready answers say when to come back
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": f"{self.retry_after_s:g}"} if self.retry_after_s is not None else {}
 
 
 class InvalidImage(ServiceError):

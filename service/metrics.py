@@ -47,6 +47,30 @@ class Metrics:
         self.requests = Counter(
             "mmserve_requests", "Requests by task and HTTP status", ["task", "status"], registry=self.registry
         )
+        # Continuous batching.
+        self.running_sequences = Gauge(
+            "mmserve_running_sequences", "Captions and answers decoding now", registry=self.registry
+        )
+        self.decode_steps = Counter("mmserve_decode_steps", "Decoding steps run", registry=self.registry)
+        self.time_to_first_token = Histogram(
+            "mmserve_time_to_first_token_seconds",
+            "From arrival to the first generated token",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.encoder_cache = Counter(
+            "mmserve_encoder_cache_lookups",
+            "Image encodings looked up in the encoder cache, by result (hit or miss)",
+            ["result"],
+            registry=self.registry,
+        )
+
+    def count_encoder_lookup(self, hit: bool) -> None:
+        self.encoder_cache.labels("hit" if hit else "miss").inc()
+
+    def watch_running(self, running: Callable[[], int]) -> None:
+        self.running_sequences.set_function(running)
 
     def watch_queues(self, queue_sizes: Mapping[str, Callable[[], int]]) -> None:
         """Read each task's queue size at scrape time."""

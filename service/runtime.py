@@ -2,7 +2,9 @@
 
 States: `loading` (the inference thread is loading and warming up the models) → `ok` → `draining`
 (shutdown: nothing new is admitted, what was accepted finishes) ; `unhealthy` when loading failed or
-the inference thread died. Routes talk to the runtime; the runtime talks to the batchers.
+the inference thread died. Routes talk only to the runtime: `admit` (503 / 501 / 429, before the body
+is read), `prepare_*` (decoding and the model's preprocessing, in the decode pool), the reservation's
+`submit`, then `wait` for results or `stream` a generation's updates as they are decoded.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any
 
-from PIL import Image
-
 from model import ALL_TASKS, Task
-from service.batching import Batcher, Item
-from service.engine import Engine
+from model.api import Update
+from service.batching import Batcher, Item, Reservation
+from service.engine import Engine, GenerationInput
 from service.errors import ClientDisconnected, NotReady, Timeout
 from service.images import decode_image
 from service.metrics import Metrics
@@ -56,8 +58,15 @@ class Runtime:
         self._draining = False
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="mmserve-decode")
         self._thread = InferenceThread(
-            lambda: Engine.load(settings), self.batchers, self._lock, metrics, self._ready, self._failure
+            lambda: Engine.load(settings),
+            self.batchers,
+            self._lock,
+            metrics,
+            self._ready,
+            self._failure,
+            encoder_cache_bytes=settings.encoder_cache_bytes,
         )
+        metrics.watch_running(self._thread.running)
 
     # Lifecycle.
     def start(self) -> None:
@@ -108,11 +117,13 @@ class Runtime:
         return sum(b.in_flight() for b in self.batchers.values())
 
     # What routes use.
-    def admit(self, task: Task) -> Batcher[Any, Any]:
-        """The task's batcher, if the service takes requests for it now (else 503 or 501)."""
+    @contextmanager
+    def admit(self, task: Task, count: int = 1) -> Iterator[Reservation[Any, Any]]:
+        """Room for `count` items of `task`, if the service takes them now (else 503, 501 or 429)."""
         engine = self.ensure_ready()
         engine.check_supported(task)
-        return self.batchers[task]
+        with self.batchers[task].reserve(count) as reservation:
+            yield reservation
 
     def ensure_ready(self) -> Engine:
         """The engine, when the service takes requests (else 503 with the reason)."""
@@ -123,17 +134,38 @@ class Runtime:
                 State.DRAINING: "the server is shutting down",
                 State.UNHEALTHY: "the server is unhealthy",
             }.get(state, "the server is not ready")
-            raise NotReady(message, headers={"Retry-After": "1"})
+            raise NotReady(message, retry_after_s=1)
         return self._engine
 
     def model_name(self, task: Task) -> str:
         return self._engine.model_name(task) if self._engine else ""
 
-    async def decode(self, data: bytes) -> Image.Image:
-        """Decode an image in the decode pool, off the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decode_pool, decode_image, data, self.settings.max_image_pixels)
+    # Preprocessing, in the decode pool (off the event loop and off the inference thread).
+    async def prepare_generation(
+        self, task: Task, data: bytes, question: str | None = None, max_new_tokens: int | None = None
+    ) -> GenerationInput:
+        """Image bytes → the model's input for a caption or an answer."""
+        engine = self.ensure_ready()
+        max_pixels = self.settings.max_image_pixels
+        return await self._in_pool(
+            lambda: engine.prepare_generation(task, decode_image(data, max_pixels), question, max_new_tokens)
+        )
 
+    async def prepare_image(self, task: Task, data: bytes) -> Any:
+        """Image bytes → the model's input for an image embedding."""
+        engine = self.ensure_ready()
+        max_pixels = self.settings.max_image_pixels
+        return await self._in_pool(lambda: engine.prepare_image(task, decode_image(data, max_pixels)))
+
+    async def prepare_texts(self, task: Task, texts: Sequence[str]) -> list[Any]:
+        """Texts → the model's inputs (token ids)."""
+        engine = self.ensure_ready()
+        return await self._in_pool(lambda: [engine.prepare_text(task, text) for text in texts])
+
+    async def _in_pool(self, work: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, work)
+
+    # Results.
     async def wait(
         self, items: Sequence[Item[Any, Any]], deadline: float, disconnected: Callable[[], Awaitable[None]]
     ) -> list[Any]:
@@ -153,13 +185,58 @@ class Runtime:
                 if watcher in done:
                     raise ClientDisconnected("the client disconnected")
                 if not done:
-                    timeout_s = self.settings.request_timeout_s
-                    raise Timeout(f"the request did not complete within {timeout_s:g} s")
+                    raise self._timeout()
                 pending.discard(watcher)
                 for waiter in done:
                     waiter.result()  # raises the item's error
             return [waiter.result() for waiter in waiters]
         finally:
             watcher.cancel()
-            for item in items:  # a no-op for finished items; queued ones will be skipped
-                item.future.cancel()
+            for item in items:  # a no-op for finished items; queued ones are skipped, running ones dropped
+                if not item.future.done():
+                    item.abandon()
+
+    def stream_sink(self) -> tuple[asyncio.Queue[Any], Callable[[Update], None]]:
+        """A queue on this event loop, and the sink the inference thread calls with each update."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def sink(update: Update) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, update)
+
+        return queue, sink
+
+    async def stream(self, item: Item[Any, Any], updates: asyncio.Queue[Any], deadline: float) -> AsyncIterator[Update]:
+        """A generation's updates as they are decoded, the last one finished; its error, or 504, if it fails.
+
+        The item's future is queued behind its updates when it is done, so its error (or, for a model
+        that generates whole batches, its only result) comes in order. Leaving early (the client went
+        away: the response's task is cancelled) drops the sequence.
+        """
+        loop = asyncio.get_running_loop()
+        item.future.add_done_callback(lambda future: loop.call_soon_threadsafe(updates.put_nowait, future))
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        entry = await updates.get()
+                except TimeoutError:
+                    raise self._timeout() from None
+                if isinstance(entry, Update):
+                    yield entry
+                    if entry.finished:
+                        return
+                    continue
+                if entry.cancelled():
+                    raise ClientDisconnected("the client disconnected")
+                if (error := entry.exception()) is not None:
+                    raise error
+                result = entry.result()  # generated as a whole (no step-wise updates came)
+                yield Update(result.text, True, result.finish_reason, result.text, result.tokens)
+                return
+        finally:
+            if not item.future.done():
+                item.abandon()
+
+    def _timeout(self) -> Timeout:
+        return Timeout(f"the request did not complete within {self.settings.request_timeout_s:g} s")

@@ -1,13 +1,18 @@
-"""The one inference thread: it owns the device, picks the next due batch and runs it.
+"""The one inference thread and its step loop: it owns the device and decides what runs next.
 
 The thread first loads the models and warms them up (so the device is only ever touched from here),
-then loops: of all batchers with a batch due, take the one whose oldest item has waited longest, run
-it through the engine under `torch.inference_mode()`, and resolve the items' futures. A batch that
-raises is retried item by item, so one bad item fails alone. On `stop()` it flushes what is queued
-without waiting for `max_wait_ms`, then exits.
-
-This is the seam for continuous batching: a step-wise decoder would replace `_run_batch` with a loop
-that admits new items between decoding steps; the batchers and routes would not change.
+then turns the loop. Each turn:
+1. drops running sequences whose client left or whose deadline passed (they compute no more);
+2. lets waiting captions and answers join the running sequences, as far as slots allow (prefill);
+3. runs one batch of another task that is due (embeddings; captions and answers of models that cannot
+   decode step by step, or of every model when `MMSERVE_SCHEDULER=static`), the one whose oldest item
+   has waited longest;
+4. runs one decoding step for every running sequence; the finished ones answer at once.
+So nothing waits for a whole generation: an embedding waits at most one step and its own batch. When
+the device is idle, whatever is queued runs now (`max_wait_ms`, by default 0, is an opt-in wait for
+batch-mates). A batch that raises is retried item by item, so one bad item fails alone. On `stop()` it
+finishes what is queued and running without waiting for batch-mates, then exits. If the loop itself
+dies, every admitted request is answered 503 at once.
 """
 
 from __future__ import annotations
@@ -22,14 +27,17 @@ import torch
 
 from model import Task
 from service.batching import Batcher, Item
+from service.encoder_cache import EncoderCache
 from service.engine import Engine
+from service.errors import NotReady
+from service.generation import Generation
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 
 class InferenceThread(threading.Thread):
-    """Loads the engine, then runs every batch of every task, one at a time."""
+    """Loads the engine, then runs the step loop over every task's queue."""
 
     def __init__(
         self,
@@ -39,6 +47,7 @@ class InferenceThread(threading.Thread):
         metrics: Metrics,
         on_ready: Callable[[Engine], None],
         on_failure: Callable[[BaseException], None],
+        encoder_cache_bytes: int = 0,
     ) -> None:
         super().__init__(name="mmserve-inference", daemon=True)
         self._load_engine = load_engine
@@ -47,6 +56,8 @@ class InferenceThread(threading.Thread):
         self._metrics = metrics
         self._on_ready = on_ready
         self._on_failure = on_failure
+        self._cache = EncoderCache(encoder_cache_bytes, metrics.count_encoder_lookup)
+        self._generations: dict[Task, Generation] = {}  # the stepwise tasks, and the state each decodes in
         self._stopping = False
         self._flushing = False  # draining: no new work will come, so nothing waits for batch-mates
 
@@ -57,7 +68,7 @@ class InferenceThread(threading.Thread):
             self._lock.notify_all()
 
     def stop(self) -> None:
-        """Finish every queued item, then exit (join the thread to wait for it)."""
+        """Finish every queued and running item, then exit (join the thread to wait for it)."""
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
@@ -66,39 +77,83 @@ class InferenceThread(threading.Thread):
         try:
             engine = self._load_engine()
             engine.warm_up()
+            self._generations = self._build_generations(engine)
         except BaseException as e:
             logger.exception("loading the model failed")
             self._on_failure(e)
             return
         self._on_ready(engine)
         try:
-            while (next_batch := self._next_batch()) is not None:
-                task, items = next_batch
-                self._run_batch(engine, task, items)
-        except BaseException as e:  # a bug in the loop itself: report unhealthy rather than hang
+            while self._wait_for_work():
+                self._turn(engine)
+        except BaseException as e:  # a bug in the loop itself: report unhealthy and answer everyone now
             logger.exception("the inference thread died")
             self._on_failure(e)
+            self._fail_everything(NotReady("the inference thread stopped; the server is unhealthy", retry_after_s=1))
         logger.info("inference thread stopped")
 
-    def _next_batch(self) -> tuple[Task, list[Item[Any, Any]]] | None:
-        """Block until some batcher has a batch due; None once stopping and nothing is left."""
+    def running(self) -> int:
+        """Sequences decoding now (the metric)."""
+        return sum(len(g) for g in set(self._generations.values()))
+
+    # The loop.
+    def _build_generations(self, engine: Engine) -> dict[Task, Generation]:
+        """One generation state per stepwise model; captions and answers share it when one model does both."""
+        by_model: dict[int, Generation] = {}
+        generations: dict[Task, Generation] = {}
+        for task in ("caption", "vqa"):
+            model = engine.stepwise(task) if task in engine.tasks else None
+            if model is None:
+                continue
+            tasks = [t for t in ("caption", "vqa") if t in engine.tasks and engine.stepwise(t) is model]
+            if id(model) not in by_model:
+                limits = {t: self._batchers[t].max_batch_size for t in tasks}
+                by_model[id(model)] = Generation(model, limits, self._cache, self._metrics)
+            generations[task] = by_model[id(model)]
+        return generations
+
+    def _wait_for_work(self) -> bool:
+        """Block until there is something to do; False once stopping and nothing is left."""
         with self._lock:
             while True:
+                if any(len(g) for g in self._generations.values()):
+                    return True
                 now = time.monotonic()
-                flush_now = self._stopping or self._flushing
-                due = {task: b.due_at(flush_now) for task, b in self._batchers.items()}
-                ready = [task for task, at in due.items() if at is not None and at <= now]
-                if ready:
-                    task = min(ready, key=lambda t: self._batchers[t].oldest_enqueued_at())
-                    items = self._batchers[task].take()
-                    if items:
-                        return task, items
-                    continue  # everything taken was abandoned or expired
-                if self._stopping and all(at is None for at in due.values()):
-                    return None
-                waits = [at - now for at in due.values() if at is not None]
-                self._lock.wait(timeout=min(waits) if waits else None)
+                due = self._due()
+                if any(at <= now for at in due.values()):
+                    return True
+                if self._stopping and not due:
+                    return False
+                self._lock.wait(timeout=min((at - now for at in due.values()), default=None))
 
+    def _due(self) -> dict[Task, float]:
+        """When each task with waiting items is due to run."""
+        flush_now = self._stopping or self._flushing
+        due = {task: b.due_at(flush_now) for task, b in self._batchers.items()}
+        return {task: at for task, at in due.items() if at is not None}
+
+    def _turn(self, engine: Engine) -> None:
+        now = time.monotonic()
+        generations = list({id(g): g for g in self._generations.values()}.values())
+        for generation in generations:
+            generation.drop_gone(now)
+        due = {task: at for task, at in self._due().items() if at <= now}
+        for task in sorted(due, key=lambda t: self._batchers[t].oldest_enqueued_at()):
+            generation = self._generations.get(task)
+            if generation is not None and (room := generation.free_for(task)):
+                items = self._batchers[task].take(room)
+                if items:
+                    generation.admit(task, items)
+        batch_tasks = [task for task in due if task not in self._generations]
+        if batch_tasks:
+            task = min(batch_tasks, key=lambda t: self._batchers[t].oldest_enqueued_at())
+            items = self._batchers[task].take()
+            if items:
+                self._run_batch(engine, task, items)
+        for generation in generations:
+            generation.step()
+
+    # Whole batches.
     def _run_batch(self, engine: Engine, task: str, items: list[Item[Any, Any]]) -> None:
         started = time.monotonic()
         for item in items:
@@ -132,11 +187,18 @@ class InferenceThread(threading.Thread):
         finished = time.monotonic()
         self._metrics.inference_duration.labels(task).observe(finished - items[0].started_at)
         for i, item in enumerate(items):
-            item.finished_at = finished
+            item.finished_at = item.first_token_at = finished
             if outputs is not None:
                 item.future.set_result(outputs[i])
             else:
                 item.future.set_exception(error or RuntimeError("no output"))
+
+    def _fail_everything(self, error: BaseException) -> None:
+        """Answer every running and queued item with `error` (the loop is gone; nobody else will)."""
+        for generation in {id(g): g for g in self._generations.values()}.values():
+            generation.fail_all(error)
+        for batcher in self._batchers.values():
+            batcher.fail_pending(error)
 
 
 def _free_device_memory(error: BaseException) -> None:

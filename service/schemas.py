@@ -57,7 +57,13 @@ class RequestModel(BaseModel):
 
 
 # Requests.
-class CaptionParams(RequestModel):
+class StreamParam(RequestModel):
+    stream: bool = Field(
+        default=False, description="Answer with server-sent events: a `token` event per token, then `done`"
+    )
+
+
+class CaptionParams(StreamParam):
     max_new_tokens: int | None = Field(default=None, ge=1, description="At most this many tokens (bounded)")
 
     @field_validator("max_new_tokens")
@@ -75,7 +81,7 @@ class CaptionJSON(CaptionParams):
     model_config = ConfigDict(json_schema_extra={"examples": [{"image": "iVBORw0KGgo...", "max_new_tokens": 20}]})
 
 
-class VqaParams(RequestModel):
+class VqaParams(StreamParam):
     question: str = Field(min_length=1, description="A question about the image")
 
     @field_validator("question")

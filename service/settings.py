@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model import Task
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+Scheduler = Literal["continuous", "static"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
@@ -45,15 +46,20 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: LogLevel = "info"
 
-    # Dynamic batching, per task.
-    caption_max_batch_size: int = Field(default=16, ge=1)
-    caption_max_wait_ms: float = Field(default=10.0, ge=0)
-    vqa_max_batch_size: int = Field(default=16, ge=1)
-    vqa_max_wait_ms: float = Field(default=10.0, ge=0)
+    # Batching. "continuous": captions and answers join and leave the running batch between decoding
+    # steps (for models that decode step by step); "static": whole batches, each run to its longest row.
+    scheduler: Scheduler = "continuous"
+    # Per task: the largest batch (for continuous generation: the most sequences running at once), and
+    # how long the oldest request may wait for batch-mates when the device is idle (0: run it now).
+    caption_max_batch_size: int = Field(default=32, ge=1)
+    caption_max_wait_ms: float = Field(default=0.0, ge=0)
+    vqa_max_batch_size: int = Field(default=32, ge=1)
+    vqa_max_wait_ms: float = Field(default=0.0, ge=0)
     embed_text_max_batch_size: int = Field(default=64, ge=1)
-    embed_text_max_wait_ms: float = Field(default=5.0, ge=0)
+    embed_text_max_wait_ms: float = Field(default=0.0, ge=0)
     embed_image_max_batch_size: int = Field(default=32, ge=1)
-    embed_image_max_wait_ms: float = Field(default=5.0, ge=0)
+    embed_image_max_wait_ms: float = Field(default=0.0, ge=0)
+    encoder_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)  # image encodings kept for reuse; 0: off
     queue_capacity: int = Field(default=1024, ge=1)  # admitted, unfinished items per task; beyond it: 429
 
     request_timeout_s: float = Field(default=30.0, gt=0)  # from arrival to answer; beyond it: 504

@@ -42,13 +42,18 @@ class HFAdapter:
     def _refuse(self, task: Task) -> UnsupportedTask:
         return UnsupportedTask(f"model {self.name!r} cannot do {task!r}; it can do {sorted(self.tasks)}")
 
+    def prepare_image(self, image: Image.Image) -> Image.Image:
+        """Adapters preprocess with their processors inside the batched calls; the image crosses as it is."""
+        return image
+
+    def prepare_text(self, text: str) -> str:
+        return text
+
     def caption(self, images: Sequence[Image.Image], max_new_tokens: int | Sequence[int] = 32) -> list[str]:
         """One caption per image."""
         raise self._refuse("caption")
 
-    def answer(
-        self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16
-    ) -> list[str]:
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16) -> list[str]:
         """One answer per (image, question) pair."""
         raise self._refuse("vqa")
 

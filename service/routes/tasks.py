@@ -2,21 +2,25 @@
 
 Each route runs the same steps in the same order: readiness (503) and task support (501), content
 type (415), admission (429, before the body is read; for JSON /embed just after, as the body says
-which task it is), reading and validating the fields (422, 413), decoding the image off the event
-loop (400, 413), queueing, and waiting for the answer (504).
+which task it is), reading and validating the fields (422, 413), decoding and preparing the input off
+the event loop (400, 413), queueing, and waiting for the answer (504), or streaming it (`stream=true`).
+/caption and /vqa share one handler; they differ only in their fields and the name of the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
-from PIL import Image
+from fastapi.responses import Response, StreamingResponse
 
+from model import Task
 from service.batching import Item
-from service.engine import CaptionInput, VqaInput
 from service.routes.common import (
     ERROR_RESPONSES,
     RequestRecord,
@@ -27,15 +31,16 @@ from service.routes.common import (
     request_body,
     timings,
 )
+from service.routes.streaming import event_stream, first_update
 from service.runtime import Runtime
 from service.schemas import (
     CaptionJSON,
     CaptionParams,
     CaptionResponse,
-    Embedding,
     EmbedImageParams,
     EmbedJSON,
     EmbedResponse,
+    StreamParam,
     VqaJSON,
     VqaParams,
     VqaResponse,
@@ -46,45 +51,85 @@ router = APIRouter(responses=ERROR_RESPONSES)
 
 _MAX_NEW_TOKENS_FIELD = {"type": "integer", "minimum": 1, "description": "At most this many tokens (bounded)"}
 _QUESTION_FIELD = {"type": "string", "description": "A question about the image"}
+_STREAM_FIELD = {"type": "boolean", "description": "Answer with server-sent events (token, then done)"}
+_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+_INLINE_TOKENIZE_CHARS = 4096  # texts shorter than this in all are tokenised on the event loop (faster than a hop)
+
+
+@dataclass(frozen=True)
+class GenerationRoute:
+    """What differs between /caption and /vqa."""
+
+    task: Task
+    params: type[StreamParam]
+    json_model: type[StreamParam]
+    response: type[CaptionResponse] | type[VqaResponse]
+    answer_field: str
+
+
+CAPTION = GenerationRoute("caption", CaptionParams, CaptionJSON, CaptionResponse, "caption")
+VQA = GenerationRoute("vqa", VqaParams, VqaJSON, VqaResponse, "answer")
 
 
 @router.post(
     "/caption",
     response_model=CaptionResponse,
-    openapi_extra=request_body(CaptionJSON, {"max_new_tokens": _MAX_NEW_TOKENS_FIELD}, ["image"]),
+    responses={200: {"content": _SSE, "description": "JSON, or server-sent events with `stream`"}},
+    openapi_extra=request_body(
+        CaptionJSON, {"max_new_tokens": _MAX_NEW_TOKENS_FIELD, "stream": _STREAM_FIELD}, ["image"]
+    ),
 )
-async def caption(request: Request, runtime: RuntimeDep) -> CaptionResponse:
+async def caption(request: Request, runtime: RuntimeDep) -> Response:
     """Caption one image: a multipart file field `image`, or JSON with a base64 `image`."""
-    async with observe(runtime, "caption") as record:
-        batcher = runtime.admit("caption")
-        kind = body_kind(request)
-        with batcher.reserve() as slot:
-            async with before_deadline(record):
-                data, params = await read_image_request(request, kind, CaptionParams, CaptionJSON, runtime.settings)
-                image = await _decode(runtime, record, data)
-            max_new_tokens = params.max_new_tokens or runtime.settings.default_max_new_tokens
-            item = slot.submit(CaptionInput(image, max_new_tokens), record.deadline)
-        [text] = await runtime.wait([item], record.deadline, disconnect_waiter(request))
-        return CaptionResponse(caption=text, model=runtime.model_name("caption"), timings=timings(record, [item]))
+    return await generate(request, runtime, CAPTION)
 
 
 @router.post(
     "/vqa",
     response_model=VqaResponse,
-    openapi_extra=request_body(VqaJSON, {"question": _QUESTION_FIELD}, ["image", "question"]),
+    responses={200: {"content": _SSE, "description": "JSON, or server-sent events with `stream`"}},
+    openapi_extra=request_body(VqaJSON, {"question": _QUESTION_FIELD, "stream": _STREAM_FIELD}, ["image", "question"]),
 )
-async def vqa(request: Request, runtime: RuntimeDep) -> VqaResponse:
+async def vqa(request: Request, runtime: RuntimeDep) -> Response:
     """Answer a question about one image: multipart `image` + `question`, or JSON."""
-    async with observe(runtime, "vqa") as record:
-        batcher = runtime.admit("vqa")
+    return await generate(request, runtime, VQA)
+
+
+async def generate(request: Request, runtime: Runtime, route: GenerationRoute) -> Response:
+    """Caption or answer: admit, read, prepare, queue; then the answer, or its tokens as they come."""
+    async with observe(runtime, route.task) as record:
         kind = body_kind(request)
-        with batcher.reserve() as slot:
+        with runtime.admit(route.task) as slot:
             async with before_deadline(record):
-                data, params = await read_image_request(request, kind, VqaParams, VqaJSON, runtime.settings)
-                image = await _decode(runtime, record, data)
-            item = slot.submit(VqaInput(image, params.question), record.deadline)
-        [answer] = await runtime.wait([item], record.deadline, disconnect_waiter(request))
-        return VqaResponse(answer=answer, model=runtime.model_name("vqa"), timings=timings(record, [item]))
+                data, params = await read_image_request(request, kind, route.params, route.json_model, runtime.settings)
+                started = time.monotonic()
+                payload = await runtime.prepare_generation(
+                    route.task,
+                    data,
+                    question=getattr(params, "question", None),
+                    max_new_tokens=getattr(params, "max_new_tokens", None) or runtime.settings.default_max_new_tokens,
+                )
+                record.decode_s = time.monotonic() - started
+            sink = runtime.stream_sink() if params.stream else None
+            item = slot.submit(payload, record.deadline, sink[1] if sink else None)
+        model = runtime.model_name(route.task)
+
+        def reply(text: str) -> dict[str, Any]:
+            body = route.response.model_validate(
+                {route.answer_field: text, "model": model, "timings": timings(record, [item])}
+            )
+            return body.model_dump()
+
+        if sink is None:
+            [generated] = await runtime.wait([item], record.deadline, disconnect_waiter(request))
+            return _json(reply(generated.text))
+        updates = runtime.stream(item, sink[0], record.deadline)
+        first = await first_update(updates, disconnect_waiter(request))  # errors so far keep their status
+        return StreamingResponse(
+            event_stream(first, updates, reply),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
 
 @router.post(
@@ -92,55 +137,65 @@ async def vqa(request: Request, runtime: RuntimeDep) -> VqaResponse:
     response_model=EmbedResponse,
     openapi_extra=request_body(EmbedJSON, {}, ["image"]),
 )
-async def embed(request: Request, runtime: RuntimeDep) -> EmbedResponse:
+async def embed(request: Request, runtime: RuntimeDep) -> Response:
     """Embed texts (JSON `input`: a text or a list) or one image (multipart or JSON `image`), in one space."""
     async with observe(runtime, "embed_text") as record:
         runtime.ensure_ready()
         kind = body_kind(request)
         if kind is BodyKind.MULTIPART:
-            return await _embed_image_upload(request, runtime, record)
+            record.task = "embed_image"
+            with runtime.admit("embed_image") as slot:
+                async with before_deadline(record):
+                    data, _ = await read_form(request, EmbedImageParams, runtime.settings)
+                    items = [slot.submit(await _prepare_image(runtime, record, data), record.deadline)]
+            return await _embed(request, runtime, record, items)
         # A JSON body must be read to know the task and the number of texts, so admission comes after.
         async with before_deadline(record):
             body = await read_json(request, EmbedJSON, runtime.settings)
         if body.image is not None:
             record.task = "embed_image"
             check_size(body.image, runtime.settings)
-            with runtime.admit("embed_image").reserve() as slot:
+            with runtime.admit("embed_image") as slot:
                 async with before_deadline(record):
-                    image = await _decode(runtime, record, body.image)
-                items = [slot.submit(image, record.deadline)]
-        else:
-            texts = body.texts()
-            with runtime.admit("embed_text").reserve(len(texts)) as slots:
-                items = [slots.submit(text, record.deadline) for text in texts]
-        vectors = await runtime.wait(items, record.deadline, disconnect_waiter(request))
-        return _embed_response(runtime, record, items, vectors)
+                    items = [slot.submit(await _prepare_image(runtime, record, body.image), record.deadline)]
+            return await _embed(request, runtime, record, items)
+        texts = body.texts()
+        with runtime.admit("embed_text", len(texts)) as slots:
+            if sum(map(len, texts)) < _INLINE_TOKENIZE_CHARS:
+                payloads = [runtime.ensure_ready().prepare_text("embed_text", text) for text in texts]
+            else:
+                async with before_deadline(record):
+                    payloads = await runtime.prepare_texts("embed_text", texts)
+            items = [slots.submit(payload, record.deadline) for payload in payloads]
+        return await _embed(request, runtime, record, items)
 
 
-async def _embed_image_upload(request: Request, runtime: Runtime, record: RequestRecord) -> EmbedResponse:
-    record.task = "embed_image"
-    with runtime.admit("embed_image").reserve() as slot:
-        async with before_deadline(record):
-            data, _ = await read_form(request, EmbedImageParams, runtime.settings)
-            image = await _decode(runtime, record, data)
-        items = [slot.submit(image, record.deadline)]
-    vectors = await runtime.wait(items, record.deadline, disconnect_waiter(request))
-    return _embed_response(runtime, record, items, vectors)
-
-
-def _embed_response(
-    runtime: Runtime, record: RequestRecord, items: Sequence[Item[Any, Any]], vectors: list[list[float]]
-) -> EmbedResponse:
-    return EmbedResponse(
-        data=[Embedding(index=i, embedding=vector) for i, vector in enumerate(vectors)],
-        model=runtime.model_name(record.task),
-        dim=len(vectors[0]),
-        timings=timings(record, items),
-    )
-
-
-async def _decode(runtime: Runtime, record: RequestRecord, data: bytes) -> Image.Image:
+async def _prepare_image(runtime: Runtime, record: RequestRecord, data: bytes) -> Any:
     started = time.monotonic()
-    image = await runtime.decode(data)
+    prepared = await runtime.prepare_image("embed_image", data)
     record.decode_s = time.monotonic() - started
-    return image
+    return prepared
+
+
+async def _embed(
+    request: Request, runtime: Runtime, record: RequestRecord, items: Sequence[Item[Any, Any]]
+) -> Response:
+    """Wait for the vectors and answer them, encoded by orjson straight from numpy (off the loop when large)."""
+    vectors = await runtime.wait(items, record.deadline, disconnect_waiter(request))
+    body = {
+        "data": [{"index": i, "embedding": vector} for i, vector in enumerate(vectors)],
+        "model": runtime.model_name(record.task),
+        "dim": len(vectors[0]),
+        "timings": timings(record, items).model_dump(),
+    }
+    if len(vectors) > 16:
+        return Response(await asyncio.to_thread(_dumps, body), media_type="application/json")
+    return Response(_dumps(body), media_type="application/json")
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return Response(_dumps(body), media_type="application/json")
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

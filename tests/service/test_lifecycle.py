@@ -11,11 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
 import service.engine
 from model import MultimodalModel, load_model
-from service.engine import CaptionInput
+from model.api import PreparedImage
 from service.errors import ClientDisconnected
 from service.testing import encode_image, error_of, noise_image, solid_image
 from tests.service.conftest import wait_for_status
@@ -113,8 +112,9 @@ async def test_504_and_the_expired_item_is_never_computed(serve) -> None:  # typ
 async def test_disconnected_client_item_is_dropped(serve) -> None:  # type: ignore[no-untyped-def]
     async with serve(caption_max_wait_ms=1000) as client:
         runtime = client.app.state.runtime
-        with runtime.batchers["caption"].reserve() as slot:
-            item = slot.submit(CaptionInput(noise_image(0), 3), time.monotonic() + 30)
+        payload = await runtime.prepare_generation("caption", encode_image(noise_image(0)), max_new_tokens=3)
+        with runtime.admit("caption") as slot:
+            item = slot.submit(payload, time.monotonic() + 30)
 
         async def gone() -> None:
             return None
@@ -133,21 +133,23 @@ async def test_a_failing_item_fails_alone_with_500_logged_once(
     poison = (13, 13, 13)
     async with serve(caption_max_wait_ms=300) as client:
         model = client.app.state.runtime.engine._models["caption"]
-        real_caption = model.caption
+        real_encode = model.encode_images
 
-        def caption(images: Sequence[Image.Image], max_new_tokens: Any = 32) -> list[str]:
-            if any(image.getpixel((0, 0)) == poison for image in images):
+        def encode_images(images: Sequence[PreparedImage]) -> list[Any]:
+            # the prepared pixels are scaled to [0, 1]: the poisoned colour is 13/255 in every channel
+            if any(abs(float(image.pixels[0, 0, 0]) - 13 / 255) < 1e-6 for image in images):
                 raise RuntimeError("a poisoned pixel")
-            return real_caption(images, max_new_tokens)
+            return real_encode(images)
 
-        monkeypatch.setattr(model, "caption", caption)
+        monkeypatch.setattr(model, "encode_images", encode_images)
         good_a, bad, good_b = await asyncio.gather(
             client.post("/caption", files=upload(encode_image(noise_image(5)))),
             client.post("/caption", files=upload(encode_image(solid_image(poison))), headers={"x-request-id": "r-42"}),
             client.post("/caption", files=upload(encode_image(noise_image(6)))),
         )
     assert (good_a.status_code, good_b.status_code) == (200, 200)
-    assert good_a.json()["timings"]["batch_size"] == 3  # they were batched together, then retried one by one
+    # prefilled together, that failed, retried one by one: the two good ones then decoded together
+    assert good_a.json()["timings"]["batch_size"] == 2
     assert bad.status_code == 500
     assert error_of(bad) == {"type": "internal_error", "message": "internal server error (request id r-42)"}
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR and "r-42" in r.getMessage()]
@@ -165,6 +167,9 @@ class TextOnly:
 
     def embed_text(self, texts: Sequence[str]) -> Any:
         return self._inner.embed_text(texts)
+
+    def prepare_text(self, text: str) -> Any:
+        return self._inner.prepare_text(text)
 
 
 async def test_per_task_models_and_501(serve, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MMSERVE_EMBED_TEXT_MAX_WAIT_MS", "0.5")
     monkeypatch.setenv("MMSERVE_PORT", "9001")
     settings = Settings()
-    assert settings.batch_policy("caption") == BatchPolicy(max_batch_size=3, max_wait_ms=10.0)
+    assert settings.batch_policy("caption") == BatchPolicy(max_batch_size=3, max_wait_ms=0.0)
     assert settings.batch_policy("embed_text") == BatchPolicy(max_batch_size=64, max_wait_ms=0.5)
     assert settings.port == 9001
     assert Settings(port=1234).port == 1234  # arguments win over the environment

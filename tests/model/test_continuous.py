@@ -1,0 +1,151 @@
+"""Continuous batching (DecodeState): sequences join and leave between steps, and each one's tokens equal
+greedy decoding of that sequence alone (the reference, `greedy_decode` with a batch of one)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from model.config import ModelConfig
+from model.generate import DecodeState, ImageEncoding, SequenceSpec, greedy_decode
+from model.multimodal import MultimodalTransformer
+from tests.model.test_generation import VARIANTS, _image_tokens, _random_module
+
+EOS, PAD, SEP = 3, 0, 4
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def config(request: pytest.FixtureRequest) -> ModelConfig:
+    return VARIANTS[request.param]
+
+
+def _state(module: MultimodalTransformer, capacity: int, context_len: int) -> DecodeState:
+    return DecodeState(
+        module.decoder, capacity, context_len, EOS, PAD, SEP, detokenize=lambda ids: " ".join(map(str, ids))
+    )
+
+
+def _encodings(module: MultimodalTransformer, tokens: torch.Tensor) -> list[ImageEncoding]:
+    layers = module.decoder.cross_kv(tokens)
+    return [ImageEncoding(tuple((k[i].clone(), v[i].clone()) for k, v in layers)) for i in range(tokens.shape[0])]
+
+
+def _alone(module: MultimodalTransformer, tokens: torch.Tensor, prompt: list[int], limit: int, eos: int) -> str:
+    [ids] = greedy_decode(module.decoder, tokens, [prompt], [limit], eos_id=eos, pad_id=PAD)
+    return " ".join(map(str, ids))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_joins_and_leaves_match_greedy_decoding_alone(config: ModelConfig, seed: int) -> None:
+    """Random arrivals, limits and cancellations; every finished sequence equals its solo greedy decode."""
+    rng = random.Random(seed)
+    module = _random_module(config, seed)
+    n = 14
+    tokens = _image_tokens(module, n)
+    encodings = _encodings(module, tokens)
+    prompts = [[2, *[rng.randrange(5, 40) for _ in range(rng.randrange(0, 6))]] for _ in range(n)]
+    limits = [rng.choice([0, 1, 3, 7, 12, 30]) for _ in range(n)]
+    eos = rng.choice([EOS, -1])  # -1: no end of sequence, every row runs to its limit
+    state = DecodeState(module.decoder, 5, tokens.shape[1], eos, PAD, SEP, lambda ids: " ".join(map(str, ids)))
+    waiting = list(range(n))
+    rows: list[int] = []  # row → sequence
+    texts: dict[int, str] = {}
+    cancelled: set[int] = set()
+    steps = 0
+    while waiting or rows:
+        # cancel a running sequence now and then: it leaves without an answer
+        if rows and rng.random() < 0.1:
+            gone = rng.randrange(len(rows))
+            cancelled.add(rows[gone])
+            keep = [r for r in range(len(rows)) if r != gone]
+            state.filter(keep)
+            rows = [rows[r] for r in keep]
+        joining = waiting[: rng.randrange(0, state.free + 1)]
+        waiting = waiting[len(joining) :]
+        updates = []
+        if joining:
+            specs = [SequenceSpec(tuple(prompts[i]), limits[i]) for i in joining]
+            updates += state.prefill(specs, [encodings[i] for i in joining])
+            rows += joining
+            updates = [None] * (len(rows) - len(updates)) + updates
+        else:
+            updates = state.step() if rows else []
+            steps += bool(rows)
+        keep = []
+        for r, update in enumerate(updates):
+            if update is not None and update.finished:
+                texts[rows[r]] = update.text
+            else:
+                keep.append(r)
+        state.filter(keep)
+        rows = [rows[r] for r in keep]
+    assert steps > 10  # the schedule interleaved many steps with joins
+    for i in range(n):
+        if i in cancelled:
+            continue
+        assert texts[i] == _alone(module, tokens[i : i + 1], prompts[i], limits[i], eos), f"sequence {i}"
+    assert len(texts) + len(cancelled) == n
+
+
+def test_streamed_deltas_add_up_to_the_text(config: ModelConfig) -> None:
+    module = _random_module(config, 3)
+    tokens = _image_tokens(module, 3)
+    state = _state(module, 3, tokens.shape[1])
+    specs = [SequenceSpec((2,), 20), SequenceSpec((2, 9), 5), SequenceSpec((2, 7, 8), 12)]
+    shown = ["", "", ""]
+    final: dict[int, str] = {}
+    rows = [0, 1, 2]
+    updates = state.prefill(specs, _encodings(module, tokens))
+    while rows:
+        keep = []
+        for r, update in enumerate(updates):
+            shown[rows[r]] += update.delta
+            if update.finished:
+                final[rows[r]] = update.text
+            else:
+                keep.append(r)
+        state.filter(keep)
+        rows = [rows[r] for r in keep]
+        updates = state.step() if rows else []
+    assert shown == [final[0], final[1], final[2]]
+    assert any(final.values())
+
+
+def test_an_answer_shows_only_what_follows_the_scratchpad() -> None:
+    """Scripted logits: the row writes `7 [SEP] 9` then ends; nothing is shown before the [SEP]."""
+    module = _random_module(VARIANTS["plain"], 0)
+    tokens = _image_tokens(module, 1)
+    script = iter([7, SEP, 9, EOS])
+    vocab = module.config.decoder.vocab_size
+
+    def scripted(hidden: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(hidden.shape[0], vocab)
+        logits[:, next(script)] = 1.0
+        return logits
+
+    module.decoder.logits = scripted  # type: ignore[method-assign]
+    state = _state(module, 1, tokens.shape[1])
+    updates = state.prefill([SequenceSpec((2, 5), 10, answer_only=True)], _encodings(module, tokens))
+    deltas = [updates[0].delta]
+    while not updates[0].finished:
+        updates = state.step()
+        deltas.append(updates[0].delta)
+    assert deltas == ["", "", "9", ""]
+    assert updates[0].text == "9" and updates[0].finish_reason == "stop" and updates[0].tokens == 3
+
+
+def test_limits_and_room() -> None:
+    module = _random_module(VARIANTS["plain"], 0)
+    tokens = _image_tokens(module, 2)
+    state = DecodeState(module.decoder, 2, tokens.shape[1], -1, PAD, SEP, lambda ids: str(len(ids)))
+    max_len = module.config.decoder.max_len
+    long_prompt = tuple([2] * (max_len - 2))
+    updates = state.prefill([SequenceSpec((2,), 0), SequenceSpec(long_prompt, 50)], _encodings(module, tokens))
+    assert updates[0].finished and updates[0].text == "0" and updates[0].finish_reason == "length"
+    state.filter([1])
+    updates = state.step()  # room for two tokens in all: the prefill's and this one
+    assert updates[0].finished and updates[0].text == "2" and updates[0].finish_reason == "length"
+    with pytest.raises(ValueError, match="free slots"):
+        state.prefill([SequenceSpec((2,), 1)] * 3, _encodings(module, torch.cat([tokens, tokens[:1]])))
