@@ -22,12 +22,13 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 
 class LocalRayCluster:
-    """`ray start` twice on 127.0.0.1: a head and a second node, one CPU each (by default)."""
+    """`ray start` on 127.0.0.1: a head and (by default) a second node, one CPU each (by default)."""
 
-    def __init__(self, cpus_per_node: int = 1) -> None:
+    def __init__(self, cpus_per_node: int = 1, nodes: int = 2) -> None:
         self.gcs_port = free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
         self._cpus = cpus_per_node
+        self._node_count = nodes
         self._temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's sockets live under it
         self._log = tempfile.NamedTemporaryFile(prefix="ray-nodes-", suffix=".log", delete=False)  # noqa: SIM115
         self._nodes: list[subprocess.Popen[bytes]] = []
@@ -40,9 +41,10 @@ class LocalRayCluster:
         head = [RAY, "start", "--head", f"--port={self.gcs_port}", "--include-dashboard=false"]
         self._spawn([*head, f"--temp-dir={self._temp_dir}", *common])
         self._wait_for_nodes(1)
-        common[4] = f"--dashboard-agent-listen-port={free_port()}"
-        self._spawn([RAY, "start", f"--address={self.address}", *common])
-        self._wait_for_nodes(2)
+        for count in range(2, self._node_count + 1):
+            common[4] = f"--dashboard-agent-listen-port={free_port()}"
+            self._spawn([RAY, "start", f"--address={self.address}", *common])
+            self._wait_for_nodes(count)
         return self
 
     def _spawn(self, command: list[str]) -> None:
