@@ -1,0 +1,215 @@
+"""mmserve on a real local Ray cluster (a head and a second node, `ray start`), deployed from deploy/ray/serve.yaml.
+
+Two replicas, one per node; a load of distinct requests whose answers must equal a single server's;
+one replica's process killed during the load; a burst beyond Ray's bounded queue. Slow: ~1-2 minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+pytest.importorskip("ray.serve", reason="needs the ray extra: pip install -e '.[ray]'")
+psutil = pytest.importorskip("psutil")
+
+from service.ray_serve import REPLICA_HEADER  # noqa: E402
+from service.testing import REPO_ROOT, ServerProcess, encode_image, free_port, noise_image  # noqa: E402
+from tests.deploy.ray_cluster import LocalRayCluster, wait_for_http  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SERVE_CONFIG = REPO_ROOT / "deploy" / "ray" / "serve.yaml"
+TEXTS = [f"request {i}: a {c} shape" for i, c in enumerate(["red", "green", "blue", "small", "large"] * 16)]
+IMAGES = [encode_image(noise_image(seed)) for seed in range(24)]
+MAX_ONGOING, MAX_QUEUED = 4, 4  # small, so that a burst of a few dozen requests overflows Ray's queue
+
+
+def config_for_this_machine(tiny_checkpoint_dir: Path, http_port: int) -> dict[str, Any]:
+    """deploy/ray/serve.yaml with this machine's changes: the tiny checkpoint on CPU, two replicas, one proxy."""
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    config["proxy_location"] = "HeadOnly"  # both nodes share one address here
+    config["http_options"] = {"host": "127.0.0.1", "port": http_port}
+    app = config["applications"][0]
+    app["args"].update(model=str(tiny_checkpoint_dir), device="cpu", torch_threads=1)
+    deployment = app["deployments"][0]
+    deployment["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 0}  # one CPU per node: one replica per node
+    deployment["autoscaling_config"].update(min_replicas=2, initial_replicas=2, max_replicas=2)
+    deployment.update(max_ongoing_requests=MAX_ONGOING, max_queued_requests=MAX_QUEUED)
+    return config
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalRayCluster]:
+    cluster = LocalRayCluster(cpus_per_node=1)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_url(cluster: LocalRayCluster, tiny_checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`serve run <config> --non-blocking` against the cluster; the URL once both replicas run."""
+    from ray import serve
+
+    port = free_port()
+    config_path = tmp_path_factory.mktemp("ray") / "serve.yaml"
+    config_path.write_text(yaml.safe_dump(config_for_this_machine(tiny_checkpoint_dir, port)))
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    subprocess.run(
+        [serve_cli, "run", str(config_path), "--non-blocking", f"--address={cluster.address}"],
+        check=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=120,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{url}/health")
+    wait_for_replicas(serve, 2)
+    yield url
+    serve.shutdown()
+
+
+def wait_for_replicas(serve: Any, count: int, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        deployment = serve.status().applications["mmserve"].deployments["mmserve"]
+        if deployment.replica_states.get("RUNNING", 0) == count:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{count} replicas were not running within {timeout_s} s")
+
+
+def send(client: httpx.Client, url: str, index: int) -> httpx.Response:
+    """Request `index`: a text embedding, or a caption of a distinct image."""
+    if index < len(TEXTS):
+        return client.post(f"{url}/embed", json={"input": TEXTS[index]})
+    image = IMAGES[index - len(TEXTS)]
+    return client.post(f"{url}/caption", files={"image": ("i.png", image, "image/png")}, data={"max_new_tokens": "12"})
+
+
+def answer(response: httpx.Response) -> Any:
+    body = response.json()
+    return body["data"][0]["embedding"] if "data" in body else body["caption"]
+
+
+def same_answer(ours: Any, reference: Any) -> bool:
+    if isinstance(reference, str):
+        return bool(ours == reference)
+    return all(abs(a - b) < 1e-5 for a, b in zip(ours, reference, strict=True))  # batch-mates change float sums
+
+
+REQUESTS = range(len(TEXTS) + len(IMAGES))
+
+
+@pytest.fixture(scope="module")
+def reference_answers(tiny_checkpoint_dir: Path) -> dict[int, Any]:
+    """Every request's answer from one plain `mmserve serve` on the same checkpoint."""
+    settings = {"MMSERVE_MODEL": str(tiny_checkpoint_dir), "MMSERVE_DEVICE": "cpu", "MMSERVE_TORCH_THREADS": "1"}
+    with ServerProcess(settings) as server, httpx.Client(timeout=60) as client:
+        return {index: answer(send(client, server.url, index)) for index in REQUESTS}
+
+
+def run_load(url: str, kill_after: int | None = None) -> tuple[dict[int, httpx.Response | Exception], int | None]:
+    """Every request once, four at a time; after `kill_after` answers, SIGKILL the replica that gave the last."""
+    results: dict[int, httpx.Response | Exception] = {}
+    killed: list[int] = []
+    lock = threading.Lock()
+
+    def one(index: int, client: httpx.Client) -> None:
+        try:
+            result: httpx.Response | Exception = send(client, url, index)
+        except httpx.TransportError as error:
+            result = error
+        with lock:
+            results[index] = result
+            if (
+                kill_after is not None
+                and not killed
+                and len(results) >= kill_after
+                and isinstance(result, httpx.Response)
+            ):
+                killed.append(kill_replica(result.headers[REPLICA_HEADER]))
+
+    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda index: one(index, client), REQUESTS))
+    return results, (killed[0] if killed else None)
+
+
+def kill_replica(replica_header: str) -> int:
+    """SIGKILL the replica process named in a response header (checked to be a Serve replica first)."""
+    pid = int(replica_header.rsplit("@", 1)[1])
+    assert "ServeReplica" in " ".join(psutil.Process(pid).cmdline()), psutil.Process(pid).cmdline()
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_replicas_answer_as_one_server_does(ray_url: str, reference_answers: dict[int, Any]) -> None:
+    results, _ = run_load(ray_url)
+    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in results.values()), results
+    wrong = [i for i, r in results.items() if not same_answer(answer(r), reference_answers[i])]  # type: ignore[union-attr]
+    assert not wrong, wrong
+    replicas = Counter(r.headers[REPLICA_HEADER] for r in results.values())  # type: ignore[union-attr]
+    assert len(replicas) == 2, replicas
+    health = httpx.get(f"{ray_url}/health", headers={"X-Request-ID": "mine"})
+    assert health.json()["status"] == "ok"
+    assert health.headers["X-Request-ID"] == "mine"
+
+
+def test_a_killed_replica_loses_no_answer_with_one_client_retry(
+    ray_url: str, reference_answers: dict[int, Any], record_property: Any
+) -> None:
+    from ray import serve
+
+    results, killed = run_load(ray_url, kill_after=20)
+    assert killed is not None
+    failed = {
+        i: (r.status_code if isinstance(r, httpx.Response) else type(r).__name__)
+        for i, r in results.items()
+        if not isinstance(r, httpx.Response) or r.status_code != 200
+    }
+    record_property("failed_without_retry", failed)
+    print(f"\nreplica pid {killed} killed: {len(failed)} of {len(results)} requests failed on the first try: {failed}")
+    with httpx.Client(timeout=60) as client:  # what a client does with an idempotent request that failed
+        for index in failed:
+            results[index] = send(client, ray_url, index)
+    assert all(r.status_code == 200 for r in results.values()), {i: r.text for i, r in results.items()}  # type: ignore[union-attr]
+    wrong = [i for i, r in results.items() if not same_answer(answer(r), reference_answers[i])]  # type: ignore[arg-type]
+    assert not wrong, wrong
+    wait_for_replicas(serve, 2)  # Ray replaced the dead replica
+    assert httpx.get(f"{ray_url}/health").json()["status"] == "ok"
+
+
+def test_a_burst_beyond_rays_queue_gets_429_with_retry_after(ray_url: str) -> None:
+    burst = 48
+    start = threading.Barrier(burst)
+
+    def one(client: httpx.Client) -> httpx.Response:
+        start.wait()
+        image = IMAGES[0]
+        return client.post(
+            f"{ray_url}/caption", files={"image": ("i.png", image, "image/png")}, data={"max_new_tokens": "64"}
+        )
+
+    with (
+        httpx.Client(timeout=120, limits=httpx.Limits(max_connections=burst)) as client,
+        ThreadPoolExecutor(burst) as pool,
+    ):
+        responses = list(pool.map(lambda _: one(client), range(burst)))
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) == {200, 429}, statuses  # admitted requests are answered; the rest refused at once
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["Retry-After"] == "1"
