@@ -44,14 +44,10 @@ from service.uploads import BodyKind, body_kind, check_size, read_form, read_ima
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
-_MAX_NEW_TOKENS_FIELD = {"type": "integer", "minimum": 1, "description": "At most this many tokens (bounded)"}
-_QUESTION_FIELD = {"type": "string", "description": "A question about the image"}
-
-
 @router.post(
     "/caption",
     response_model=CaptionResponse,
-    openapi_extra=request_body(CaptionJSON, {"max_new_tokens": _MAX_NEW_TOKENS_FIELD}, ["image"]),
+    openapi_extra=request_body(CaptionJSON, CaptionParams),
 )
 async def caption(request: Request, runtime: RuntimeDep) -> CaptionResponse:
     """Caption one image: a multipart file field `image`, or JSON with a base64 `image`."""
@@ -71,7 +67,7 @@ async def caption(request: Request, runtime: RuntimeDep) -> CaptionResponse:
 @router.post(
     "/vqa",
     response_model=VqaResponse,
-    openapi_extra=request_body(VqaJSON, {"question": _QUESTION_FIELD}, ["image", "question"]),
+    openapi_extra=request_body(VqaJSON, VqaParams),
 )
 async def vqa(request: Request, runtime: RuntimeDep) -> VqaResponse:
     """Answer a question about one image: multipart `image` + `question`, or JSON."""
@@ -90,7 +86,7 @@ async def vqa(request: Request, runtime: RuntimeDep) -> VqaResponse:
 @router.post(
     "/embed",
     response_model=EmbedResponse,
-    openapi_extra=request_body(EmbedJSON, {}, ["image"]),
+    openapi_extra=request_body(EmbedJSON, EmbedImageParams),
 )
 async def embed(request: Request, runtime: RuntimeDep) -> EmbedResponse:
     """Embed texts (JSON `input`: a text or a list) or one image (multipart or JSON `image`), in one space."""
