@@ -56,7 +56,9 @@ Base64Image = Annotated[
     ),
 ]
 # A tiny PNG (8x8, red), so that the documented examples are requests the service answers.
-EXAMPLE_IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGM8ISfHgA0wYRUdtBIA0MoBFD5jqJkAAAAASUVORK5CYII="
+EXAMPLE_IMAGE = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGM8ISfHgA0wYRUdtBIA0MoBFD5jqJkAAAAASUVORK5CYII="
+)
 
 
 def _settings(info: ValidationInfo) -> Settings:
