@@ -3,7 +3,8 @@
 #
 #   1. validates every compose combination (`docker compose config`), GPU ones included
 #   2. builds the image (CPU torch) and starts the single service (docker/compose.cpu.yml) with --wait
-#   3. checks that it runs as non-root, then /health, /caption, /vqa and /embed with scenes rendered by
+#   3. checks that it runs as non-root, hardened (read-only root file system, no-new-privileges, no
+#      capabilities; a write to / fails, /tmp works), then /health, /caption, /vqa and /embed with scenes rendered by
 #      the image's own model.scenes; captions and answers must equal the scenes' truth
 #   4. stops it with SIGTERM: exit code 0, a graceful shutdown in the log, within stop_grace_period
 #   5. starts two CPU replicas behind nginx: requests reach both (X-Upstream and each one's /metrics);
@@ -145,6 +146,14 @@ api=$("${single[@]}" ps -aq api)
 uid=$("${single[@]}" exec -T api id -u)
 [[ $uid != 0 ]] || fail "the container runs as root"
 echo "  runs as uid $uid (not root)"
+hardening=$(docker inspect -f '{{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.SecurityOpt}} {{json .HostConfig.CapDrop}}' "$api")
+[[ $hardening == 'true ["no-new-privileges:true"] ["ALL"]' ]] || fail "not hardened: $hardening"
+status=$("${single[@]}" exec -T api sh -c 'grep -E "^(CapEff|NoNewPrivs)" /proc/1/status | tr -s "\t\n" "  "')
+[[ $status == "CapEff: 0000000000000000 NoNewPrivs: 1 " ]] || fail "PID 1 keeps privileges: $status"
+! "${single[@]}" exec -T api sh -c 'echo x > /mmserve-write-test' 2>/dev/null || fail "the root file system is writable"
+"${single[@]}" exec -T api sh -c 'echo x > /tmp/mmserve-write-test && echo x > "$HOME/.cache/write-test"' \
+  || fail "/tmp or the cache folder is not writable"
+echo "  hardened: read-only root (a write to / fails; /tmp and ~/.cache are tmpfs), no-new-privileges, no capabilities"
 caches=$(docker run --rm --user 0 --entrypoint sh mmserve:smoke -c \
   'find / -xdev -path /proc -prune -o -type d -path "*/.cache/pip" -print -o -type d -name build -path "/src/*" -print')
 [[ -z $caches ]] || fail "pip caches or build trees in the image: $caches"

@@ -18,6 +18,7 @@ from PIL import Image
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, RequestContext
+from service.openapi import install_openapi
 from service.routes import router
 from service.runtime import Runtime
 from service.settings import Settings
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(router)
+    install_openapi(app, settings)
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContext)  # outermost: its request id is on every response, errors included
     return app

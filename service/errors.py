@@ -2,13 +2,15 @@
 
 Every error the service itself produces is a `ServiceError` with a status, a type and a message,
 answered as `{"error": {"type": ..., "message": ...}}`. Request-field validation keeps FastAPI's
-422 shape (`{"detail": [...]}`), which clients and the OpenAPI schema already know.
+422 shape (`{"detail": [...]}`), which clients and the OpenAPI schema already know, but echoes back only
+short, JSON-safe inputs: never raw body bytes (which may not be UTF-8), never a whole base64 image.
 """
 
 from __future__ import annotations
 
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -122,6 +124,47 @@ async def _client_disconnect(request: Request, exc: Exception) -> JSONResponse:
     return error_response(ClientDisconnected("the client disconnected while sending the request"))
 
 
+# The longest input a 422 echoes back; longer strings are cut, containers and bytes left out.
+MAX_ECHOED_INPUT_CHARS = 200
+
+
+def _echoable(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _encodable(text: str) -> str:
+    """`text` with any lone surrogate replaced, so that it can be written as UTF-8."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _echoed(value: str) -> str:
+    """A client's string as a 422 echoes it: at most MAX_ECHOED_INPUT_CHARS, encodable."""
+    if len(value) > MAX_ECHOED_INPUT_CHARS:
+        value = value[:MAX_ECHOED_INPUT_CHARS] + "…"
+    return _encodable(value)
+
+
+def validation_detail(errors: Any) -> list[dict[str, Any]]:
+    """FastAPI's 422 `detail`, made JSON-safe: type, loc, msg, and the input when it is short and scalar."""
+    detail = []
+    for error in errors:
+        item: dict[str, Any] = {
+            "type": str(error.get("type", "value_error")),
+            "loc": [part if isinstance(part, int) else _echoed(str(part)) for part in error.get("loc", ())],
+            "msg": _encodable(str(error.get("msg", ""))),
+        }
+        value = error.get("input")
+        if _echoable(value):
+            item["input"] = _echoed(value) if isinstance(value, str) else value
+        detail.append(item)
+    return detail
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(status_code=422, content={"detail": validation_detail(exc.errors())})
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     error_type = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
@@ -129,7 +172,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map our typed errors (and Starlette's 404/405/400) to the one error shape.
+    """Map our typed errors (and Starlette's 404/405/400) to the one error shape, and 422s to a safe one.
 
     Unexpected exceptions are caught, logged once with the request id and answered 500 by
     `service.middleware.RequestContext`, not here: Starlette's catch-all handler re-raises.
@@ -138,3 +181,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnsupportedTask, _unsupported_task)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_disconnect)
+    app.add_exception_handler(RequestValidationError, _validation_error)

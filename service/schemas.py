@@ -2,7 +2,8 @@
 
 Limits that come from the settings (question length, texts per /embed call, `max_new_tokens`) are
 checked by validators that read the settings from the validation context, so that every malformed
-field is answered in FastAPI's usual 422 shape.
+field is answered in FastAPI's usual 422 shape; `document_limits` writes the same limits into the
+OpenAPI document, so that its request schemas say exactly what the routes accept.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from service.settings import Settings
 
@@ -42,8 +44,21 @@ def _decode_base64(value: Any) -> bytes:
 Base64Image = Annotated[
     bytes,
     BeforeValidator(_decode_base64),
-    WithJsonSchema({"type": "string", "description": "The image file, base64-encoded, or a data URL"}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "byte",
+            "contentEncoding": "base64",
+            "contentMediaType": "image/*",
+            "minLength": 1,
+            "description": "The image file (JPEG, PNG, WebP, GIF, BMP or TIFF), base64-encoded, or a data URL",
+        }
+    ),
 ]
+# A tiny PNG (8x8, red), so that the documented examples are requests the service answers.
+EXAMPLE_IMAGE = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGM8ISfHgA0wYRUdtBIA0MoBFD5jqJkAAAAASUVORK5CYII="
+)
 
 
 def _settings(info: ValidationInfo) -> Settings:
@@ -57,9 +72,18 @@ class RequestModel(BaseModel):
 
 
 # Requests.
+def _form_boolean(value: Any) -> Any:
+    """A multipart field is text: "true" and "false" (any case) are booleans; nothing else is (no 0, yes, on)."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
 class StreamParam(RequestModel):
-    stream: bool = Field(
-        default=False, description="Answer with server-sent events: a `token` event per token, then `done`"
+    stream: Annotated[bool, BeforeValidator(_form_boolean)] = Field(
+        default=False,
+        strict=True,
+        description="Answer with server-sent events: a `token` event per token, then `done`",
     )
 
 
@@ -78,11 +102,15 @@ class CaptionParams(StreamParam):
 class CaptionJSON(CaptionParams):
     image: Base64Image
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"image": "iVBORw0KGgo...", "max_new_tokens": 20}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"image": EXAMPLE_IMAGE, "max_new_tokens": 20}]})
 
 
 class VqaParams(StreamParam):
-    question: str = Field(min_length=1, description="A question about the image")
+    question: str = Field(
+        min_length=1,
+        description="A question about the image",
+        json_schema_extra={"pattern": r"\S"},  # not blank (checked below, with a clearer message)
+    )
 
     @field_validator("question")
     @classmethod
@@ -99,7 +127,7 @@ class VqaJSON(VqaParams):
     image: Base64Image
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"image": "iVBORw0KGgo...", "question": "What colour is the square?"}]}
+        json_schema_extra={"examples": [{"image": EXAMPLE_IMAGE, "question": "What colour is the square?"}]}
     )
 
 
@@ -107,13 +135,34 @@ class EmbedImageParams(RequestModel):
     """A multipart /embed call carries only its `image` file."""
 
 
+# What `_texts` below accepts, as a schema (its own checks give clearer messages than pydantic's constraints).
+_TEXT_SCHEMA = {"type": "string", "minLength": 1}
+_TEXTS_SCHEMA = {"anyOf": [_TEXT_SCHEMA, {"type": "array", "items": _TEXT_SCHEMA, "minItems": 1}]}
+
+
 class EmbedJSON(RequestModel):
-    input: str | list[str] | None = Field(default=None, description="One text or a list of texts")
-    image: Base64Image | None = None
+    """Exactly one of `input` and `image` (absent, not null: the schema's `oneOf` says so)."""
+
+    input: Annotated[str | list[str], WithJsonSchema(_TEXTS_SCHEMA)] | SkipJsonSchema[None] = Field(
+        default=None, description="One text or a list of texts"
+    )
+    image: Base64Image | SkipJsonSchema[None] = None
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"input": ["a red circle", "a blue square"]}, {"input": "a red circle"}]}
+        json_schema_extra={
+            "oneOf": [{"required": ["input"]}, {"required": ["image"]}],
+            "examples": [{"input": ["a red circle", "a blue square"]}, {"input": "a red circle"}],
+        }
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_null(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for field in ("input", "image"):
+                if field in data and data[field] is None:
+                    raise ValueError(f"{field} must not be null; leave it out")
+        return data
 
     @field_validator("input")
     @classmethod
@@ -184,6 +233,19 @@ class HealthResponse(BaseModel):
     dtype: str | None = None
     tasks: list[str] = Field(default_factory=list)
     queues: dict[str, int] = Field(default_factory=dict, description="Items waiting, per task")
+
+
+class ValidationErrorItem(BaseModel):
+    type: str
+    loc: list[str | int] = Field(description="Where: 'body', then the field")
+    msg: str
+    input: str | int | float | bool | None = Field(default=None, description="The value, when short and scalar")
+
+
+class ValidationErrorResponse(BaseModel):
+    """FastAPI's 422 shape, as `service.errors` writes it."""
+
+    detail: list[ValidationErrorItem]
 
 
 class ErrorDetail(BaseModel):

@@ -54,6 +54,11 @@ async def read_json(request: Request, model: type[M], settings: Settings) -> M:
     """The JSON body validated against `model` (the settings give the limits)."""
     body = await request.body()
     try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        message = f"the body is not valid UTF-8 (byte {e.start}); JSON must be UTF-8"
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": message}]) from e
+    try:
         return model.model_validate_json(body, context={"settings": settings})
     except ValidationError as e:
         raise validation_error(e) from e

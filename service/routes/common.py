@@ -15,7 +15,7 @@ from model import Task
 from service.batching import Item
 from service.errors import Timeout, status_of
 from service.runtime import Runtime
-from service.schemas import ErrorResponse, Timings
+from service.schemas import ErrorResponse, Timings, ValidationErrorResponse
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -93,11 +93,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         503: "The model is still loading, or the server is shutting down",
         504: "The request did not complete within the request timeout",
     }.items()
-}
+} | {422: {"model": ValidationErrorResponse, "description": "A missing or malformed field, or a body that is not JSON"}}
 
 
-def request_body(json_model: type[BaseModel], form_fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    """OpenAPI for a body that is either JSON (base64 image) or multipart (image file)."""
+def request_body(json_model: type[BaseModel], form_model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body that is either JSON (base64 image) or multipart (an image file and `form_model`'s fields).
+
+    Limits that come from the settings are added when the app serves its document (`service.openapi`).
+    """
+    form = form_model.model_json_schema()
+    fields = {name: _not_null(field) for name, field in form.get("properties", {}).items()}
     return {
         "requestBody": {
             "required": True,
@@ -106,10 +111,18 @@ def request_body(json_model: type[BaseModel], form_fields: dict[str, Any], requi
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "required": required,
-                        "properties": {"image": {"type": "string", "format": "binary"}, **form_fields},
+                        "required": ["image", *form.get("required", [])],
+                        "properties": {"image": {"type": "string", "format": "binary"}, **fields},
+                        "additionalProperties": False,
                     }
                 },
             },
         }
     }
+
+
+def _not_null(field: dict[str, Any]) -> dict[str, Any]:
+    """A form field's schema: a multipart field is text, never JSON null (leaving it out gives the default)."""
+    branches = [branch for branch in field.get("anyOf", []) if branch.get("type") != "null"]
+    others = {key: value for key, value in field.items() if key != "anyOf" and not (key == "default" and value is None)}
+    return {**branches[0], **others} if len(branches) == 1 else others

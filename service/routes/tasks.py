@@ -49,9 +49,6 @@ from service.uploads import BodyKind, body_kind, check_size, read_form, read_ima
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
-_MAX_NEW_TOKENS_FIELD = {"type": "integer", "minimum": 1, "description": "At most this many tokens (bounded)"}
-_QUESTION_FIELD = {"type": "string", "description": "A question about the image"}
-_STREAM_FIELD = {"type": "boolean", "description": "Answer with server-sent events (token, then done)"}
 _SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 _INLINE_TOKENIZE_CHARS = 4096  # texts shorter than this in all are tokenised on the event loop (faster than a hop)
 
@@ -75,9 +72,7 @@ VQA = GenerationRoute("vqa", VqaParams, VqaJSON, VqaResponse, "answer")
     "/caption",
     response_model=CaptionResponse,
     responses={200: {"content": _SSE, "description": "JSON, or server-sent events with `stream`"}},
-    openapi_extra=request_body(
-        CaptionJSON, {"max_new_tokens": _MAX_NEW_TOKENS_FIELD, "stream": _STREAM_FIELD}, ["image"]
-    ),
+    openapi_extra=request_body(CaptionJSON, CaptionParams),
 )
 async def caption(request: Request, runtime: RuntimeDep) -> Response:
     """Caption one image: a multipart file field `image`, or JSON with a base64 `image`."""
@@ -88,7 +83,7 @@ async def caption(request: Request, runtime: RuntimeDep) -> Response:
     "/vqa",
     response_model=VqaResponse,
     responses={200: {"content": _SSE, "description": "JSON, or server-sent events with `stream`"}},
-    openapi_extra=request_body(VqaJSON, {"question": _QUESTION_FIELD, "stream": _STREAM_FIELD}, ["image", "question"]),
+    openapi_extra=request_body(VqaJSON, VqaParams),
 )
 async def vqa(request: Request, runtime: RuntimeDep) -> Response:
     """Answer a question about one image: multipart `image` + `question`, or JSON."""
@@ -135,7 +130,7 @@ async def generate(request: Request, runtime: Runtime, route: GenerationRoute) -
 @router.post(
     "/embed",
     response_model=EmbedResponse,
-    openapi_extra=request_body(EmbedJSON, {}, ["image"]),
+    openapi_extra=request_body(EmbedJSON, EmbedImageParams),
 )
 async def embed(request: Request, runtime: RuntimeDep) -> Response:
     """Embed texts (JSON `input`: a text or a list) or one image (multipart or JSON `image`), in one space."""

@@ -1,0 +1,222 @@
+"""Soak: a real server under a steady mix of valid and invalid requests, every answer checked.
+
+Starts `python -m service serve` (its own process), computes every expected answer beforehand with the
+same model called in this process (the same inputs, no HTTP), then runs `--concurrency` closed-loop
+clients for `--duration-s` over every endpoint, JSON and multipart, valid inputs and invalid ones
+(truncated image, bytes that are not UTF-8, blank question, empty input list, wrong content type). Counts
+lost answers (no response), mismatched ones (a wrong answer or status), late ones (beyond the
+request timeout) and 5xx; the server's resident memory at start, after 1,000 requests and at the end;
+latency percentiles of the valid requests. Prints one JSON object.
+
+    python bench/soak.py                                  # 10 minutes at concurrency 64, built-in model
+    python bench/soak.py --duration-s 60 --model PATH     # a short one
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from model import load_model
+from model.scenes import make_scene, render
+from service.testing import ServerProcess, encode_image
+
+QUESTIONS = ("what colour is the circle?", "what shape is on the left?", "is there a square?", "how many shapes?")
+TEXTS = ("a red circle", "a small blue square", "two shapes", "a large green triangle and a yellow circle")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request and what must come back: a status, and for a 200 the answer (text or vectors)."""
+
+    name: str
+    route: str
+    kwargs: dict[str, Any]
+    status: int
+    answer: Any = None
+
+
+@dataclass
+class Tally:
+    statuses: Counter[str] = field(default_factory=Counter)
+    lost: int = 0
+    mismatched: int = 0
+    late: int = 0
+    server_errors: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values()) + self.lost
+
+
+def build_cases(model_spec: str, images: int, seed: int) -> list[Case]:
+    """Valid and invalid cases, the valid ones' answers from the model itself."""
+    model = load_model(model_spec, "cpu")
+    rng = random.Random(seed)
+    cases: list[Case] = []
+    for i in range(images):
+        image = render(make_scene(20_000_000 + seed * 1000 + i))
+        png = encode_image(image)
+        b64 = base64.b64encode(png).decode()
+        upload = {"image": ("scene.png", png, "image/png")}
+        tokens, question = rng.randint(1, 20), rng.choice(QUESTIONS)
+        caption = model.caption([image], tokens)[0]
+        answer = model.answer([image], [question])[0]
+        vector = model.embed_image([image])[0].tolist()
+        cases += [
+            Case("caption-form", "/caption", {"files": upload, "data": {"max_new_tokens": str(tokens)}}, 200, caption),
+            Case("caption-json", "/caption", {"json": {"image": b64, "max_new_tokens": tokens}}, 200, caption),
+            Case("vqa-form", "/vqa", {"files": upload, "data": {"question": question}}, 200, answer),
+            Case("vqa-json", "/vqa", {"json": {"image": b64, "question": question}}, 200, answer),
+            Case("embed-image", "/embed", {"files": upload}, 200, [vector]),
+            Case("bad-truncated", "/caption", {"files": {"image": ("a.png", png[: len(png) // 2], "image/png")}}, 400),
+            Case("bad-blank-question", "/vqa", {"files": upload, "data": {"question": "  "}}, 422),
+        ]
+    for i in range(1, len(TEXTS) + 1):
+        texts = list(TEXTS[:i])
+        cases.append(Case("embed-text", "/embed", {"json": {"input": texts}}, 200, model.embed_text(texts).tolist()))
+    cases += [
+        Case("bad-utf8", "/embed", {"content": b"\xff\xfe\xfa", "headers": {"content-type": "application/json"}}, 422),
+        Case("bad-content-type", "/caption", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415),
+        Case("bad-empty-input", "/embed", {"json": {"input": []}}, 422),
+    ]
+    return cases
+
+
+def matches(case: Case, response: httpx.Response) -> bool:
+    if response.status_code != case.status:
+        return False
+    if case.status != 200:
+        return True
+    body = response.json()
+    if case.route == "/caption":
+        return bool(body["caption"] == case.answer)
+    if case.route == "/vqa":
+        return bool(body["answer"] == case.answer)
+    got = torch.tensor([item["embedding"] for item in body["data"]])
+    return bool(torch.allclose(got, torch.tensor(case.answer), atol=1e-4))
+
+
+async def client_loop(
+    client: httpx.AsyncClient, cases: list[Case], tally: Tally, stop_at: float, timeout_s: float, rng: random.Random
+) -> None:
+    while time.monotonic() < stop_at:
+        case = rng.choice(cases)
+        started = time.monotonic()
+        try:
+            response = await client.post(case.route, **case.kwargs)
+        except httpx.HTTPError as e:
+            tally.lost += 1
+            tally.examples.append(f"{case.name}: lost ({type(e).__name__})")
+            continue
+        elapsed = time.monotonic() - started
+        tally.statuses[str(response.status_code)] += 1
+        if case.status == 200:
+            tally.latencies_s.append(elapsed)
+        if elapsed > timeout_s:
+            tally.late += 1
+        if response.status_code >= 500:
+            tally.server_errors += 1
+        if not matches(case, response):
+            tally.mismatched += 1
+            if len(tally.examples) < 20:
+                tally.examples.append(f"{case.name}: {response.status_code} {response.text[:200]}")
+
+
+def rss_mb(process: psutil.Process) -> float:
+    return round(process.memory_info().rss / 2**20, 1)
+
+
+async def soak(args: argparse.Namespace, server: ServerProcess, cases: list[Case]) -> dict[str, Any]:
+    assert server.process is not None
+    process = psutil.Process(server.process.pid)
+    tally = Tally()
+    memory = {"start_mb": rss_mb(process)}
+    stop_at = time.monotonic() + args.duration_s
+    limits = httpx.Limits(max_connections=args.concurrency * 2)
+    async with httpx.AsyncClient(base_url=server.url, timeout=args.timeout_s * 4, limits=limits) as client:
+
+        async def watch_memory() -> None:
+            while "after_1000_mb" not in memory and time.monotonic() < stop_at:
+                if tally.requests >= 1000:
+                    memory["after_1000_mb"] = rss_mb(process)
+                await asyncio.sleep(0.2)
+
+        rngs = [random.Random(args.seed * 1000 + i) for i in range(args.concurrency)]
+        await asyncio.gather(
+            watch_memory(),
+            *(client_loop(client, cases, tally, stop_at, args.timeout_s, rng) for rng in rngs),
+        )
+    memory["end_mb"] = rss_mb(process)
+    latencies = sorted(tally.latencies_s)
+
+    def percentile(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1) if latencies else 0.0
+
+    return {
+        "duration_s": args.duration_s,
+        "concurrency": args.concurrency,
+        "model": args.model,
+        "requests": tally.requests,
+        "requests_per_s": round(tally.requests / args.duration_s, 1),
+        "statuses": dict(sorted(tally.statuses.items())),
+        "lost": tally.lost,
+        "mismatched": tally.mismatched,
+        "late": tally.late,
+        "server_errors_5xx": tally.server_errors,
+        "memory": memory,
+        "latency_ms_valid": {"p50": percentile(0.50), "p99": percentile(0.99), "max": percentile(1.0)},
+        "examples": tally.examples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="builtin", help="what the server serves and the expectations use")
+    parser.add_argument("--duration-s", type=float, default=600.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--images", type=int, default=24, help="distinct scenes in the request pool")
+    parser.add_argument("--timeout-s", type=float, default=30.0, help="the server's request timeout")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-threads", type=int, default=None, help="the server's CPU threads")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cases = build_cases(args.model, args.images, args.seed)
+    settings = {
+        "MMSERVE_MODEL": args.model,
+        "MMSERVE_DEVICE": "cpu",
+        "MMSERVE_REQUEST_TIMEOUT_S": str(args.timeout_s),
+        "MMSERVE_QUEUE_CAPACITY": str(max(1024, args.concurrency * 8)),
+    }
+    if args.torch_threads:
+        settings["MMSERVE_TORCH_THREADS"] = str(args.torch_threads)
+    with ServerProcess(settings) as server:
+        result = asyncio.run(soak(args, server, cases))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    if result["lost"] or result["mismatched"] or result["server_errors_5xx"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""A real server over TCP on the tiny checkpoint, shared by the fuzz tests, and the model to check its answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import MultimodalModel, load_model
+from service.testing import ServerProcess
+
+# The server logs at debug level, so that a test can check that no request body reaches any log line.
+MARKER = "body-marker-5f3c9a"
+
+
+@pytest.fixture(scope="session")
+def fuzz_server(tiny_checkpoint_dir: Path) -> Iterator[ServerProcess]:
+    settings = {
+        "MMSERVE_MODEL": str(tiny_checkpoint_dir),
+        "MMSERVE_DEVICE": "cpu",
+        "MMSERVE_TORCH_THREADS": "1",
+        "MMSERVE_LOG_LEVEL": "debug",
+        "MMSERVE_REQUEST_TIMEOUT_S": "4",  # a slow body is cut off by the request deadline
+    }
+    with ServerProcess(settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_checkpoint_dir: Path) -> MultimodalModel:
+    torch.set_num_threads(1)
+    return load_model(str(tiny_checkpoint_dir), "cpu")

@@ -1,0 +1,109 @@
+"""Hostile requests over real TCP: each gets its documented 4xx, and a valid request beside it its right answer.
+
+Every hostile request runs concurrently with a valid /vqa request, whose answer must equal the model's
+own (called in this process); afterwards no request body may appear in the server's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+
+import httpx
+import pytest
+
+from model import MultimodalModel
+from service.testing import ServerProcess, encode_image, noise_image
+from tests.fuzz.conftest import MARKER
+from tests.fuzz.images import animated, ico, png_claiming
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+
+PNG = encode_image(noise_image(11))
+JSON = {"content-type": "application/json"}
+
+
+def multipart(parts: list[tuple[str, bytes, str | None]], boundary: str = "b0undary") -> tuple[bytes, dict[str, str]]:
+    """A multipart body by hand (field name, value, filename or None), so that names and values can be anything."""
+    chunks = []
+    for name, value, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        chunks.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n")
+    body = b"".join(chunks) + f"--{boundary}--\r\n".encode()
+    return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+THOUSANDS_OF_FIELDS = multipart([(f"f{i}", MARKER.encode(), None) for i in range(5000)] + [("image", PNG, "a.png")])
+# (route, body, headers, status, text the answer must contain)
+HOSTILE = {
+    "invalid-utf8-embed": ("/embed", b"\xff\xfe\xfa", JSON, 422, "not valid UTF-8"),
+    "invalid-utf8-caption": ("/caption", b"\xff\xfe\xfa", JSON, 422, "not valid UTF-8"),
+    "invalid-utf8-vqa": ("/vqa", b'{"question": "\xff", "image": "' + MARKER.encode() + b'"}', JSON, 422, "UTF-8"),
+    "lone-surrogate": ("/embed", b'{"input": "\\ud800' + MARKER.encode() + b'"}', JSON, 422, "Invalid JSON"),
+    "nul-bytes": ("/vqa", json.dumps({"image": "\x00" + MARKER, "question": "\x00"}).encode(), JSON, 422, "base64"),
+    "deep-json": ("/embed", b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON, 422, "recursion"),
+    "10mb-text": ("/embed", json.dumps({"input": MARKER * 600_000}).encode(), JSON, 422, "the limit is 2000"),
+    "5mb-field": ("/vqa", *multipart([("question", MARKER.encode() * 300_000, None)]), 400, "maximum size"),
+    "base64-padding": ("/caption", json.dumps({"image": base64.b64encode(PNG).decode()[:-3]}).encode(), JSON, 422,
+                       "not valid base64"),
+    "fields": ("/caption", *THOUSANDS_OF_FIELDS, 400, "Too many fields"),
+    "pixel-bomb": ("/caption", *multipart([("image", png_claiming(60_000, 60_000), "a.png")]), 413, "pixels"),
+    "gif-frames": ("/embed", *multipart([("image", animated("GIF", 3000), "a.gif")]), 200, "embedding"),
+    "ico": ("/embed", *multipart([("image", ico(), "a.ico")]), 400, "unsupported image format ICO"),
+    "random-bytes": ("/caption", *multipart([("image", bytes(range(256)) * 40, "a.png")]), 400, "not an image"),
+}
+
+
+async def valid_vqa(client: httpx.AsyncClient, reference: MultimodalModel, seed: int) -> None:
+    image, question = noise_image(seed), f"what colour is shape {seed}?"
+    response = await client.post("/vqa", files={"image": ("a.png", encode_image(image), "image/png")},
+                                 data={"question": question})
+    assert response.status_code == 200, response.text
+    assert response.json()["answer"] == reference.answer([image], [question])[0]
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+async def test_hostile_request(fuzz_server: ServerProcess, reference: MultimodalModel, case: str) -> None:
+    route, body, headers, status, text = HOSTILE[case]
+    async with httpx.AsyncClient(base_url=fuzz_server.url, timeout=60) as client:
+        hostile, _ = await asyncio.gather(
+            client.post(route, content=body, headers=headers), valid_vqa(client, reference, seed=len(case))
+        )
+        assert hostile.status_code == status, hostile.text[:500]
+        assert text in hostile.text
+        assert len(hostile.content) < 20_000  # a 422 echoes a short input at most, never the body
+        await valid_vqa(client, reference, seed=len(case) + 100)  # and the server is still well after it
+
+
+def trickle(url: str, path: str, body: bytes) -> bytes:
+    """Send the headers, then a byte of the body every half second, until the server answers."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        sock.sendall(head.encode() + b"\r\n\r\n")
+        sock.settimeout(0.5)
+        for byte in body:
+            try:
+                return sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(bytes([byte]))
+        raise AssertionError("the server waited for the whole slow body")
+
+
+async def test_slow_body(fuzz_server: ServerProcess, reference: MultimodalModel) -> None:
+    body = json.dumps({"input": MARKER * 10}).encode()
+    async with httpx.AsyncClient(base_url=fuzz_server.url, timeout=60) as client:
+        answer, *_ = await asyncio.gather(
+            asyncio.to_thread(trickle, fuzz_server.url, "/embed", body),
+            *(valid_vqa(client, reference, seed) for seed in range(3)),
+        )
+    assert answer.startswith(b"HTTP/1.1 504"), answer[:200]
+
+
+def test_no_body_in_the_log(fuzz_server: ServerProcess) -> None:
+    """Runs after the hostile requests above (pytest keeps file order): the marker they carried is in no log line."""
+    log = fuzz_server.log()
+    assert "POST /embed" in log  # the log is the one the requests went to
+    assert MARKER not in log
