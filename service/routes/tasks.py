@@ -49,7 +49,15 @@ from service.uploads import BodyKind, body_kind, check_size, read_form, read_ima
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+_SSE_EVENT = {  # one server-sent event: `token` ({"index", "text"}), then `done` (the JSON answer) or `error`
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["token", "done", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+_SSE = {"text/event-stream": {"schema": _SSE_EVENT}}
 _INLINE_TOKENIZE_CHARS = 4096  # texts shorter than this in all are tokenised on the event loop (faster than a hop)
 
 
