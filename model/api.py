@@ -55,3 +55,8 @@ class MultimodalModel(Protocol):
     def embed_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[n, dim] float32 CPU tensor, L2-normalised, in the same space as embed_text."""
         ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """The tokens each text is embedded as (after truncation), for usage reports. Unlike the other
+        methods it may be called from any thread, next to the inference thread's calls."""
+        ...

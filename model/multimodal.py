@@ -127,6 +127,10 @@ class BuiltinModel:
         """(n, 384) MiniLM embeddings, normalised; texts past 256 tokens are truncated."""
         return self.text_tower(list(texts))
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """The text tower's tokens per text (for usage reports; any thread)."""
+        return self.text_tower.count_tokens(texts)
+
     @torch.inference_mode()
     def embed_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(n, 384) image embeddings in MiniLM's space, normalised."""

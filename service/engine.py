@@ -116,6 +116,10 @@ class Engine:
                 "choose another with MMSERVE_CAPTION_MODEL, MMSERVE_VQA_MODEL or MMSERVE_EMBED_MODEL"
             )
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text for the embedding model (usage reports); safe outside the inference thread."""
+        return self._models["embed_text"].count_tokens(texts)
+
     # The batched calls (inference thread only).
     def run(self, task: str, payloads: Sequence[Any]) -> list[Any]:
         """Run one batch of `task`; exactly one output per payload."""
