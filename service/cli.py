@@ -15,6 +15,7 @@ from typing import Any, get_args
 
 import uvicorn
 
+from service.logs import configure_logging
 from service.settings import DType, LogLevel, Settings
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def serve(overrides: dict[str, Any]) -> None:
     from service.app import create_app
 
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
 
     def begin_drain() -> None:
@@ -52,6 +53,7 @@ def serve(overrides: dict[str, Any]) -> None:
         workers=1,
         log_level=settings.log_level,
         log_config=None,  # keep the logging configured above
+        access_log=False,  # our own request line (service.logs) replaces uvicorn's
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
     DrainingServer(config, on_exit=begin_drain).run()

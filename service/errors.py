@@ -27,10 +27,11 @@ class ServiceError(Exception):
     status_code: int = 500
     error_type: str = "internal_error"
 
-    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.param = param  # the request field at fault, when one is (shown by the OpenAI-shaped errors)
 
 
 class InvalidImage(ServiceError):
@@ -80,16 +81,17 @@ class InternalError(ServiceError):
     error_type = "internal_error"
 
 
-def json_error(status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one JSON error shape."""
-    return JSONResponse(
-        status_code=status_code, content={"error": {"type": error_type, "message": message}}, headers=headers
-    )
+def json_error(
+    status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None, param: str | None = None
+) -> JSONResponse:
+    """The one JSON error shape (`param` only when an error names one)."""
+    error = {"type": error_type, "message": message, **({"param": param} if param else {})}
+    return JSONResponse(status_code=status_code, content={"error": error}, headers=headers)
 
 
 def error_response(error: ServiceError) -> JSONResponse:
     """A typed error as a response."""
-    return json_error(error.status_code, error.error_type, error.message, error.headers)
+    return json_error(error.status_code, error.error_type, error.message, error.headers, error.param)
 
 
 def status_of(error: BaseException) -> int:
