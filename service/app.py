@@ -8,13 +8,17 @@ finish, and stops the inference thread.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from PIL import Image
+from starlette.middleware.cors import CORSMiddleware
 
+from service import openai
+from service.auth import ApiKeyAuth
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, RequestContext
@@ -48,11 +52,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="mmserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    app.state.started_at = time.time()
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(openai.router)
     install_openapi(app, settings)
+    # Middleware, innermost first: the body limit, API keys (a refusal reads no body), CORS (its headers
+    # on refusals too, so a browser can read them), request ids and log lines, OpenAI's error shape on /v1.
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
-    app.add_middleware(RequestContext)  # outermost: its request id is on every response, errors included
+    keys = settings.api_key_list()
+    if keys:
+        app.add_middleware(ApiKeyAuth, keys=keys, protect_health=settings.protect_health)
+    origins = settings.cors_origin_list()
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestContext)  # its request id is on every response, errors included
+    app.add_middleware(openai.OpenAIErrorShape)  # outermost: rewrites every error under /v1/, the 500 too
     return app
 
 

@@ -1,4 +1,5 @@
-"""The `mmserve` command: `serve` (the HTTP service), `train` and `evaluate` (the model's, imported lazily).
+"""The `mmserve` command: `serve` (the HTTP service), `train` and `evaluate` (the model's, imported lazily),
+and `caption`, `vqa`, `embed`: a client of a running server (service.client_cli).
 
 `serve` takes its settings from `MMSERVE_*` environment variables; flags override them. It runs one
 uvicorn worker: a second worker would load a second copy of the model onto the same device.
@@ -15,9 +16,14 @@ from typing import Any, get_args
 
 import uvicorn
 
+from service.client_cli import add_client_commands
+from service.client_cli import run as run_client
+from service.logs import configure_logging
 from service.settings import DType, LogLevel, Settings
 
 logger = logging.getLogger(__name__)
+
+CLIENT_COMMANDS = ("caption", "vqa", "embed")  # against a running server: service.client_cli
 
 
 class DrainingServer(uvicorn.Server):
@@ -37,7 +43,7 @@ def serve(overrides: dict[str, Any]) -> None:
     from service.app import create_app
 
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
 
     def begin_drain() -> None:
@@ -52,6 +58,7 @@ def serve(overrides: dict[str, Any]) -> None:
         workers=1,
         log_level=settings.log_level,
         log_config=None,  # keep the logging configured above
+        access_log=False,  # our own request line (service.logs) replaces uvicorn's
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
     DrainingServer(config, on_exit=begin_drain).run()
@@ -72,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help only: main() hands everything after the word to the model's own parser.
     commands.add_parser("train", help="train the built-in model (model.train; its own --help)")
     commands.add_parser("evaluate", help="evaluate a model (model.evaluate; its own --help)")
+    add_client_commands(commands)
     return parser
 
 
@@ -89,4 +97,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         evaluate.main(argv[1:])
         return
     args = build_parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        sys.exit(run_client(args))
     serve({key: getattr(args, key) for key in ("host", "port", "model", "device", "dtype", "log_level")})

@@ -157,6 +157,10 @@ class Engine:
     def prepare_text(self, task: Task, text: str) -> Any:
         return self._models[task].prepare_text(text)
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text for the embedding model (usage reports); safe outside the inference thread."""
+        return self._models["embed_text"].count_tokens(texts)
+
     # The batched calls (inference thread only).
     def run(self, task: str, payloads: Sequence[Any]) -> list[Any]:
         """Run one batch of `task`; exactly one output per payload (captions and answers as `Generated`)."""

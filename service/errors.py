@@ -29,14 +29,23 @@ class ServiceError(Exception):
     status_code: int = 500
     error_type: str = "internal_error"
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: float | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s  # overload and not-ready answers say when to come back
+        self.param = param  # the request field at fault, when one is (shown by the OpenAI-shaped errors)
+        self._headers = headers or {}  # e.g. a 401's WWW-Authenticate
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": f"{self.retry_after_s:g}"} if self.retry_after_s is not None else {}
+        retry = {"Retry-After": f"{self.retry_after_s:g}"} if self.retry_after_s is not None else {}
+        return {**self._headers, **retry}
 
 
 class InvalidImage(ServiceError):
@@ -86,16 +95,17 @@ class InternalError(ServiceError):
     error_type = "internal_error"
 
 
-def json_error(status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one JSON error shape."""
-    return JSONResponse(
-        status_code=status_code, content={"error": {"type": error_type, "message": message}}, headers=headers
-    )
+def json_error(
+    status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None, param: str | None = None
+) -> JSONResponse:
+    """The one JSON error shape (`param` only when an error names one)."""
+    error = {"type": error_type, "message": message, **({"param": param} if param else {})}
+    return JSONResponse(status_code=status_code, content={"error": error}, headers=headers)
 
 
 def error_response(error: ServiceError) -> JSONResponse:
     """A typed error as a response."""
-    return json_error(error.status_code, error.error_type, error.message, error.headers)
+    return json_error(error.status_code, error.error_type, error.message, error.headers, error.param)
 
 
 def status_of(error: BaseException) -> int:

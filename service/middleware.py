@@ -9,12 +9,14 @@ turns an unexpected exception into one logged line and a 500 in the error shape.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge, error_response, json_error
+from service.logs import RequestLog, current_request, log_request, request_fields
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class BodySizeLimit:
 
 
 class RequestContext:
-    """Request ids, and a logged 500 for anything nobody else handled."""
+    """Request ids, one log line per request, and a logged 500 for anything nobody else handled."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -71,14 +73,17 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.monotonic()
         request_id = Headers(scope=scope).get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        response_started = False
+        log = RequestLog()
+        current_request.set(log)
+        status: int | None = None  # once the response has started
 
         async def send_with_id(message: Message) -> None:
-            nonlocal response_started
+            nonlocal status
             if message["type"] == "http.response.start":
-                response_started = True
+                status = message["status"]
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
@@ -86,6 +91,11 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         except Exception:
             logger.exception("unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id)
-            if not response_started:
+            if status is None:
                 response = json_error(500, "internal_error", f"internal server error (request id {request_id})")
                 await response(scope, receive, send_with_id)
+        finally:
+            client = scope.get("client")
+            address = f"{client[0]}:{client[1]}" if client else None
+            fields = request_fields(request_id, scope["method"], scope["path"], status or 500, started, address, log)
+            log_request(fields)

@@ -8,16 +8,19 @@ Built in `create_app()` (or by the CLI), never at import. Per-task knobs are fla
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Self
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model import Task
+if TYPE_CHECKING:
+    from model import Task
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Scheduler = Literal["continuous", "static"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+LogFormat = Literal["text", "json"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"  # json: one JSON object per line (the request lines' fields at its top level)
+
+    # Access. With keys set, every route but the open ones needs `Authorization: Bearer <key>`.
+    api_keys: SecretStr | None = None  # comma-separated keys (a SecretStr: never shown in a repr or a log)
+    api_keys_file: Path | None = None  # a file of keys, one per line ('#' comments and blank lines skipped)
+    protect_health: bool = False  # keys also for /health, /health/live and /metrics (open by default)
+    cors_origins: str = ""  # comma-separated origins a browser may call from ("*": any); empty: CORS off
 
     # Batching. "continuous": captions and answers join and leave the running batch between decoding
     # steps (for models that decode step by step); "static": whole batches, each run to its longest row.
@@ -84,6 +94,23 @@ class Settings(BaseSettings):
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
         return self
+
+    def api_key_list(self) -> list[str]:
+        """Every configured API key (from `api_keys` and `api_keys_file`); empty: no authentication."""
+        keys = self.api_keys.get_secret_value().split(",") if self.api_keys else []
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text().splitlines()
+            except OSError as e:
+                raise ValueError(f"MMSERVE_API_KEYS_FILE {self.api_keys_file} cannot be read: {e.strerror}") from e
+            from_file = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+            if not from_file:
+                raise ValueError(f"MMSERVE_API_KEYS_FILE {self.api_keys_file} holds no key")
+            keys += from_file
+        return [key.strip() for key in keys if key.strip()]
+
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     def batch_policy(self, task: Task) -> BatchPolicy:
         """The batching knobs of one task."""

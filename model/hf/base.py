@@ -65,6 +65,10 @@ class HFAdapter:
         """[n, dim] float32 CPU tensor, L2-normalised."""
         raise self._refuse("embed_image")
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as `embed_text` sees them (any thread); adapters that embed text override it."""
+        raise self._refuse("embed_text")
+
 
 def row_limits(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
     """One new-token limit per row, from one limit for all or one per row."""

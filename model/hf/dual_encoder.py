@@ -18,6 +18,7 @@ from transformers import AutoModel, PreTrainedModel, ProcessorMixin
 
 from model.hf.base import HFAdapter, empty_embedding, normalized_cpu, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
+from model.tokens import TokenCounter
 
 # model types whose text tower expects every text padded to the same fixed length
 FIXED_LENGTH_TEXT = frozenset({"siglip", "siglip2"})
@@ -46,6 +47,11 @@ class DualEncoder(HFAdapter):
             k for k in ("input_ids", "attention_mask") if k in self.tokenizer.model_input_names
         ]
         self.dim = int(self.embed_text(["a"]).shape[1])
+        self._counter = TokenCounter(self.tokenizer, max_text_tokens)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text, truncated as embedded, padding not counted (any thread)."""
+        return self._counter(texts)
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:

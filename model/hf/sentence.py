@@ -28,6 +28,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from model.api import ModelLoadError
 from model.hf.base import HFAdapter, empty_embedding, normalized_cpu, to_device
 from model.hf.loading import find_file, load_pretrained, load_processor, read_json, text_position_limit
+from model.tokens import TokenCounter
 
 logger = logging.getLogger(__name__)
 
@@ -156,15 +157,22 @@ class SentenceEmbedder(HFAdapter):
         self.tokenizer = tokenizer
         self.pipeline = pipeline
         self.dense = list(dense)
+        self._counter = TokenCounter(tokenizer, max_text_tokens, self._as_embedded)
+
+    def _as_embedded(self, text: str) -> str:
+        text = self.pipeline.prompt + text
+        return text.lower() if self.pipeline.do_lower_case else text
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as embedded: prompt included, truncated (any thread)."""
+        return self._counter(texts)
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
         """[n, dim] float32 CPU tensor, L2-normalised."""
         if not texts:
             return empty_embedding(self.dim)
-        texts = [self.pipeline.prompt + text for text in texts]
-        if self.pipeline.do_lower_case:
-            texts = [text.lower() for text in texts]
+        texts = [self._as_embedded(text) for text in texts]
         tokens = self.tokenizer(
             texts,
             padding=True,

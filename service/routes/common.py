@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from model import Task
 from service.batching import Item
 from service.errors import Timeout, status_of
+from service.logs import attach as attach_to_request_log
 from service.runtime import Runtime
 from service.schemas import ErrorResponse, Timings, ValidationErrorResponse
 
@@ -34,12 +35,14 @@ class RequestRecord:
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s
         self.decode_s = 0.0
+        self.timings: Timings | None = None  # set by `timings()`, read by the request's log line
 
 
 @asynccontextmanager
 async def observe(runtime: Runtime, task: Task) -> AsyncIterator[RequestRecord]:
     """Count the request and time it, whatever its outcome."""
     record = RequestRecord(task, runtime.settings.request_timeout_s)
+    attach_to_request_log(record)
     status = 200
     try:
         yield record
@@ -73,13 +76,14 @@ def disconnect_waiter(request: Request) -> Callable[[], Awaitable[None]]:
 
 def timings(record: RequestRecord, items: Sequence[Item[Any, Any]]) -> Timings:
     """The response's timings; with several items, the slowest of each phase."""
-    return Timings(
+    record.timings = Timings(
         queue_ms=round(max(item.queue_s for item in items) * 1000, 3),
         inference_ms=round(max(item.inference_s for item in items) * 1000, 3),
         decode_ms=round(record.decode_s * 1000, 3),
         total_ms=round((time.monotonic() - record.started) * 1000, 3),
         batch_size=max(item.batch_size for item in items),
     )
+    return record.timings
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -1,0 +1,136 @@
+"""`mmserve caption|vqa|embed`: the service's client, for a shell, against a running server.
+
+The server is `--url` (else `MMSERVE_URL`, else http://127.0.0.1:8000) and the key `--api-key` (else
+`MMSERVE_API_KEY`). Output is readable by default and the server's JSON with `--json`. Exit codes:
+0 done; 1 the server refused or failed (its message on stderr); 2 bad usage or an unreadable local
+file; 3 the server could not be reached or did not answer in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import mimetypes
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class ClientError(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The three client subcommands, on the `mmserve` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=None, help=f"the server (MMSERVE_URL; default {DEFAULT_URL})")
+    common.add_argument("--api-key", default=None, help="sent as 'Authorization: Bearer' (MMSERVE_API_KEY)")
+    common.add_argument("--json", action="store_true", help="print the server's JSON answers")
+    common.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+
+    caption = commands.add_parser("caption", parents=[common], help="caption images on a running server")
+    caption.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    caption.add_argument("--max-new-tokens", type=int, default=None)
+    caption.set_defaults(run=run_caption)
+
+    vqa = commands.add_parser("vqa", parents=[common], help="ask a running server a question about an image")
+    vqa.add_argument("image", type=Path, metavar="IMAGE")
+    vqa.add_argument("question", metavar="QUESTION")
+    vqa.set_defaults(run=run_vqa)
+
+    embed = commands.add_parser("embed", parents=[common], help="embed texts on a running server")
+    embed.add_argument("texts", nargs="+", metavar="TEXT")
+    embed.set_defaults(run=run_embed)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a client subcommand; the exit code."""
+    url = (args.url or os.environ.get("MMSERVE_URL") or DEFAULT_URL).rstrip("/")
+    key = args.api_key or os.environ.get("MMSERVE_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    command: Callable[[httpx.Client, argparse.Namespace], None] = args.run
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=args.timeout) as client:
+            command(client, args)
+    except ClientError as e:
+        print(f"mmserve: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+def run_caption(client: httpx.Client, args: argparse.Namespace) -> None:
+    fields = {"max_new_tokens": str(args.max_new_tokens)} if args.max_new_tokens else {}
+    uploads = [upload(path) for path in args.images]  # every file readable before the first request
+    for path, files in zip(args.images, uploads, strict=True):
+        answer = post(client, "/caption", files=files, data=fields)
+        show(args, answer, f"{path}: {answer['caption']}" if len(args.images) > 1 else answer["caption"])
+
+
+def run_vqa(client: httpx.Client, args: argparse.Namespace) -> None:
+    answer = post(client, "/vqa", files=upload(args.image), data={"question": args.question})
+    show(args, answer, answer["answer"])
+
+
+def run_embed(client: httpx.Client, args: argparse.Namespace) -> None:
+    answer = post(client, "/embed", json={"input": args.texts})
+    vectors = [item["embedding"] for item in answer["data"]]
+    lines = [f"{answer['dim']}-dimensional embeddings from {answer['model']}"]
+    for text, vector in zip(args.texts, vectors, strict=True):
+        head = ", ".join(f"{x:+.4f}" for x in vector[:4])
+        lines.append(f"  {text!r}: [{head}, ...] (norm {math.sqrt(sum(x * x for x in vector)):.3f})")
+    if len(vectors) > 1:
+        lines.append("cosine similarity:")
+        for i, a in enumerate(vectors):
+            cells = " ".join(f"{sum(x * y for x, y in zip(a, b, strict=True)):6.3f}" for b in vectors)
+            lines.append(f"  [{i}] {cells}")
+    show(args, answer, "\n".join(lines))
+
+
+def upload(path: Path) -> dict[str, tuple[str, bytes, str]]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ClientError(f"cannot read {path}: {e.strerror}", EXIT_USAGE) from e
+    return {"image": (path.name, data, mimetypes.guess_type(path.name)[0] or "application/octet-stream")}
+
+
+def post(client: httpx.Client, route: str, **request: Any) -> dict[str, Any]:
+    """The JSON answer of a POST, or a `ClientError` saying what went wrong, as the server put it."""
+    try:
+        response = client.post(route, **request)
+    except httpx.TimeoutException as e:
+        raise ClientError(f"{client.base_url} did not answer within {client.timeout.read} s", EXIT_UNREACHABLE) from e
+    except httpx.TransportError as e:
+        message = f"cannot reach the server at {client.base_url} ({e}); is it running?"
+        raise ClientError(message, EXIT_UNREACHABLE) from e
+    if response.is_success:
+        body: dict[str, Any] = response.json()
+        return body
+    raise ClientError(f"{response.status_code} {response.reason_phrase}: {server_message(response)}", EXIT_SERVER_ERROR)
+
+
+def server_message(response: httpx.Response) -> str:
+    """The server's own words for an error: its error message, or FastAPI's validation details."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or "(no message)"
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message"))
+    if isinstance(body, dict) and isinstance(body.get("detail"), list):
+        return "; ".join(f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg')}" for d in body["detail"])
+    return json.dumps(body)
+
+
+def show(args: argparse.Namespace, answer: dict[str, Any], readable: str) -> None:
+    print(json.dumps(answer) if args.json else readable)

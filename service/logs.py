@@ -1,0 +1,101 @@
+"""Logging: text or JSON lines, and one line per HTTP request.
+
+The request line carries only fixed fields (time, request id, method, route, task, status, durations,
+batch size, client address): never a body, an image, a text or a header, so never a key. Routes leave
+the task and the timings on a `RequestRecord`; `observe()` hands that record to the line through a
+context variable, set by the middleware for each request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+ACCESS_LOGGER = "mmserve.access"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Timings(Protocol):
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+class _Record(Protocol):
+    task: str
+    timings: _Timings | None
+
+
+@dataclass
+class RequestLog:
+    """What one request's line will say beyond the HTTP facts; filled by the route while it runs."""
+
+    record: _Record | None = None
+
+
+current_request: ContextVar[RequestLog | None] = ContextVar("mmserve_request_log", default=None)
+
+
+def attach(record: _Record) -> None:
+    """Let the request's log line read the route's record (a no-op outside a request)."""
+    log = current_request.get()
+    if log is not None:
+        log.record = record
+
+
+def request_fields(
+    request_id: str, method: str, path: str, status: int, started: float, client: str | None, log: RequestLog
+) -> dict[str, Any]:
+    """The request line's fields, in a fixed order."""
+    record = log.record
+    timings = record.timings if record is not None else None
+    return {
+        "request_id": request_id,
+        "method": method,
+        "route": path,
+        "task": record.task if record is not None else None,
+        "status": status,
+        "duration_ms": round((time.monotonic() - started) * 1000, 3),
+        "queue_ms": timings.queue_ms if timings else None,
+        "inference_ms": timings.inference_ms if timings else None,
+        "batch_size": timings.batch_size if timings else None,
+        "client": client,
+    }
+
+
+def log_request(fields: dict[str, Any]) -> None:
+    text = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+    logging.getLogger(ACCESS_LOGGER).info("request %s", text, extra={"fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and a request line's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line["message"] = "request"
+            line.update(fields)
+        else:
+            line["message"] = record.getMessage()
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """The root logger: text (`asctime level name: message`) or JSON lines, on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
