@@ -6,7 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from model.checkpoint import is_builtin_checkpoint, load_builtin, load_module
 from model.scenes import make_scene, render
-from model.testing import tiny_checkpoint
+from tests.support.builtin_checkpoint import tiny_checkpoint
 
 
 def test_round_trip_gives_identical_outputs(tmp_path, tiny_model, text_tower) -> None:

@@ -12,9 +12,10 @@ import torch
 from transformers import BertConfig, BertModel
 
 from model.api import ModelLoadError
-from model.hf import load_hf_model, testing
+from model.hf import load_hf_model
 from model.hf.base import cut_rows, row_limits
 from model.hf.loading import resolve_dtype
+from tests.support import hf_checkpoints
 
 MISSING_HUB_ID = "mmserve-tests/no-such-model-anywhere"
 
@@ -84,7 +85,7 @@ def test_row_limits_and_cutting() -> None:
 
 
 def test_every_tiny_family_builds_from_the_command_line_and_is_detected(tmp_path: Path) -> None:
-    testing.main([str(tmp_path)])
+    hf_checkpoints.main([str(tmp_path)])
     expected_tasks = {
         "blip-captioning": {"caption"},
         "blip-vqa": {"vqa"},
@@ -93,6 +94,6 @@ def test_every_tiny_family_builds_from_the_command_line_and_is_detected(tmp_path
         "llava": {"caption", "vqa"},
         "sentence-transformer": {"embed_text"},
     }
-    assert set(expected_tasks) == set(testing.BUILDERS)
+    assert set(expected_tasks) == set(hf_checkpoints.BUILDERS)
     for family, tasks in expected_tasks.items():
         assert load_hf_model(str(tmp_path / family)).tasks == tasks, family

@@ -17,8 +17,8 @@ import service.engine
 from model import MultimodalModel, load_model
 from service.engine import CaptionInput
 from service.errors import ClientDisconnected
-from service.testing import encode_image, error_of, noise_image, solid_image
 from tests.service.conftest import wait_for_status
+from tests.support.server import encode_image, error_of, noise_image, solid_image
 
 pytestmark = pytest.mark.anyio
 
