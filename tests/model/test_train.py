@@ -7,8 +7,8 @@ from model.checkpoint import load_builtin
 from model.config import PRESETS
 from model.multimodal import MultimodalTransformer
 from model.scenes import make_scene, render
-from model.tokenizer import build_tokenizer
 from model.train import Batches, TrainConfig, losses, lr_at, max_objects_at, train
+from model.train.vocabulary import build_tokenizer
 
 
 def _config(steps: int) -> TrainConfig:
