@@ -16,7 +16,7 @@ from model.config import PRESETS
 from model.evaluate import quick_eval
 from model.multimodal import MultimodalTransformer
 from model.text import TextTower
-from model.train.data import Batches, to_device
+from model.train.data import Batch, Batches, to_device
 from model.train.objective import losses
 from model.train.recipe import TrainConfig, lr_at, max_objects_at
 from model.train.vocabulary import build_tokenizer
@@ -35,6 +35,34 @@ def save_state(
     os.replace(tmp, path)
 
 
+def make_optimizer(module: MultimodalTransformer, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW, with no weight decay on embeddings, norms and biases."""
+    decay = [p for n, p in module.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in module.named_parameters() if p.dim() < 2 or "emb" in n]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+    )
+
+
+def train_step(
+    module: MultimodalTransformer,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    text_embeddings: torch.Tensor,
+    config: TrainConfig,
+) -> dict[str, torch.Tensor]:
+    """One optimiser step on `batch` (on the module's device); returns the loss parts."""
+    parts = losses(module, batch, text_embeddings)
+    loss = parts["caption"] + parts["answer"] + config.contrastive_weight * (parts["contrastive"] + parts["align"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    optimizer.step()
+    return parts
+
+
 def train(
     config: TrainConfig, out: Path, run_dir: Path, resume: bool, init: Path | None = None
 ) -> MultimodalTransformer:
@@ -46,13 +74,7 @@ def train(
         module.load_state_dict(load_module(init)[0].state_dict())
         logger.info("initialised from %s", init)
     text_tower = TextTower().to(device)
-    decay = [p for n, p in module.named_parameters() if p.dim() >= 2 and "emb" not in n]
-    no_decay = [p for n, p in module.named_parameters() if p.dim() < 2 or "emb" in n]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.98),
-    )
+    optimizer = make_optimizer(module, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "train_state.pt"
     start = 0
@@ -77,12 +99,7 @@ def train(
             group["lr"] = lr_at(config, step)
         batch = to_device(batches(step), device)
         text_embeddings = text_tower(batch["captions"]).clone().to(device)  # out of inference mode
-        parts = losses(module, batch, text_embeddings)
-        loss = parts["caption"] + parts["answer"] + config.contrastive_weight * (parts["contrastive"] + parts["align"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        optimizer.step()
+        parts = train_step(module, optimizer, batch, text_embeddings, config)
         if step % 20 == 0:
             progress.set_postfix({k: f"{v.item():.3f}" for k, v in parts.items()}, refresh=False)
         done = step + 1

@@ -17,8 +17,9 @@ def losses(module: MultimodalTransformer, batch: Batch, text_embeddings: torch.T
     context = tokens.repeat(seq.shape[0] // n_images, 1, 1)  # captions first, then questions
     inputs = seq[:, :-1]
     T = inputs.shape[1]
-    positions = torch.arange(T).expand_as(inputs)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()[None, None]  # right padding: causal is enough
+    # built on the batch's device: a CPU tensor here fails on CUDA (tests/model/test_train.py runs on meta)
+    positions = torch.arange(T, device=seq.device).expand_as(inputs)
+    causal = torch.ones(T, T, dtype=torch.bool, device=seq.device).tril()[None, None]  # right padding: causal is enough
     logits = module.decoder(inputs, positions, causal, context)  # (2B, T, V)
     token_loss = F.cross_entropy(logits.transpose(1, 2), seq[:, 1:], reduction="none")  # (2B, T)
     caption_w, answer_w = weight[:n_images], weight[n_images:]
@@ -26,7 +27,7 @@ def losses(module: MultimodalTransformer, batch: Batch, text_embeddings: torch.T
     answer_loss = (token_loss[n_images:] * answer_w).sum() / answer_w.sum()
 
     captions = batch["captions"]
-    same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
+    same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32, device=seq.device)
     soft = same / same.sum(1, keepdim=True)
     scale = module.logit_scale.exp().clamp(max=100)
     sims = scale * embedding @ text_embeddings.T  # (B, B)
