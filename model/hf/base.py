@@ -61,16 +61,6 @@ class HFAdapter:
         raise self._refuse("embed_image")
 
 
-def row_limits(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
-    """One new-token limit per row, from one limit for all or one per row."""
-    limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
-    if len(limits) != n:
-        raise ValueError(f"got {len(limits)} max_new_tokens values for {n} inputs")
-    if any(m < 0 for m in limits):
-        raise ValueError(f"max_new_tokens must be >= 0, got {limits}")
-    return limits
-
-
 def cut_rows(new_tokens: torch.Tensor, limits: Sequence[int], eos_ids: Iterable[int]) -> list[list[int]]:
     """Each row's generated tokens up to its own limit, stopping before its first end-of-sequence token.
 

@@ -25,8 +25,9 @@ from transformers import (
     ProcessorMixin,
 )
 
-from model.hf.base import HFAdapter, cut_rows, eos_token_ids, row_limits, to_device
+from model.hf.base import HFAdapter, cut_rows, eos_token_ids, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
+from model.inputs import check_pairs, row_limits
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,7 @@ class BlipQuestionAnswerer(HFAdapter):
         self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16
     ) -> list[str]:
         """One answer per (image, question) pair."""
-        if len(images) != len(questions):
-            raise ValueError(f"got {len(images)} images and {len(questions)} questions")
+        check_pairs(images, questions)
         if not images:
             return []
         # Questions of one token length at a time: no padding, so a batch answers as single calls do.

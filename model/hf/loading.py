@@ -21,19 +21,6 @@ from model.api import ModelLoadError
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    return torch.device(device)
-
-
-def resolve_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
-    """`dtype`, or the default: bf16 on CUDA (fp16 on GPUs without bf16), fp32 elsewhere."""
-    if dtype is not None:
-        return dtype
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def load_config(name: str) -> PretrainedConfig:
     """The checkpoint's config; `ModelLoadError` naming the model if it cannot be found or read."""
     try:

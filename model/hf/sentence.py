@@ -28,6 +28,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from model.api import ModelLoadError
 from model.hf.base import HFAdapter, empty_embedding, normalized_cpu, to_device
 from model.hf.loading import find_file, load_pretrained, load_processor, read_json, text_position_limit
+from model.pooling import mean_pool
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, modes: Se
         elif mode == "max":
             pooled.append(x.masked_fill(mask == 0, float("-inf")).max(dim=1).values)
         elif mode == "mean":
-            pooled.append((x * mask).sum(dim=1) / count)
+            pooled.append(mean_pool(token_embeddings, attention_mask))
         elif mode == "mean_sqrt_len_tokens":
             pooled.append((x * mask).sum(dim=1) / count.sqrt())
         elif mode == "weightedmean":

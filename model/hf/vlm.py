@@ -20,8 +20,9 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
 from model.api import ModelLoadError
-from model.hf.base import HFAdapter, cut_rows, eos_token_ids, row_limits, to_device
+from model.hf.base import HFAdapter, cut_rows, eos_token_ids, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
+from model.inputs import check_pairs, row_limits
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ class ImageTextToText(HFAdapter):
         self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16
     ) -> list[str]:
         """One answer per (image, question) pair."""
-        if len(images) != len(questions):
-            raise ValueError(f"got {len(images)} images and {len(questions)} questions")
+        check_pairs(images, questions)
         texts = [self._user_text(q) for q in questions]
         return self._generate(images, texts, row_limits(max_new_tokens, len(images)))
 

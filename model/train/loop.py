@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -11,8 +10,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import load_module, save_checkpoint
+from model.checkpoint import atomic_write, load_module, save_checkpoint
 from model.config import PRESETS
+from model.devices import resolve_device
 from model.evaluate import quick_eval
 from model.multimodal import MultimodalTransformer
 from model.text import TextTower
@@ -27,12 +27,8 @@ logger = logging.getLogger("model.train")
 def save_state(
     path: Path, module: MultimodalTransformer, optimizer: torch.optim.Optimizer, step: int, config: TrainConfig
 ) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {"module": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": asdict(config)},
-        tmp,
-    )
-    os.replace(tmp, path)
+    state = {"module": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": asdict(config)}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def make_optimizer(module: MultimodalTransformer, config: TrainConfig) -> torch.optim.AdamW:
@@ -67,7 +63,7 @@ def train(
     config: TrainConfig, out: Path, run_dir: Path, resume: bool, init: Path | None = None
 ) -> MultimodalTransformer:
     torch.manual_seed(config.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     tokenizer = build_tokenizer()
     module = MultimodalTransformer(PRESETS[config.preset]).to(device)
     if init is not None:  # fine-tune: start from a shipping checkpoint's weights (fresh optimizer)

@@ -13,8 +13,8 @@ from transformers import BertConfig, BertModel
 
 from model.api import ModelLoadError
 from model.hf import load_hf_model
-from model.hf.base import cut_rows, row_limits
-from model.hf.loading import resolve_dtype
+from model.hf.base import cut_rows
+from model.inputs import row_limits
 from tests.support import hf_checkpoints
 
 MISSING_HUB_ID = "mmserve-tests/no-such-model-anywhere"
@@ -63,14 +63,6 @@ def test_unsupported_architecture_is_refused_clearly(tmp_path: Path) -> None:
     ).save_pretrained(tmp_path / "bert")
     with pytest.raises(ModelLoadError, match=r"'bert'.*not a family"):
         load_hf_model(str(tmp_path / "bert"))
-
-
-def test_default_dtype_is_fp32_on_cpu_and_bf16_on_cuda() -> None:
-    assert resolve_dtype(torch.device("cpu"), None) == torch.float32
-    assert resolve_dtype(torch.device("cpu"), torch.bfloat16) == torch.bfloat16
-    if torch.cuda.is_available():
-        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        assert resolve_dtype(torch.device("cuda"), None) == expected
 
 
 def test_row_limits_and_cutting() -> None:
