@@ -6,7 +6,7 @@ size and downsampled (anti-aliased edges), on a lightly tinted gradient backgrou
 small colour jitter, so that the task is not a lookup of exact pixel values.
 
 Everything is a pure function of the seed: `make_scene(seed)` gives the same scene on every machine.
-Training draws seeds from `TRAIN_SEEDS`; evaluation uses seeds from `HELD_OUT_SEED_START` on, which
+Training draws seeds below `HELD_OUT_SEED_START`; evaluation uses seeds from it on, which
 training never touches.
 """
 
