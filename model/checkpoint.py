@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,9 +33,10 @@ FORMAT = "mmserve-builtin"  # the marker in config.json that tells our folders f
 def is_builtin_checkpoint(path: str | os.PathLike[str]) -> bool:
     config = Path(path) / "config.json"
     try:
-        return json.loads(config.read_text()).get("format") == FORMAT
+        meta = json.loads(config.read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -45,7 +47,11 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def save_checkpoint(
-    module: MultimodalTransformer, tokenizer: Tokenizer, directory: Path, name: str, training: dict | None = None
+    module: MultimodalTransformer,
+    tokenizer: Tokenizer,
+    directory: Path,
+    name: str,
+    training: dict[str, Any] | None = None,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}

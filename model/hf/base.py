@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from transformers import GenerationMixin, PreTrainedModel
 
 from model.api import Task, UnsupportedTask
 
@@ -59,6 +60,16 @@ class HFAdapter:
     def embed_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[n, dim] float32 CPU tensor, L2-normalised."""
         raise self._refuse("embed_image")
+
+
+def generate(model: PreTrainedModel, **kwargs: Any) -> torch.Tensor:
+    """`model.generate(**kwargs)`'s token ids (transformers types `generate` only on its generating classes)."""
+    if not isinstance(model, GenerationMixin):
+        raise TypeError(f"{type(model).__name__} does not generate")
+    out = model.generate(**kwargs)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"generate gave a {type(out).__name__}, not token ids")
+    return out
 
 
 def cut_rows(new_tokens: torch.Tensor, limits: Sequence[int], eos_ids: Iterable[int]) -> list[list[int]]:

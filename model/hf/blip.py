@@ -25,7 +25,7 @@ from transformers import (
     ProcessorMixin,
 )
 
-from model.hf.base import HFAdapter, cut_rows, eos_token_ids, to_device
+from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
 from model.inputs import check_pairs, row_limits
 
@@ -60,7 +60,7 @@ class BlipCaptioner(HFAdapter):
         inputs = to_device(inputs, self.device, self.dtype)
         # BLIP replaces [CLS] with [DEC] and drops the final [SEP]: the decoder's prompt is [DEC] + prompt.
         prompt_len = inputs["input_ids"].shape[1] - 1 if self.prompt else 1
-        out = self.model.generate(**inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1)
+        out = generate(self.model, **inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1)
         rows = cut_rows(out[:, prompt_len:], limits, self.eos_ids)
         prefix = out[0, :prompt_len].tolist()
         return [self.processor.decode(prefix + row, skip_special_tokens=True).strip() for row in rows]
@@ -110,9 +110,7 @@ class BlipQuestionAnswerer(HFAdapter):
             return_tensors="pt",
         )
         inputs = to_device(inputs, self.device, self.dtype)
-        out = self.model.generate(
-            **inputs, max_new_tokens=max(1, max_new_tokens), do_sample=False, num_beams=1
-        )
+        out = generate(self.model, **inputs, max_new_tokens=max(1, max_new_tokens), do_sample=False, num_beams=1)
         rows = cut_rows(out[:, 1:], [max_new_tokens] * len(images), self.eos_ids)  # after the [DEC] start
         return [self.processor.decode(row, skip_special_tokens=True).strip() for row in rows]
 

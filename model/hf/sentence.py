@@ -107,8 +107,10 @@ def read_pipeline(name: str, modules: list[dict[str, str]]) -> SentencePipeline:
 
 def default_prompt(name: str) -> str:
     """The prompt sentence-transformers puts before every text by default ("" for most models)."""
-    config = read_json(name, "config_sentence_transformers.json") or {}
-    prompt_name = config.get("default_prompt_name") if isinstance(config, dict) else None
+    config = read_json(name, "config_sentence_transformers.json")
+    if not isinstance(config, dict):
+        return ""
+    prompt_name = config.get("default_prompt_name")
     return str(config.get("prompts", {}).get(prompt_name) or "") if prompt_name else ""
 
 

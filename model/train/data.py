@@ -28,7 +28,7 @@ class Batches:
     def __init__(self, config: TrainConfig, tokenizer: Tokenizer) -> None:
         self.config = config
         self.tokenizer = tokenizer
-        self.ids = {t: tokenizer.token_to_id(t) for t in (PAD, BOS, EOS, SEP)}
+        self.ids = {t: _token_id(tokenizer, t) for t in (PAD, BOS, EOS, SEP)}
 
     def __call__(self, step: int) -> Batch:
         B = self.config.batch_size
@@ -63,6 +63,13 @@ class Batches:
     def _encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False).ids
         return ids
+
+
+def _token_id(tokenizer: Tokenizer, token: str) -> int:
+    id_ = tokenizer.token_to_id(token)
+    if id_ is None:
+        raise ValueError(f"the tokenizer has no {token} token")
+    return id_
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
