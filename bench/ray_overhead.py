@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.testing import ServerProcess, free_port
 from tests.deploy.ray_cluster import LocalRayCluster, wait_for_http
+from tests.support.server import ServerProcess, free_port
 
 WRK_SCRIPT = """wrk.method = "POST"
 wrk.body = '{"input": "a large orange circle and a small yellow square"}'

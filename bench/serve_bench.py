@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from service.testing import ServerProcess, encode_image, noise_image
+from tests.support.server import ServerProcess, encode_image, noise_image
 
 logger = logging.getLogger("serve_bench")
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from model import load_model
 from model.scenes import make_scene, render
-from service.testing import ServerProcess, encode_image
+from tests.support.server import ServerProcess, encode_image
 
 QUESTIONS = ("what colour is the circle?", "what shape is on the left?", "is there a square?", "how many shapes?")
 TEXTS = ("a red circle", "a small blue square", "two shapes", "a large green triangle and a yellow circle")

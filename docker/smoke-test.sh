@@ -139,8 +139,10 @@ done
 
 if [[ $MMSERVE_MODEL == /models/tiny ]]; then
   echo "  no trained weights in model/weights/: serving a tiny random checkpoint from $MMSERVE_MODELS_DIR/tiny"
-  docker run --rm --user "$(id -u):$(id -g)" -v "$MMSERVE_MODELS_DIR:/out" --entrypoint python mmserve:smoke \
-    -c 'from pathlib import Path; from model.testing import tiny_checkpoint; tiny_checkpoint(Path("/out/tiny"))'
+  # the builder is a test helper, not in the image: the checkout's tests/ is mounted for it, read-only
+  docker run --rm --user "$(id -u):$(id -g)" -v "$MMSERVE_MODELS_DIR:/out" -v "$PWD/tests:/checkout/tests:ro" \
+    --workdir /checkout --entrypoint python mmserve:smoke \
+    -c 'from pathlib import Path; from tests.support.builtin_checkpoint import tiny_checkpoint; tiny_checkpoint(Path("/out/tiny"))'
   chmod -R a+rX "$MMSERVE_MODELS_DIR"  # safetensors writes 0600; the service runs as uid 10001
 fi
 

@@ -1,6 +1,7 @@
 """mmserve's models: the built-in multimodal Transformer and adapters for Hugging Face checkpoints.
 
-The service imports only `load_model` and the `MultimodalModel` protocol from here.
+The service imports only from here: `load_model`, the `MultimodalModel` protocol and its errors, and
+`resolve_device` (what "auto" means).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from model.api import ALL_TASKS, ModelLoadError, MultimodalModel, Task, UnsupportedTask
+from model.devices import default_dtype, resolve_device
 
 __all__ = [
     "ALL_TASKS",
@@ -18,7 +20,9 @@ __all__ = [
     "MultimodalModel",
     "Task",
     "UnsupportedTask",
+    "default_dtype",
     "load_model",
+    "resolve_device",
 ]
 
 BUILTIN = "builtin"
@@ -29,7 +33,8 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> MultimodalModel:
-    """Load a model onto `device`: "builtin", a built-in checkpoint folder, or a Hugging Face folder / hub id.
+    """Load a model onto `device` ("auto": CUDA if there is one): "builtin", a built-in checkpoint folder, or a
+    Hugging Face folder / hub id.
 
     `dtype=None` picks fp32 on CPU and bf16 (fp16 where bf16 is unsupported) on CUDA.
     """

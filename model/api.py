@@ -70,6 +70,11 @@ class MultimodalModel(Protocol):
         """One text to embed as `embed_text` takes it (thread-safe; runs in the decode pool)."""
         ...
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """The tokens each text is embedded as (after truncation), for usage reports. Unlike the other
+        methods it may be called from any thread, next to the inference thread's calls."""
+        ...
+
 
 @dataclass(frozen=True)
 class PreparedImage:
@@ -133,8 +138,3 @@ class StepwiseGenerator(Protocol):
         ...
 
     def new_state(self, capacity: int) -> GenerationState: ...
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """The tokens each text is embedded as (after truncation), for usage reports. Unlike the other
-        methods it may be called from any thread, next to the inference thread's calls."""
-        ...

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from model.config import ModelConfig
+from model.devices import default_dtype, resolve_device
 from model.multimodal import BuiltinModel, MultimodalTransformer
 from model.text import TextTower
 from model.tokenizer import load_tokenizer
@@ -30,12 +33,13 @@ FORMAT = "mmserve-builtin"  # the marker in config.json that tells our folders f
 def is_builtin_checkpoint(path: str | os.PathLike[str]) -> bool:
     config = Path(path) / "config.json"
     try:
-        return json.loads(config.read_text()).get("format") == FORMAT
+        meta = json.loads(config.read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
-def atomic_write(path: Path, write: callable) -> None:  # type: ignore[valid-type]
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write(tmp_path)`, then rename the temporary file over `path`."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
@@ -43,7 +47,11 @@ def atomic_write(path: Path, write: callable) -> None:  # type: ignore[valid-typ
 
 
 def save_checkpoint(
-    module: MultimodalTransformer, tokenizer: Tokenizer, directory: Path, name: str, training: dict | None = None
+    module: MultimodalTransformer,
+    tokenizer: Tokenizer,
+    directory: Path,
+    name: str,
+    training: dict[str, Any] | None = None,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
@@ -52,19 +60,6 @@ def save_checkpoint(
     atomic_write(directory / "tokenizer.json", lambda p: tokenizer.save(str(p)))
     meta = {"format": FORMAT, "name": name, "model": module.config.to_dict(), "training": training or {}}
     atomic_write(directory / "config.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """fp32 on CPU (bf16 is far slower on CPUs without bf16 units); bf16, else fp16, on CUDA."""
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def load_module(directory: Path) -> tuple[MultimodalTransformer, Tokenizer, str]:

@@ -19,7 +19,7 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    vocab_size: int = 142  # the scene WordPiece vocabulary (model/tokenizer.py)
+    vocab_size: int = 142  # the scene WordPiece vocabulary (model/train/vocabulary.py)
     dim: int = 192
     depth: int = 3
     heads: int = 3

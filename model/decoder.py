@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -57,7 +59,7 @@ class Decoder(nn.Module):
         Computed once per image (and kept in the encoder cache), never per decoding step.
         """
         context = self.context_proj(image_tokens)
-        return [block.cross.project_kv(context) for block in self.blocks if block.cross is not None]
+        return [block.cross.project_kv(context) for block in self._blocks() if block.cross is not None]
 
     def forward_slots(
         self,
@@ -76,9 +78,12 @@ class Decoder(nn.Module):
         """
         x = self.tok_emb(ids) + self.pos_emb(positions)
         rope = rotary(positions, self.config.dim // self.config.heads) if self.config.rope else None
-        for block, own, cross in zip(self.blocks, self_kv, cross_kv, strict=True):
+        for block, own, cross in zip(self._blocks(), self_kv, cross_kv, strict=True):
             x = block.forward_slots(x, own, cross, rows, keys, mask, positions, rope)
         return x
+
+    def _blocks(self) -> list[Block]:
+        return cast(list[Block], list(self.blocks))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.ln_f(hidden))

@@ -15,10 +15,18 @@ import random
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from model.api import MultimodalModel
 from model.scenes import HELD_OUT_SEED_START, QUESTION_FAMILIES, Scene, ask, make_scene, render
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from model.multimodal import MultimodalTransformer
+    from model.text import TextTower
 
 logger = logging.getLogger("model.evaluate")
 
@@ -65,7 +73,9 @@ def attribute_accuracy(scenes: list[Scene], captions: list[str]) -> dict[str, fl
     return {f"attr_{k}": sum(v) / max(1, len(v)) for k, v in hits.items()}
 
 
-def recall_at_1(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str], group: int = 100):
+def recall_at_1(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str], group: int = 100
+) -> tuple[float, float]:
     """Recall@1 among `group` candidates, both ways. A hit is a retrieved item with the same caption
     (scenes that share a caption are indistinguishable by it)."""
     t2i, i2t = [], []
@@ -80,7 +90,7 @@ def recall_at_1(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[
     return sum(t2i) / max(1, len(t2i)), sum(i2t) / max(1, len(i2t))
 
 
-def evaluate_model(model, n_scenes: int = 1000, chunk: int = 100) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def evaluate_model(model: MultimodalModel, n_scenes: int = 1000, chunk: int = 100) -> dict[str, float]:
     """All held-out metrics of a `MultimodalModel` on `n_scenes` scenes."""
     scenes = [make_scene(HELD_OUT_SEED_START + i) for i in range(n_scenes)]
     images = [render(s) for s in scenes]
@@ -113,14 +123,16 @@ def evaluate_model(model, n_scenes: int = 1000, chunk: int = 100) -> dict[str, f
     return metrics
 
 
-def quick_eval(module, tokenizer, text_tower, n_scenes: int = 200) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def quick_eval(
+    module: MultimodalTransformer, tokenizer: Tokenizer, text_tower: TextTower, n_scenes: int = 200
+) -> dict[str, float]:
     """The held-out metrics of a module being trained (used by model.train for its progress log)."""
     from model.multimodal import BuiltinModel
 
     return evaluate_model(BuiltinModel(module, tokenizer, text_tower), n_scenes=n_scenes)
 
 
-def text_tower_parity(model) -> float:  # type: ignore[no-untyped-def]
+def text_tower_parity(model: MultimodalModel) -> float:
     """Lowest cosine between our text embeddings and sentence-transformers' on the same folder."""
     from sentence_transformers import SentenceTransformer
 
@@ -132,7 +144,7 @@ def text_tower_parity(model) -> float:  # type: ignore[no-untyped-def]
     return float((expected * ours).sum(-1).min())
 
 
-def write_card(metrics: dict[str, float], meta: dict, path: Path = CARD) -> None:  # type: ignore[type-arg]
+def write_card(metrics: dict[str, float], meta: dict[str, Any], path: Path = CARD) -> None:
     template = (Path(__file__).resolve().parent / "MODEL_CARD.template.md").read_text()
     rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in metrics.items())
     path.write_text(template.format(metrics=rows, **meta))

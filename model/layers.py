@@ -90,10 +90,11 @@ class Attention(nn.Module):
             if rope is not None:
                 k = apply_rotary(k, rope)  # cached already rotated: a key's position never changes
             if cache is not None:
-                if not is_cross and cache.k is not None:
+                if not is_cross and cache.k is not None and cache.v is not None:
                     k = torch.cat([cache.k, k], dim=2)
                     v = torch.cat([cache.v, v], dim=2)
                 cache.k, cache.v = k, v
+        assert k is not None and v is not None
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 

@@ -27,6 +27,7 @@ from model.config import ModelConfig
 from model.decoder import Decoder
 from model.generate import DecodeState, ImageEncoding, SequenceSpec, generate_all
 from model.images import to_pixels
+from model.inputs import check_pairs, row_limits
 from model.text import TextTower
 from model.tokenizer import BOS, EOS, PAD, SEP
 from model.vision import VisionEncoder
@@ -57,6 +58,13 @@ class MultimodalTransformer(nn.Module):
         return embedding, torch.cat([cls[:, None], patches], dim=1)
 
 
+def _token_id(tokenizer: Tokenizer, token: str) -> int:
+    found = tokenizer.token_to_id(token)
+    if found is None:
+        raise ValueError(f"the tokenizer has no {token} token")
+    return found
+
+
 class BuiltinModel:
     """The built-in model behind the `MultimodalModel` protocol, and a `StepwiseGenerator`."""
 
@@ -78,7 +86,7 @@ class BuiltinModel:
         self.device, self.dtype = parameter.device, parameter.dtype
         self.dim: int | None = module.config.embed_dim
         self.max_text_tokens = text_tower.max_tokens
-        self._ids = {token: tokenizer.token_to_id(token) for token in (PAD, BOS, EOS, SEP)}
+        self._ids = {token: _token_id(tokenizer, token) for token in (PAD, BOS, EOS, SEP)}
         vision = module.config.vision
         self._context_len = 1 + (vision.image_size // vision.patch_size) ** 2  # CLS + patches
 
@@ -146,7 +154,7 @@ class BuiltinModel:
         self, images: Sequence[Image.Image | PreparedImage], max_new_tokens: int | Sequence[int] = 32
     ) -> list[str]:
         """One caption per image (objects left to right)."""
-        limits = [max_new_tokens] * len(images) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        limits = row_limits(max_new_tokens, len(images))
         return self._generate(images, [self.sequence("caption", None, n) for n in limits])
 
     @torch.inference_mode()
@@ -154,8 +162,7 @@ class BuiltinModel:
         self, images: Sequence[Image.Image | PreparedImage], questions: Sequence[str], max_new_tokens: int = 16
     ) -> list[str]:
         """One answer per (image, question); questions are truncated to `max_question_tokens` tokens."""
-        if len(images) != len(questions):
-            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        check_pairs(images, questions)
         return self._generate(images, [self.sequence("vqa", q, max_new_tokens) for q in questions])
 
     @torch.inference_mode()

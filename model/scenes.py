@@ -6,7 +6,7 @@ size and downsampled (anti-aliased edges), on a lightly tinted gradient backgrou
 small colour jitter, so that the task is not a lookup of exact pixel values.
 
 Everything is a pure function of the seed: `make_scene(seed)` gives the same scene on every machine.
-Training draws seeds from `TRAIN_SEEDS`; evaluation uses seeds from `HELD_OUT_SEED_START` on, which
+Training draws seeds below `HELD_OUT_SEED_START`; evaluation uses seeds from it on, which
 training never touches.
 """
 
@@ -142,17 +142,17 @@ def ask(scene: Scene, family: str, rng: random.Random) -> Question | None:
     if family == "count":
         return Question(family, "how many shapes are there?", NUMBERS[len(objs)])
     if family == "colour":
-        refs = [(o, r) for o in objs if (r := _unique_reference(scene, o)) and r == o.shape]
-        if not refs:
+        named = [(o, r) for o in objs if (r := _unique_reference(scene, o)) and r == o.shape]
+        if not named:
             return None
-        obj, ref = rng.choice(refs)
+        obj, ref = rng.choice(named)
         # scratchpad: the object's column first, the look-up that position questions learn too
         return Question(family, f"what colour is the {ref}?", obj.colour, NUMBERS[column_of(obj) + 1])
     if family == "shape":
-        refs = [o for o in objs if sum(1 for p in objs if p.colour == o.colour) == 1]
-        if not refs:
+        one_of_colour = [o for o in objs if sum(1 for p in objs if p.colour == o.colour) == 1]
+        if not one_of_colour:
             return None
-        obj = rng.choice(refs)
+        obj = rng.choice(one_of_colour)
         return Question(family, f"what shape is the {obj.colour} one?", obj.shape)
     if family == "exists":
         if rng.random() < 0.5:
@@ -168,10 +168,10 @@ def ask(scene: Scene, family: str, rng: random.Random) -> Question | None:
         column = NUMBERS[column_of(match[0]) + 1] if match else NUMBERS[0]
         return Question(family, f"is there a {colour} {shape}?", answer, column)
     if family == "position":
-        refs = [(i, r) for i, o in enumerate(objs) if (r := _unique_reference(scene, o))]
-        if len(refs) < 2:
+        placed = [(i, r) for i, o in enumerate(objs) if (r := _unique_reference(scene, o))]
+        if len(placed) < 2:
             return None
-        (i, a), (j, b) = rng.sample(refs, 2)
+        (i, a), (j, b) = rng.sample(placed, 2)
         relation = rng.choice(("left", "right"))
         actual = "left" if i < j else "right"  # objects are ordered left to right
         # The scratchpad (for `--scratchpad` training) names each object's column ("one" to "four", left

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from model.pooling import mean_pool
 from model.tokens import TokenCounter
 
 
@@ -68,9 +69,7 @@ class TextTower(nn.Module):
                 attention[i, : len(row)] = 1
             input_ids, attention = input_ids.to(device), attention.to(device)
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (n, T, 384)
-            mask = attention.unsqueeze(-1).to(hidden.dtype)  # (n, T, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            chunks.append(F.normalize(pooled.float(), dim=-1))
+            chunks.append(F.normalize(mean_pool(hidden, attention), dim=-1))
         if not chunks:
             return torch.zeros(0, self.dim)
         return torch.cat(chunks).cpu()

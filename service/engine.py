@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from model import ALL_TASKS, MultimodalModel, Task, load_model
+from model import ALL_TASKS, MultimodalModel, Task, load_model, resolve_device
 from model.api import StepwiseGenerator
 from service.errors import NotImplementedTask
 from service.settings import Settings
@@ -55,16 +55,6 @@ class Generated:
     text: str
     finish_reason: str | None = None  # "stop" or "length" (continuous batching knows; whole batches do not)
     tokens: int = 0  # generated tokens (0 when not counted)
-
-
-def resolve_device(spec: str) -> torch.device:
-    """`auto` → the first CUDA device when there is one, else the CPU (with a warning)."""
-    if spec != "auto":
-        return torch.device(spec)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    logger.warning("no CUDA device found: serving on the CPU, which is much slower")
-    return torch.device("cpu")
 
 
 class Engine:
@@ -135,7 +125,7 @@ class Engine:
 
     def stepwise(self, task: Task) -> StepwiseGenerator | None:
         """The model generating `task` step by step (continuous batching), or None: whole batches."""
-        model = self._models.get(task)
+        model: Any = self._models.get(task)
         if self._continuous and task in ("caption", "vqa") and isinstance(model, StepwiseGenerator):
             return model
         return None

@@ -20,14 +20,19 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _Timings(Protocol):
-    queue_ms: float
-    inference_ms: float
-    batch_size: int
+    @property
+    def queue_ms(self) -> float: ...
+    @property
+    def inference_ms(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
 
 
 class _Record(Protocol):
-    task: str
-    timings: _Timings | None
+    @property
+    def task(self) -> str: ...
+    @property
+    def timings(self) -> _Timings | None: ...
 
 
 @dataclass

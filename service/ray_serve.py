@@ -112,4 +112,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """
     settings = dict(args)
     Settings(**settings)  # refuse bad settings here, before any replica starts
-    return MMServe.bind(settings)
+    application: serve.Application = MMServe.bind(settings)  # type: ignore[attr-defined]  # added by @serve.deployment
+    return application

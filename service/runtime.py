@@ -13,11 +13,11 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from model import ALL_TASKS, Task
 from model.api import Update
@@ -30,6 +30,8 @@ from service.scheduler import InferenceThread
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class State(StrEnum):
@@ -162,7 +164,7 @@ class Runtime:
         engine = self.ensure_ready()
         return await self._in_pool(lambda: [engine.prepare_text(task, text) for text in texts])
 
-    async def _in_pool(self, work: Callable[[], Any]) -> Any:
+    async def _in_pool(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, work)
 
     # Results.
@@ -206,7 +208,9 @@ class Runtime:
 
         return queue, sink
 
-    async def stream(self, item: Item[Any, Any], updates: asyncio.Queue[Any], deadline: float) -> AsyncIterator[Update]:
+    async def stream(
+        self, item: Item[Any, Any], updates: asyncio.Queue[Any], deadline: float
+    ) -> AsyncGenerator[Update]:
         """A generation's updates as they are decoded, the last one finished; its error, or 504, if it fails.
 
         The item's future is queued behind its updates when it is done, so its error (or, for a model

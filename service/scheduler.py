@@ -107,7 +107,7 @@ class InferenceThread(threading.Thread):
                 continue
             tasks = [t for t in ("caption", "vqa") if t in engine.tasks and engine.stepwise(t) is model]
             if id(model) not in by_model:
-                limits = {t: self._batchers[t].max_batch_size for t in tasks}
+                limits: dict[Task, int] = {t: self._batchers[t].max_batch_size for t in tasks}
                 by_model[id(model)] = Generation(model, limits, self._cache, self._metrics)
             generations[task] = by_model[id(model)]
         return generations
@@ -139,11 +139,11 @@ class InferenceThread(threading.Thread):
             generation.drop_gone(now)
         due = {task: at for task, at in self._due().items() if at <= now}
         for task in sorted(due, key=lambda t: self._batchers[t].oldest_enqueued_at()):
-            generation = self._generations.get(task)
-            if generation is not None and (room := generation.free_for(task)):
+            joining = self._generations.get(task)
+            if joining is not None and (room := joining.free_for(task)):
                 items = self._batchers[task].take(room)
                 if items:
-                    generation.admit(task, items)
+                    joining.admit(task, items)
         batch_tasks = [task for task in due if task not in self._generations]
         if batch_tasks:
             task = min(batch_tasks, key=lambda t: self._batchers[t].oldest_enqueued_at())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.testing import tiny_checkpoint
+from tests.support.builtin_checkpoint import tiny_checkpoint
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

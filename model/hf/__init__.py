@@ -22,10 +22,11 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from model.api import ModelLoadError, MultimodalModel
+from model.devices import default_dtype, resolve_device
 from model.hf.base import HFAdapter
 from model.hf.blip import load_blip
 from model.hf.dual_encoder import load_dual_encoder
-from model.hf.loading import load_config, read_json, resolve_device, resolve_dtype
+from model.hf.loading import load_config, read_json
 from model.hf.sentence import load_sentence_transformer
 from model.hf.vlm import load_image_text_to_text
 
@@ -52,7 +53,7 @@ def load_hf_model(
     below the model's own limit. Raises `ModelLoadError`, naming the model, when it cannot be loaded.
     """
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(torch_device, dtype)
+    torch_dtype = dtype or default_dtype(torch_device)
     adapter = _load(name, torch_device, torch_dtype, caption_prompt, max_text_tokens)
     logger.info("loaded %r on %s in %s", adapter, torch_device, torch_dtype)
     return adapter

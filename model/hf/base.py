@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from transformers import GenerationMixin, PreTrainedModel
 
 from model.api import Task, UnsupportedTask
 
@@ -70,14 +71,14 @@ class HFAdapter:
         raise self._refuse("embed_text")
 
 
-def row_limits(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
-    """One new-token limit per row, from one limit for all or one per row."""
-    limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
-    if len(limits) != n:
-        raise ValueError(f"got {len(limits)} max_new_tokens values for {n} inputs")
-    if any(m < 0 for m in limits):
-        raise ValueError(f"max_new_tokens must be >= 0, got {limits}")
-    return limits
+def generate(model: PreTrainedModel, **kwargs: Any) -> torch.Tensor:
+    """`model.generate(**kwargs)`'s token ids (transformers types `generate` only on its generating classes)."""
+    if not isinstance(model, GenerationMixin):
+        raise TypeError(f"{type(model).__name__} does not generate")
+    out = model.generate(**kwargs)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"generate gave a {type(out).__name__}, not token ids")
+    return out
 
 
 def cut_rows(new_tokens: torch.Tensor, limits: Sequence[int], eos_ids: Iterable[int]) -> list[list[int]]:

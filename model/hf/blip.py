@@ -25,8 +25,9 @@ from transformers import (
     ProcessorMixin,
 )
 
-from model.hf.base import HFAdapter, cut_rows, eos_token_ids, row_limits, to_device
+from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
+from model.inputs import check_pairs, row_limits
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class BlipCaptioner(HFAdapter):
         inputs = to_device(inputs, self.device, self.dtype)
         # BLIP replaces [CLS] with [DEC] and drops the final [SEP]: the decoder's prompt is [DEC] + prompt.
         prompt_len = inputs["input_ids"].shape[1] - 1 if self.prompt else 1
-        out = self.model.generate(**inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1)
+        out = generate(self.model, **inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1)
         rows = cut_rows(out[:, prompt_len:], limits, self.eos_ids)
         prefix = out[0, :prompt_len].tolist()
         return [self.processor.decode(prefix + row, skip_special_tokens=True).strip() for row in rows]
@@ -81,8 +82,7 @@ class BlipQuestionAnswerer(HFAdapter):
         self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16
     ) -> list[str]:
         """One answer per (image, question) pair."""
-        if len(images) != len(questions):
-            raise ValueError(f"got {len(images)} images and {len(questions)} questions")
+        check_pairs(images, questions)
         if not images:
             return []
         # Questions of one token length at a time: no padding, so a batch answers as single calls do.
@@ -110,9 +110,7 @@ class BlipQuestionAnswerer(HFAdapter):
             return_tensors="pt",
         )
         inputs = to_device(inputs, self.device, self.dtype)
-        out = self.model.generate(
-            **inputs, max_new_tokens=max(1, max_new_tokens), do_sample=False, num_beams=1
-        )
+        out = generate(self.model, **inputs, max_new_tokens=max(1, max_new_tokens), do_sample=False, num_beams=1)
         rows = cut_rows(out[:, 1:], [max_new_tokens] * len(images), self.eos_ids)  # after the [DEC] start
         return [self.processor.decode(row, skip_special_tokens=True).strip() for row in rows]
 

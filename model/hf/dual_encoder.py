@@ -38,7 +38,9 @@ class DualEncoder(HFAdapter):
         super().__init__(
             name, model.device, model.dtype, frozenset({"embed_text", "embed_image"}), max_text_tokens
         )
-        self.model = model
+        # any CLIP-style class: transformers declares get_text_features / get_image_features on each one,
+        # not on a common base, so the checker cannot see them on PreTrainedModel
+        self.model: Any = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.padding: bool | str = "max_length" if model.config.model_type in FIXED_LENGTH_TEXT else True

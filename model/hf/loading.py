@@ -14,32 +14,20 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoProcessor, PretrainedConfig, PreTrainedModel
-from transformers.utils import cached_file
+from transformers.utils.hub import cached_file
 
 from model.api import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    return torch.device(device)
-
-
-def resolve_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
-    """`dtype`, or the default: bf16 on CUDA (fp16 on GPUs without bf16), fp32 elsewhere."""
-    if dtype is not None:
-        return dtype
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def load_config(name: str) -> PretrainedConfig:
     """The checkpoint's config; `ModelLoadError` naming the model if it cannot be found or read."""
     try:
-        return AutoConfig.from_pretrained(name)
+        config: PretrainedConfig = AutoConfig.from_pretrained(name)
     except (OSError, ValueError, KeyError) as e:  # not found, offline with an empty cache, unknown model_type
         raise ModelLoadError(f"cannot load model {name!r}{_where(name)}: {one_line(e)}") from e
+    return config
 
 
 def load_processor(name: str, loader: Any = AutoProcessor, **kwargs: Any) -> Any:
@@ -91,14 +79,18 @@ def load_pretrained(
     """Weights onto `device` in `dtype`, in eval mode, with SDPA attention where the architecture has it."""
     try:
         try:
-            model = model_class.from_pretrained(name, dtype=dtype, attn_implementation="sdpa", **kwargs)
+            model: PreTrainedModel = model_class.from_pretrained(
+                name, dtype=dtype, attn_implementation="sdpa", **kwargs
+            )
         except (ValueError, ImportError) as e:  # this architecture has no SDPA path: use its default
             logger.info("model %s: SDPA attention unavailable (%s); using the default attention", name, e)
             model = model_class.from_pretrained(name, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the weights of model {name!r}: {one_line(e)}") from e
-    model.to(device)
-    return model.eval()
+    # transformers wraps `to` and `eval` (functools.wraps), and the checker then reads `device` as `self`
+    model.to(device)  # type: ignore[arg-type]
+    model.eval()
+    return model
 
 
 def text_position_limit(config: PretrainedConfig, default: int = 512) -> int:

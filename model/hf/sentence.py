@@ -28,6 +28,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from model.api import ModelLoadError
 from model.hf.base import HFAdapter, empty_embedding, normalized_cpu, to_device
 from model.hf.loading import find_file, load_pretrained, load_processor, read_json, text_position_limit
+from model.pooling import mean_pool
 from model.tokens import TokenCounter
 
 logger = logging.getLogger(__name__)
@@ -107,8 +108,10 @@ def read_pipeline(name: str, modules: list[dict[str, str]]) -> SentencePipeline:
 
 def default_prompt(name: str) -> str:
     """The prompt sentence-transformers puts before every text by default ("" for most models)."""
-    config = read_json(name, "config_sentence_transformers.json") or {}
-    prompt_name = config.get("default_prompt_name") if isinstance(config, dict) else None
+    config = read_json(name, "config_sentence_transformers.json")
+    if not isinstance(config, dict):
+        return ""
+    prompt_name = config.get("default_prompt_name")
     return str(config.get("prompts", {}).get(prompt_name) or "") if prompt_name else ""
 
 
@@ -125,7 +128,7 @@ def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, modes: Se
         elif mode == "max":
             pooled.append(x.masked_fill(mask == 0, float("-inf")).max(dim=1).values)
         elif mode == "mean":
-            pooled.append((x * mask).sum(dim=1) / count)
+            pooled.append(mean_pool(token_embeddings, attention_mask))
         elif mode == "mean_sqrt_len_tokens":
             pooled.append((x * mask).sum(dim=1) / count.sqrt())
         elif mode == "weightedmean":

@@ -20,8 +20,9 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
 from model.api import ModelLoadError
-from model.hf.base import HFAdapter, cut_rows, eos_token_ids, row_limits, to_device
+from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
+from model.inputs import check_pairs, row_limits
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ class ImageTextToText(HFAdapter):
         self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16
     ) -> list[str]:
         """One answer per (image, question) pair."""
-        if len(images) != len(questions):
-            raise ValueError(f"got {len(images)} images and {len(questions)} questions")
+        check_pairs(images, questions)
         texts = [self._user_text(q) for q in questions]
         return self._generate(images, texts, row_limits(max_new_tokens, len(images)))
 
@@ -85,7 +85,7 @@ class ImageTextToText(HFAdapter):
     def _generate(self, images: Sequence[Image.Image], texts: Sequence[str], limits: list[int]) -> list[str]:
         if not images:
             return []
-        conversations = [
+        conversations: list[list[dict[str, Any]]] = [
             [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
             for image, text in zip(images, texts, strict=True)
         ]
@@ -98,8 +98,8 @@ class ImageTextToText(HFAdapter):
             processor_kwargs={"padding": True},
         )
         inputs = to_device(inputs, self.device, self.dtype)
-        out = self.model.generate(
-            **inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1, pad_token_id=self.pad_id
+        out = generate(
+            self.model, **inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1, pad_token_id=self.pad_id
         )
         # the generated tokens follow the decoder's start token, or the whole (left-padded) prompt
         start = 1 if self.encoder_decoder else inputs["input_ids"].shape[1]

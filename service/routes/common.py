@@ -86,7 +86,7 @@ def timings(record: RequestRecord, items: Sequence[Item[Any, Any]]) -> Timings:
     return record.timings
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # type: ignore[assignment]  # (the union's key types)
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "The bytes are not a decodable image, or the format is not supported",

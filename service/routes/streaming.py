@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,7 +25,7 @@ from service.errors import ClientDisconnected, ServiceError
 logger = logging.getLogger(__name__)
 
 
-async def first_update(updates: AsyncIterator[Update], disconnected: Callable[[], Awaitable[None]]) -> Update:
+async def first_update(updates: AsyncGenerator[Update], disconnected: Callable[[], Awaitable[None]]) -> Update:
     """The stream's first update; a client that leaves before it drops the request."""
     getter = asyncio.ensure_future(anext(updates))
     watcher = asyncio.ensure_future(disconnected())
@@ -45,7 +45,7 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 async def event_stream(
-    first: Update, updates: AsyncIterator[Update], reply: Callable[[str], dict[str, Any]]
+    first: Update, updates: AsyncGenerator[Update], reply: Callable[[str], dict[str, Any]]
 ) -> AsyncIterator[bytes]:
     """The events of one generation; `reply(text)` is the final event's body (the non-streamed response)."""
     index = 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from service.testing import REPO_ROOT, free_port
+from tests.support.server import REPO_ROOT, free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
 

@@ -19,7 +19,7 @@ import yaml
 
 from service.app import create_app
 from service.settings import Settings
-from service.testing import REPO_ROOT
+from tests.support.server import REPO_ROOT
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="in the test extra")
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from service.settings import Settings
-from service.testing import REPO_ROOT
+from tests.support.server import REPO_ROOT
 
 schema = pytest.importorskip("ray.serve.schema", reason="needs the ray extra: pip install -e '.[ray]'")
 

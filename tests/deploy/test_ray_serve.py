@@ -26,8 +26,8 @@ pytest.importorskip("ray.serve", reason="needs the ray extra: pip install -e '.[
 psutil = pytest.importorskip("psutil")
 
 from service.ray_serve import REPLICA_HEADER  # noqa: E402
-from service.testing import REPO_ROOT, ServerProcess, encode_image, free_port, noise_image  # noqa: E402
 from tests.deploy.ray_cluster import LocalRayCluster, wait_for_http  # noqa: E402
+from tests.support.server import REPO_ROOT, ServerProcess, encode_image, free_port, noise_image  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from model import MultimodalModel
-from service.testing import REPO_ROOT, ServerProcess, encode_image, free_port, noise_image
+from tests.support.server import REPO_ROOT, ServerProcess, encode_image, free_port, noise_image
 
 pytestmark = [pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.testing import ServerProcess, encode_image, error_of, noise_image
+from tests.support.server import ServerProcess, encode_image, error_of, noise_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model import MultimodalModel
-from service.testing import ServerProcess, encode_image, noise_image
+from tests.support.server import ServerProcess, encode_image, noise_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model import MultimodalModel, load_model
-from service.testing import ServerProcess
+from tests.support.server import ServerProcess
 
 # The server logs at debug level, so that a test can check that no request body reaches any log line.
 MARKER = "body-marker-5f3c9a"

@@ -8,7 +8,7 @@ import zlib
 
 from PIL import Image
 
-from service.testing import encode_image, noise_image, solid_image
+from tests.support.server import encode_image, noise_image, solid_image
 
 # One small real file per accepted format, to cut and corrupt.
 REAL_IMAGES = {

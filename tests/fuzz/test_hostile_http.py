@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from model import MultimodalModel
-from service.testing import ServerProcess, encode_image, noise_image
 from tests.fuzz.conftest import MARKER
 from tests.fuzz.images import animated, ico, png_claiming
+from tests.support.server import ServerProcess, encode_image, noise_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

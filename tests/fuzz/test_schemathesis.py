@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.testing import ServerProcess
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 

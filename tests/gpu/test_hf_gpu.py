@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from model.hf import load_hf_model
-from model.hf.testing import BUILDERS, build_all, sample_images
+from tests.support.hf_checkpoints import BUILDERS, build_all, sample_images
 
 pytestmark = [
     pytest.mark.gpu,

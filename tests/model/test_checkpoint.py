@@ -6,7 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from model.checkpoint import is_builtin_checkpoint, load_builtin, load_module
 from model.scenes import make_scene, render
-from model.testing import tiny_checkpoint
+from tests.support.builtin_checkpoint import tiny_checkpoint
 
 
 def test_round_trip_gives_identical_outputs(tmp_path, tiny_model, text_tower) -> None:
@@ -50,3 +50,18 @@ def test_dtype_placement(tmp_path, text_tower) -> None:
     model = load_builtin(folder, "cpu", torch.bfloat16, text_tower=text_tower)
     assert model.dtype == torch.bfloat16
     assert model.embed_image([render(make_scene(1))]).dtype == torch.float32
+
+
+def test_loading_a_checkpoint_leaves_the_scene_generator_and_training_out(tiny_checkpoint_dir) -> None:
+    """Serving reads the tokenizer from tokenizer.json: it never imports what builds one, nor training."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from model import load_model; load_model(sys.argv[1]); from service.app import create_app; "
+        "print(sorted(m for m in sys.modules if m == 'model.scenes' or m.startswith('model.train')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_checkpoint_dir)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout

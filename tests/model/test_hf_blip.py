@@ -10,7 +10,7 @@ from transformers import AutoProcessor, BlipForConditionalGeneration, BlipForQue
 
 from model.api import MultimodalModel, UnsupportedTask
 from model.hf import load_hf_model
-from model.hf.testing import build_blip_captioning, build_blip_vqa, sample_images
+from tests.support.hf_checkpoints import build_blip_captioning, build_blip_vqa, sample_images
 
 IMAGES = sample_images(5)
 QUESTIONS = [

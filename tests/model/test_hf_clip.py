@@ -11,7 +11,7 @@ from transformers import AutoProcessor, CLIPModel, SiglipModel
 
 from model.api import MultimodalModel, UnsupportedTask
 from model.hf import load_hf_model
-from model.hf.testing import build_clip, build_siglip, sample_images
+from tests.support.hf_checkpoints import build_clip, build_siglip, sample_images
 
 IMAGES = sample_images(5)
 TEXTS = [

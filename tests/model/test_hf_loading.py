@@ -12,9 +12,10 @@ import torch
 from transformers import BertConfig, BertModel
 
 from model.api import ModelLoadError
-from model.hf import load_hf_model, testing
-from model.hf.base import cut_rows, row_limits
-from model.hf.loading import resolve_dtype
+from model.hf import load_hf_model
+from model.hf.base import cut_rows
+from model.inputs import row_limits
+from tests.support import hf_checkpoints
 
 MISSING_HUB_ID = "mmserve-tests/no-such-model-anywhere"
 
@@ -64,14 +65,6 @@ def test_unsupported_architecture_is_refused_clearly(tmp_path: Path) -> None:
         load_hf_model(str(tmp_path / "bert"))
 
 
-def test_default_dtype_is_fp32_on_cpu_and_bf16_on_cuda() -> None:
-    assert resolve_dtype(torch.device("cpu"), None) == torch.float32
-    assert resolve_dtype(torch.device("cpu"), torch.bfloat16) == torch.bfloat16
-    if torch.cuda.is_available():
-        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        assert resolve_dtype(torch.device("cuda"), None) == expected
-
-
 def test_row_limits_and_cutting() -> None:
     assert row_limits(3, 2) == [3, 3]
     assert row_limits([1, 4], 2) == [1, 4]
@@ -84,7 +77,7 @@ def test_row_limits_and_cutting() -> None:
 
 
 def test_every_tiny_family_builds_from_the_command_line_and_is_detected(tmp_path: Path) -> None:
-    testing.main([str(tmp_path)])
+    hf_checkpoints.main([str(tmp_path)])
     expected_tasks = {
         "blip-captioning": {"caption"},
         "blip-vqa": {"vqa"},
@@ -93,6 +86,6 @@ def test_every_tiny_family_builds_from_the_command_line_and_is_detected(tmp_path
         "llava": {"caption", "vqa"},
         "sentence-transformer": {"embed_text"},
     }
-    assert set(expected_tasks) == set(testing.BUILDERS)
+    assert set(expected_tasks) == set(hf_checkpoints.BUILDERS)
     for family, tasks in expected_tasks.items():
         assert load_hf_model(str(tmp_path / family)).tasks == tasks, family

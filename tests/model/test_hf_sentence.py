@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 from model.api import ModelLoadError, MultimodalModel, UnsupportedTask
 from model.hf import load_hf_model
 from model.hf.sentence import pool
-from model.hf.testing import build_sentence_transformer, sample_images
+from tests.support.hf_checkpoints import build_sentence_transformer, sample_images
 
 SENTENCES = [
     "A man is eating food.",

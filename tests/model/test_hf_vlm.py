@@ -10,8 +10,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from model.api import MultimodalModel, UnsupportedTask
 from model.hf import load_hf_model
-from model.hf.testing import build_llava, sample_images
 from model.hf.vlm import DEFAULT_CAPTION_INSTRUCTION
+from tests.support.hf_checkpoints import build_llava, sample_images
 
 IMAGES = sample_images(5)
 QUESTIONS = [

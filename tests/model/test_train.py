@@ -7,8 +7,8 @@ from model.checkpoint import load_builtin
 from model.config import PRESETS
 from model.multimodal import MultimodalTransformer
 from model.scenes import make_scene, render
-from model.tokenizer import build_tokenizer
 from model.train import Batches, TrainConfig, losses, lr_at, max_objects_at, train
+from model.train.vocabulary import build_tokenizer
 
 
 def _config(steps: int) -> TrainConfig:
@@ -211,3 +211,19 @@ def test_mmserve_train_runs_stage_after_stage(tmp_path, text_tower) -> None:
     main(["--stage", "colour", *common, "--out", str(tmp_path / "model")])  # the last stage: the finished model
     model = load_builtin(tmp_path / "model", text_tower=text_tower)
     assert len(model.answer([render(make_scene(1))], ["what colour is the circle?"])) == 1
+
+
+def test_a_training_step_builds_every_tensor_on_the_batch_device() -> None:
+    """The model and the batch on `meta`: any tensor made on the CPU in the step fails it (as it would on CUDA)."""
+    from model.train.data import to_device
+    from model.train.loop import make_optimizer, train_step
+
+    meta = torch.device("meta")
+    config = _config(10)
+    module = MultimodalTransformer(PRESETS["tiny"]).to(meta)
+    batch = to_device(Batches(config, build_tokenizer())(0), meta)
+    text = torch.empty(len(batch["captions"]), 384, device=meta)
+    parts = train_step(module, make_optimizer(module, config), batch, text, config)
+    assert set(parts) == {"caption", "answer", "contrastive", "align"}
+    assert all(part.device == meta and part.shape == () for part in parts.values())
+    assert all(p.grad is not None and p.grad.device == meta for p in module.parameters() if p.requires_grad)

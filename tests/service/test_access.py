@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from service.settings import Settings
-from service.testing import error_of
 from tests.service.conftest import Serve
+from tests.support.server import error_of
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,7 @@ from model import MultimodalModel, load_model
 from model.generate import DecodeState
 from model.multimodal import BuiltinModel
 from service import Settings, create_app
-from service.testing import encode_image, free_port, noise_image
+from tests.support.server import encode_image, free_port, noise_image
 
 pytestmark = pytest.mark.anyio
 

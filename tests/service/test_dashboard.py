@@ -8,7 +8,7 @@ import re
 import yaml
 
 from service.metrics import Metrics
-from service.testing import REPO_ROOT
+from tests.support.server import REPO_ROOT
 
 DOCKER = REPO_ROOT / "docker"
 

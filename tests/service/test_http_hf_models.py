@@ -16,9 +16,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoProcessor, BlipForConditionalGeneration, BlipForQuestionAnswering
 
-from model.hf.testing import build_blip_captioning, build_blip_vqa, sample_images
 from model.text import minilm_path
-from service.testing import encode_image
+from tests.support.hf_checkpoints import build_blip_captioning, build_blip_vqa, sample_images
+from tests.support.server import encode_image
 
 pytestmark = pytest.mark.anyio
 

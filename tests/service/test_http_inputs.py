@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from service.testing import encode_image, error_of, solid_image, validation_messages
+from tests.support.server import encode_image, error_of, solid_image, validation_messages
 
 pytestmark = pytest.mark.anyio
 

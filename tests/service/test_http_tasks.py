@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model import MultimodalModel
-from service.testing import encode_image, noise_image, solid_image
+from tests.support.server import encode_image, noise_image, solid_image
 
 pytestmark = pytest.mark.anyio
 

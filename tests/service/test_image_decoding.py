@@ -10,7 +10,7 @@ from PIL import Image
 
 from service.errors import InvalidImage, PayloadTooLarge
 from service.images import decode_image
-from service.testing import encode_image, solid_image
+from tests.support.server import encode_image, solid_image
 
 LIMIT = 40_000_000
 

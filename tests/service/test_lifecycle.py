@@ -16,8 +16,8 @@ import service.engine
 from model import MultimodalModel, load_model
 from model.api import PreparedImage
 from service.errors import ClientDisconnected
-from service.testing import encode_image, error_of, noise_image, solid_image
 from tests.service.conftest import wait_for_status
+from tests.support.server import encode_image, error_of, noise_image, solid_image
 
 pytestmark = pytest.mark.anyio
 

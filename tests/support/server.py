@@ -25,7 +25,7 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def encode_image(image: Image.Image, format: str = "PNG", **params: Any) -> bytes:

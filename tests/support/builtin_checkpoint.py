@@ -9,7 +9,7 @@ import torch
 from model.checkpoint import save_checkpoint
 from model.config import PRESETS
 from model.multimodal import MultimodalTransformer
-from model.tokenizer import build_tokenizer
+from model.train.vocabulary import build_tokenizer
 
 
 def tiny_checkpoint(directory: Path, seed: int = 0, init_std: float = 0.2) -> Path:

@@ -9,7 +9,7 @@ Weights are random but seeded, and initialised wider than the library default (`
 so that greedy outputs depend on the image: with the default 0.02 a tiny model says the same thing
 for every input, which would make parity tests vacuous.
 
-    python -m model.hf.testing /tmp/tiny-hf     # builds every family under that folder
+    python -m tests.support.hf_checkpoints /tmp/tiny-hf     # builds every family under that folder
 """
 
 from __future__ import annotations
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        raise SystemExit("usage: python -m model.hf.testing OUT_DIR")
+        raise SystemExit("usage: python -m tests.support.hf_checkpoints OUT_DIR")
     for family, folder in build_all(Path(args[0])).items():
         logger.info("%s: MMSERVE_MODEL=%s", family, folder)
 

@@ -1,0 +1,70 @@
+"""What a training stage is: its settings, its schedules (learning rate, curriculum), and the shipped stages."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from model.scenes import MAX_OBJECTS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "base"
+    steps: int = 3400
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.02  # cosine decay ends at lr * this
+    schedule_steps: int | None = None  # the cosine is planned for this many steps (default: `steps`)
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    contrastive_weight: float = 0.5
+    questions_per_image: int = 3  # VQA rows per image and step (each image is encoded once for all)
+    family_weights: tuple[tuple[str, float], ...] = ()  # favour some question families (empty: uniform)
+    # families whose answers come after what `Question.scratchpad` says (objects' columns, relation)
+    scratchpad: tuple[str, ...] = ()
+    seed: int = 0
+    eval_every: int = 500  # steps between quick held-out checks (per-attribute accuracy in the log)
+    checkpoint_every: int = 200
+    eval_scenes: int = 200  # held-out scenes per quick check (at least 100: recall is among 100)
+    # curriculum: fraction of training done → most objects per scene
+    curriculum: tuple[tuple[float, int], ...] = ((0.06, 1), (0.15, 2), (0.3, 3), (1.0, 4))
+
+
+# what the stages after the first share: half the base learning rate, a short warm-up, and full scenes
+# from the first step (the base stage has been through the curriculum already)
+_FROM_BASE = TrainConfig(lr=5e-4, warmup_steps=30, eval_every=350, curriculum=((1.0, MAX_OBJECTS),))
+
+# The shipped recipe: its stages in order, each a full TrainConfig (`TrainConfig()` is the base stage).
+STAGES: dict[str, TrainConfig] = {
+    "base": TrainConfig(),
+    "position": replace(
+        _FROM_BASE,
+        steps=1400,
+        schedule_steps=2000,  # stops before the cosine anneals: the colour stage goes on at full rate
+        scratchpad=("position",),
+        family_weights=(("position", 4.0),),
+    ),
+    "colour": replace(
+        _FROM_BASE,
+        steps=700,
+        scratchpad=("position", "colour"),
+        family_weights=(("colour", 4.0), ("position", 2.0)),
+    ),
+}
+
+
+def max_objects_at(config: TrainConfig, step: int) -> int:
+    """The curriculum: the most objects a scene may hold at `step`."""
+    progress = step / config.steps
+    return next(n for until, n in config.curriculum if progress < until or until >= 1.0)
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then a cosine from `lr` down to `lr * min_lr_ratio` over the planned steps."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    planned = config.schedule_steps or config.steps
+    progress = (step - config.warmup_steps) / max(1, planned - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
