@@ -7,9 +7,9 @@ that names the parameter.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, model_validator
 
 from service.schemas import _settings
 
@@ -27,7 +27,9 @@ class ImageInput(BaseModel):
     image_url: ImageURL
 
 
-InputItem = str | ImageInput | int | list[int]
+# A text to embed: the schema says non-empty (the validator below says so to the client, with the index).
+Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]
+InputItem = Text | ImageInput | int | list[int]
 
 
 class EmbeddingRequest(BaseModel):
@@ -38,7 +40,7 @@ class EmbeddingRequest(BaseModel):
         json_schema_extra={"examples": [{"model": "mmserve-builtin", "input": ["a red circle", "a blue square"]}]},
     )
 
-    input: str | list[InputItem] = Field(
+    input: Text | Annotated[list[InputItem], Field(min_length=1)] = Field(
         description="A text, or a list of texts and image items {type: image_url, image_url: {url: data URL}}"
     )
     model: str = Field(description="The embedding model's id, as GET /v1/models lists it")

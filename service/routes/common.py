@@ -130,3 +130,21 @@ def _not_null(field: dict[str, Any]) -> dict[str, Any]:
     branches = [branch for branch in field.get("anyOf", []) if branch.get("type") != "null"]
     others = {key: value for key, value in field.items() if key != "anyOf" and not (key == "default" and value is None)}
     return {**branches[0], **others} if len(branches) == 1 else others
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a JSON body read by the route itself (so FastAPI does not document it), refs inlined."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
