@@ -1,7 +1,7 @@
 """The in-process limit: a Python loop calling the model's batched call, no HTTP, no queue.
 
-Run by the suite as its own process: `python -m bench.limit --workload W --kind embed --batch-sizes 1 8
---duration-s 5`. For each batch size it prints one JSON line: items/s, and the latency percentiles of
+Run by the suite as its own process: `python -m bench.limit --workload W --kinds embed caption --batch-sizes 1 8
+--duration-s 5`. For each kind and batch size it prints one JSON line: items/s, and the latency percentiles of
 one batch call (what every item of that batch waits). Its first batch is checked against the
 expected answers (mismatches are reported as errors): the limit does the same work the servers do.
 """
@@ -70,7 +70,7 @@ def measure(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", type=Path, required=True)
-    parser.add_argument("--kind", choices=["embed", "caption"], required=True)
+    parser.add_argument("--kinds", choices=["embed", "caption"], nargs="+", required=True)
     parser.add_argument("--batch-sizes", type=int, nargs="+", required=True)
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--device", default="cpu")
@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     from model import load_model
 
     model = load_model("builtin", device=args.device)
-    requests = load(args.workload)[args.kind]
-    for batch_size in args.batch_sizes:
-        print(json.dumps(measure(model, args.kind, requests, batch_size, args.duration_s, args.tolerance)), flush=True)
+    workload = load(args.workload)
+    for kind in args.kinds:
+        for batch_size in args.batch_sizes:
+            result = measure(model, kind, workload[kind], batch_size, args.duration_s, args.tolerance)
+            print(json.dumps({"kind": kind, **result}), flush=True)
     sys.stdout.flush()
 
 

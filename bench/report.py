@@ -30,13 +30,13 @@ class MemoryPoint:
     errors: int
 
 
-def limit_cell(endpoint: str, line: str, run: int) -> Cell:
+def limit_cell(line: str, run: int) -> Cell:
     """A cell from one JSON line of `bench.limit`: items/s, and a batch call's latency percentiles."""
     raw = json.loads(line)
     batch = WrkResult(0, 0, 0, 0, 1.0, raw["batch_ms"])
     return Cell(
         "limit",
-        endpoint,
+        f"/{raw['kind']}",
         "closed",
         raw["batch_size"],
         raw["items_per_s"],

@@ -1,6 +1,6 @@
 """Superseded by `bench/suite.py` (wrk-driven, every response verified, peers side by side); kept as an alias.
 
-    python bench/serve_bench.py --quick    # the same as: python bench/suite.py --quick
+python bench/serve_bench.py --quick    # the same as: python bench/suite.py --quick
 """
 
 from __future__ import annotations

@@ -115,6 +115,11 @@ class Server:
             time.sleep(0.1)
         raise TimeoutError(f"{self.spec.key} was not ready within {self.ready_timeout_s} s:\n{self.log()}")
 
+    def post(self, path: str, body: str, timeout_s: float = 300.0) -> None:
+        """One request, waited for (its answer is not checked: wrk's cells check answers)."""
+        headers = {"content-type": "application/json"}
+        httpx.post(f"{self.url}{path}", content=body, headers=headers, timeout=timeout_s)
+
     def rss_bytes(self) -> int:
         assert self.process is not None
         return rss_bytes(self.process.pid)

@@ -32,14 +32,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from bench import report, wrk
 from bench.measurements import Cell, from_wrk
 from bench.servers import REPO_ROOT, Server, ServerSpec, specs
-from bench.workload import ENDPOINT_KIND, Kind, build, save, write_lua
+from bench.workload import ENDPOINT_KIND, build, save, write_lua
 
 logger = logging.getLogger("bench")
 
 ENDPOINTS = ("/embed", "/caption")
 CAPTION_CLIENTS = 24  # "an embedding's p50 while 24 clients caption"
 FULL = {"duration_s": 10.0, "warmup_s": 2.0, "concurrency": [1, 8, 32, 64, 128], "memory": [1000, 20000]}
-QUICK = {"duration_s": 1.0, "warmup_s": 0.5, "concurrency": [1, 32], "memory": [200, 1000]}
+QUICK = {"duration_s": 1.0, "warmup_s": 0.5, "concurrency": [1, 32], "memory": [100, 500]}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,6 +91,7 @@ class Suite:
         self.memory: list[report.MemoryPoint] = []
         self.notes: list[str] = []
         self.lua: dict[str, Path] = {}
+        self.probes: dict[str, str] = {}
         self.workload = workdir / "workload.json"
         self.progress = tqdm(total=self._steps(), unit="cell", dynamic_ncols=True)
 
@@ -125,6 +126,7 @@ class Suite:
         del model
         gc.collect()
         save(requests, self.workload)
+        self.probes = {endpoint: requests[ENDPOINT_KIND[endpoint]][0].body for endpoint in ENDPOINTS}
         for endpoint in ENDPOINTS:
             kind = ENDPOINT_KIND[endpoint]
             self.lua[endpoint] = write_lua(requests[kind], self.workdir / f"{kind}.lua", self.args.tolerance)
@@ -156,21 +158,20 @@ class Suite:
         self.progress.close()
 
     def limit(self, run: int) -> None:
-        for endpoint in self.args.endpoints:
-            kind: Kind = ENDPOINT_KIND[endpoint]
-            self._step(f"limit {endpoint}")
-            command = [
-                sys.executable, "-m", "bench.limit", "--workload", str(self.workload), "--kind", kind,
-                "--batch-sizes", *map(str, self.args.concurrency), "--duration-s", str(self.args.duration_s),
-                "--device", self.args.device, "--tolerance", str(self.args.tolerance),
-            ]  # fmt: skip
-            with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True) as process:
-                assert process.stdout is not None
-                for line in process.stdout:
-                    self.cells.append(report.limit_cell(endpoint, line, run))
-                    self.progress.update()
-            if process.returncode != 0:
-                raise RuntimeError(f"bench.limit exited with {process.returncode}")
+        self._step("limit")
+        kinds = [ENDPOINT_KIND[endpoint] for endpoint in self.args.endpoints]
+        command = [
+            sys.executable, "-m", "bench.limit", "--workload", str(self.workload), "--kinds", *kinds,
+            "--batch-sizes", *map(str, self.args.concurrency), "--duration-s", str(self.args.duration_s),
+            "--device", self.args.device, "--tolerance", str(self.args.tolerance),
+        ]  # fmt: skip
+        with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True) as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                self.cells.append(report.limit_cell(line, run))
+                self.progress.update()
+        if process.returncode != 0:
+            raise RuntimeError(f"bench.limit exited with {process.returncode}")
 
     def http(self, server: Server, run: int) -> None:
         key, args = server.spec.key, self.args
@@ -179,6 +180,7 @@ class Suite:
                 self._step(f"{key} {endpoint} c={concurrency}")
                 result = wrk.run(server.url, self.lua[endpoint], concurrency, args.warmup_s, args.duration_s)
                 self._add(from_wrk(key, endpoint, "closed", concurrency, result, run))
+                self.settle(server)
         for endpoint in self._open_endpoints():
             rate = args.rates[endpoint]
             self._step(f"{key} {endpoint} {rate:g}/s")
@@ -186,6 +188,7 @@ class Suite:
                 server.url, self.lua[endpoint], args.open_connections, args.warmup_s, args.duration_s, rate=rate
             )
             self._add(from_wrk(key, endpoint, "open", rate, result, run))
+            self.settle(server)
         if self._mixed():
             self.embed_under_captions(server, run)
 
@@ -201,9 +204,15 @@ class Suite:
             load = captions.result()
         self._add(from_wrk(key, "/embed", "busy", 1, busy, run))
         self.cells.append(from_wrk(key, "/caption", "load", CAPTION_CLIENTS, load, run))
+        self.settle(server)
         self._step(f"{key} /embed alone")
         alone = wrk.run(server.url, self.lua["/embed"], 1, args.warmup_s, args.duration_s)
         self._add(from_wrk(key, "/embed", "alone", 1, alone, run))
+
+    def settle(self, server: Server) -> None:
+        """Wait until the requests wrk left behind are served: one request per endpoint, answered in turn."""
+        for endpoint in self.args.endpoints:
+            server.post(endpoint, self.probes[endpoint])
 
     def measure_memory(self) -> None:
         """RSS of a fresh mmserve (defaults) after N1 and N2 verified requests, /embed and /caption alternating."""
