@@ -201,7 +201,7 @@ def markdown(
     return "\n".join(header + body)
 
 
-def plot(cells: Iterable[Cell], path: Path) -> bool:
+def plot(cells: Iterable[Cell], path: Path, title: str = "") -> bool:
     """Throughput and p99 against concurrency, a line per server, a column per endpoint (False: no matplotlib)."""
     try:
         import matplotlib
@@ -215,13 +215,15 @@ def plot(cells: Iterable[Cell], path: Path) -> bool:
     if not endpoints:
         return False
     figure, axes = plt.subplots(2, len(endpoints), figsize=(6 * len(endpoints), 8), squeeze=False)
+    colours = {server: f"C{i}" for i, server in enumerate(specs("cpu"))}  # one colour per server in every panel
     for column, endpoint in enumerate(endpoints):
         for server in dict.fromkeys(c.server for c in closed if c.endpoint == endpoint):
             points = sorted((c for c in closed if c.endpoint == endpoint and c.server == server), key=lambda c: c.load)
             loads = [c.load for c in points]
-            axes[0][column].plot(loads, [c.requests_per_s for c in points], marker="o", label=server)
+            style = {"marker": "o", "label": server, "color": colours.get(server)}
+            axes[0][column].plot(loads, [c.requests_per_s for c in points], **style)
             if server != "limit":  # the limit's latency is a batch call, not a request
-                axes[1][column].plot(loads, [c.p99_ms for c in points], marker="o", label=server)
+                axes[1][column].plot(loads, [c.p99_ms for c in points], **style)
         axes[0][column].set_title(f"{endpoint}: throughput")
         axes[0][column].set_ylabel("requests/s (limit: items/s)")
         axes[1][column].set_title(f"{endpoint}: p99 latency")
@@ -232,6 +234,8 @@ def plot(cells: Iterable[Cell], path: Path) -> bool:
             axis.set_xlabel("concurrent clients (limit: batch size)")
             axis.grid(True, alpha=0.3)
             axis.legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

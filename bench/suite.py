@@ -1,7 +1,8 @@
 """The serving benchmark, in one command: mmserve against the in-process limit and its peers, over HTTP.
 
-    python bench/suite.py                      # the full run (about 35 minutes on 2 cores; see --help)
-    python bench/suite.py --quick              # a smoke run: short cells, two concurrencies (~2 minutes)
+    python bench/suite.py                      # every cell once (about 20 minutes on 2 cores)
+    python bench/suite.py --repeat 4 --both-orders   # the measurement: medians of 4 runs (about 75 minutes)
+    python bench/suite.py --quick              # a smoke run: short cells, two concurrencies (2-4 minutes)
     python bench/suite.py --servers mmserve litserve --endpoints /embed --concurrency 1 64 --repeat 4
 
 Every response is verified against the answer the model gives in-process for that input (see
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.write(document)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(document)
-    if report.plot(suite.cells, args.plot):
+    if report.plot(suite.cells, args.plot, "smoke run, not a measurement" if args.smoke else ""):
         logger.info("wrote %s and %s", args.output, args.plot)
     else:
         logger.info("wrote %s (no plot: matplotlib is not installed; pip install -e '.[bench]')", args.output)
