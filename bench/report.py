@@ -75,8 +75,12 @@ def machine(args: argparse.Namespace) -> str:
     if wrk_path:
         out = subprocess.run([wrk_path, "-v"], capture_output=True, text=True).stdout.split("[")[0]
         versions.append(out.strip())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT)
-    return "; ".join(parts + versions + [f"Python {platform.python_version()}", f"commit {commit.stdout.strip()}"])
+    versions.append(f"Python {platform.python_version()}")
+    git = shutil.which("git")
+    if git:
+        commit = subprocess.run([git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT)
+        versions.append(f"commit {commit.stdout.strip()}")
+    return "; ".join(parts + versions)
 
 
 def _closed_table(cells: list[Cell], endpoint: str, labels: dict[str, str]) -> list[str]:
