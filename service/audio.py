@@ -50,7 +50,7 @@ class DecodedAudio:
 def decode_audio(data: bytes, spec: AudioSpec, max_seconds: float, field: str = "audio") -> DecodedAudio:
     """Decode an upload for a model that takes `spec`; at most `max_seconds` (and the model's window)."""
     if not data:
-        raise InvalidAudio(f"the audio is empty (0 bytes); send {ACCEPTED_TEXT}", param=field)
+        raise InvalidAudio(f"the audio is empty (0 bytes); send {ACCEPTED_TEXT}")
     container = _sniff(data, field)
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as sound:
@@ -60,11 +60,11 @@ def decode_audio(data: bytes, spec: AudioSpec, max_seconds: float, field: str = 
     except soundfile.LibsndfileError as e:
         if e.code == 4:  # SF_ERR_UNSUPPORTED_ENCODING
             raise UnsupportedAudioFormat(f"the {container} audio's encoding is not supported ({e.error_string})") from e
-        raise InvalidAudio(f"the {container} audio is corrupt or truncated and cannot be decoded", param=field) from e
+        raise InvalidAudio(f"the {container} audio is corrupt or truncated and cannot be decoded") from e
     if mono.size > max_frames:  # the header understated the length
         raise _too_long(mono.size / rate, spec, max_seconds)
     if mono.size + _SLACK_FRAMES < declared or _wav_truncated(data):
-        raise InvalidAudio(f"the {container} audio is truncated: it ends before its header says", param=field)
+        raise InvalidAudio(f"the {container} audio is truncated: it ends before its header says")
     if mono.size == 0:
         raise _unprocessable(field, "empty_audio", "the audio holds no samples (0 s)")
     if not np.isfinite(mono).all():
@@ -107,11 +107,19 @@ def _check_header(rate: int, channels: int, frames: int, spec: AudioSpec, max_se
 
 
 def _read_mono(sound: soundfile.SoundFile, max_frames: int) -> np.ndarray:
-    """At most `max_frames` frames, each block downmixed as it is decoded (one mono track in memory)."""
-    blocks = [
-        block.mean(axis=1, dtype=np.float32)
-        for block in sound.blocks(_BLOCK_FRAMES, frames=max_frames, dtype="float32", always_2d=True)
-    ]
+    """At most `max_frames` frames, each block downmixed as it is decoded (one mono track in memory).
+
+    `read` returns only the frames the decoder produced (`blocks` would pad a short stream to its header's
+    length with zeros, hiding a truncation).
+    """
+    blocks: list[np.ndarray] = []
+    remaining = max_frames
+    while remaining > 0:
+        block = sound.read(min(_BLOCK_FRAMES, remaining), dtype="float32", always_2d=True)
+        if not len(block):
+            break
+        blocks.append(block.mean(axis=1, dtype=np.float32))
+        remaining -= len(block)
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
 
@@ -146,7 +154,7 @@ def _sniff(data: bytes, field: str) -> str:
     other = _other_audio(head)
     if other:
         raise UnsupportedAudioFormat(f"{other} audio is not supported; send {ACCEPTED_TEXT}")
-    raise InvalidAudio(f"the upload is not audio; send {ACCEPTED_TEXT}", param=field)
+    raise InvalidAudio(f"the upload is not audio; send {ACCEPTED_TEXT}")
 
 
 def _other_audio(head: bytes) -> str | None:
