@@ -12,14 +12,14 @@ from transformers import AutoProcessor, WhisperForConditionalGeneration
 from model.api import AudioSpec, MultimodalModel, UnsupportedTask
 from model.hf import load_hf_model
 from model.hf.whisper import WhisperTranscriber
-from tests.support.hf_checkpoints import WHISPER_LANGUAGES, WHISPER_WINDOW_S, build_whisper, sample_audio
+from tests.support.hf_checkpoints import WHISPER_LANGUAGES, WHISPER_WINDOW_S, sample_audio
 
 CLIPS = sample_audio(5)
 
 
 @pytest.fixture(scope="session")
-def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_whisper(tmp_path_factory.mktemp("whisper"))
+def whisper_dir(tiny_whisper_dir: Path) -> Path:
+    return tiny_whisper_dir
 
 
 @pytest.fixture(scope="module")
