@@ -24,6 +24,7 @@ def fuzz_server(tiny_checkpoint_dir: Path, tiny_whisper_dir: Path) -> Iterator[S
         "MMSERVE_TORCH_THREADS": "1",
         "MMSERVE_LOG_LEVEL": "debug",
         "MMSERVE_REQUEST_TIMEOUT_S": "4",  # a slow body is cut off by the request deadline
+        "PYTHONUNBUFFERED": "1",  # each log line reaches the file at once (test_no_body_in_the_log reads it)
     }
     with ServerProcess(settings) as server:
         yield server
