@@ -100,8 +100,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # type: ignore[assignment]
 } | {422: {"model": ValidationErrorResponse, "description": "A missing or malformed field, or a body that is not JSON"}}
 
 
-def request_body(json_model: type[BaseModel], form_model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a body that is either JSON (base64 image) or multipart (an image file and `form_model`'s fields).
+def request_body(json_model: type[BaseModel], form_model: type[BaseModel], file_field: str = "image") -> dict[str, Any]:
+    """OpenAPI for a body that is either JSON (a base64 file) or multipart (a file `file_field` and `form_model`'s
+    fields).
 
     Limits that come from the settings are added when the app serves its document (`service.openapi`).
     """
@@ -115,8 +116,8 @@ def request_body(json_model: type[BaseModel], form_model: type[BaseModel]) -> di
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "required": ["image", *form.get("required", [])],
-                        "properties": {"image": {"type": "string", "format": "binary"}, **fields},
+                        "required": [file_field, *form.get("required", [])],
+                        "properties": {file_field: {"type": "string", "format": "binary"}, **fields},
                         "additionalProperties": False,
                     }
                 },
