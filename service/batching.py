@@ -14,11 +14,12 @@ so that a submit wakes the inference thread.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -50,6 +51,12 @@ class Item(Generic[In, Out]):
         """Nobody wants the answer: a queued item is skipped, a running one dropped at the next step."""
         self.abandoned = True
         self.future.cancel()  # only succeeds while queued; a running item is failed by the scheduler
+
+    def fail(self, error: BaseException) -> None:
+        """Answer with `error`, unless answered already (safe from any thread: the watchdog's too)."""
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_exception(error)
+            self.finished_at = time.monotonic()
 
     def gone(self, now: float) -> BaseException | None:
         """Why this running item should be dropped now, or None while its request still wants it."""

@@ -100,6 +100,13 @@ class ClientDisconnected(ServiceError):
     error_type = "client_closed_request"
 
 
+class OutOfMemory(ServiceError):
+    """One input does not fit in the device's memory even alone (a batch that does not fit is split)."""
+
+    status_code = 507
+    error_type = "out_of_memory"
+
+
 class InternalError(ServiceError):
     status_code = 500
     error_type = "internal_error"

@@ -66,6 +66,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Faults.
+        self.out_of_memory = Counter(
+            "mmserve_oom", "Batches (or decoding steps) that ran out of device memory", ["task"], registry=self.registry
+        )
+        self.batch_cap = Gauge(
+            "mmserve_batch_cap",
+            "The most items one batch (for generation: the most running sequences) may hold now; "
+            "halved on out-of-memory, grown back slowly",
+            ["task"],
+            registry=self.registry,
+        )
+
     def count_encoder_lookup(self, hit: bool) -> None:
         self.encoder_cache.labels("hit" if hit else "miss").inc()
 

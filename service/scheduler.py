@@ -10,9 +10,12 @@ then turns the loop. Each turn:
 4. runs one decoding step for every running sequence; the finished ones answer at once.
 So nothing waits for a whole generation: an embedding waits at most one step and its own batch. When
 the device is idle, whatever is queued runs now (`max_wait_ms`, by default 0, is an opt-in wait for
-batch-mates). A batch that raises is retried item by item, so one bad item fails alone. On `stop()` it
-finishes what is queued and running without waiting for batch-mates, then exits. If the loop itself
-dies, every admitted request is answered 503 at once.
+batch-mates). A batch that raises is retried item by item, so one bad item fails alone; one that runs out
+of memory is retried in halves and caps its task's batch size for a while (`service.faults`). On `stop()`
+it finishes what is queued and running without waiting for batch-mates, then exits. If the loop itself
+dies, or the device fails for good (`DeviceBroken`), every admitted request is answered 503 at once.
+`busy_since()` tells the watchdog (`service.watchdog`) how long the current turn has run; `abort()` answers
+everyone 503 from another thread when the device is stuck.
 """
 
 from __future__ import annotations
@@ -20,16 +23,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-import torch
 
 from model import Task
 from service.batching import Batcher, Item
 from service.encoder_cache import EncoderCache
 from service.engine import Engine
 from service.errors import NotReady
+from service.faults import BatchCap, DeviceBroken, run_split
 from service.generation import Generation
 from service.metrics import Metrics
 
@@ -58,6 +60,9 @@ class InferenceThread(threading.Thread):
         self._on_failure = on_failure
         self._cache = EncoderCache(encoder_cache_bytes, metrics.count_encoder_lookup)
         self._generations: dict[Task, Generation] = {}  # the stepwise tasks, and the state each decodes in
+        self._caps = {t: BatchCap(b.max_batch_size, metrics.batch_cap.labels(t).set) for t, b in batchers.items()}
+        self._taken: list[Item[Any, Any]] = []  # the items taken this turn (answered 503 if the loop dies)
+        self._busy_since: float | None = None  # when the current turn started; None between turns
         self._stopping = False
         self._flushing = False  # draining: no new work will come, so nothing waits for batch-mates
 
@@ -85,12 +90,32 @@ class InferenceThread(threading.Thread):
         self._on_ready(engine)
         try:
             while self._wait_for_work():
+                self._busy_since = time.monotonic()
                 self._turn(engine)
+                self._busy_since, self._taken = None, []
+        except DeviceBroken as e:
+            logger.exception("the device failed; the server is unhealthy")
+            self._on_failure(e)
+            self._fail_everything(NotReady("the device failed; the server is unhealthy", retry_after_s=1))
         except BaseException as e:  # a bug in the loop itself: report unhealthy and answer everyone now
             logger.exception("the inference thread died")
             self._on_failure(e)
             self._fail_everything(NotReady("the inference thread stopped; the server is unhealthy", retry_after_s=1))
         logger.info("inference thread stopped")
+
+    def busy_since(self) -> float | None:
+        """When the turn running now started (monotonic seconds), or None when the loop is waiting for work."""
+        return self._busy_since
+
+    def abort(self, error: BaseException) -> None:
+        """From another thread (the watchdog): answer every admitted item with `error` now. The loop may be
+        stuck in the device; whatever it finishes later finds its items answered already."""
+        for batcher in self._batchers.values():
+            batcher.fail_pending(error)
+        generations = {id(g): g for g in self._generations.values()}.values()
+        running = [item for g in generations for item in [*g.items, *(item for _, item in g.rejoining)]]
+        for item in [*self._taken, *running]:
+            item.fail(error)
 
     def running(self) -> int:
         """Sequences decoding now (the metric)."""
@@ -137,24 +162,27 @@ class InferenceThread(threading.Thread):
         generations = list({id(g): g for g in self._generations.values()}.values())
         for generation in generations:
             generation.drop_gone(now)
+            generation.rejoin()  # sequences put back after an out-of-memory step go before new ones
         due = {task: at for task, at in self._due().items() if at <= now}
         for task in sorted(due, key=lambda t: self._batchers[t].oldest_enqueued_at()):
             joining = self._generations.get(task)
             if joining is not None and (room := joining.free_for(task)):
                 items = self._batchers[task].take(room)
+                self._taken += items
                 if items:
                     joining.admit(task, items)
         batch_tasks = [task for task in due if task not in self._generations]
         if batch_tasks:
             task = min(batch_tasks, key=lambda t: self._batchers[t].oldest_enqueued_at())
-            items = self._batchers[task].take()
+            items = self._batchers[task].take(self._caps[task].limit)
+            self._taken += items
             if items:
                 self._run_batch(engine, task, items)
         for generation in generations:
             generation.step()
 
     # Whole batches.
-    def _run_batch(self, engine: Engine, task: str, items: list[Item[Any, Any]]) -> None:
+    def _run_batch(self, engine: Engine, task: Task, items: list[Item[Any, Any]]) -> None:
         started = time.monotonic()
         for item in items:
             item.started_at = started
@@ -163,24 +191,25 @@ class InferenceThread(threading.Thread):
         self._metrics.batch_size.labels(task).observe(len(items))
         self._execute(engine, task, items)
 
-    def _execute(self, engine: Engine, task: str, items: list[Item[Any, Any]]) -> None:
-        try:
-            outputs = engine.run(task, [item.payload for item in items])
-        except Exception as e:
-            _free_device_memory(e)
-            if len(items) == 1:
-                self._finish(task, items, error=e)
-                return
-            logger.warning("a %s batch of %d failed (%r); retrying item by item", task, len(items), e)
-            for item in items:
-                self._execute(engine, task, [item])
-            return
-        self._finish(task, items, outputs=outputs)
+    def _execute(self, engine: Engine, task: Task, items: list[Item[Any, Any]]) -> None:
+        """Run the batch; out of memory, its halves; failing otherwise, each item alone (`run_split`)."""
+        cap = self._caps[task]
+
+        def attempt(part: Sequence[Item[Any, Any]]) -> None:
+            outputs = engine.run(task, [item.payload for item in part])
+            cap.fitted()
+            self._finish(task, part, outputs=outputs)
+
+        def out_of_memory(size: int) -> None:
+            self._metrics.out_of_memory.labels(task).inc()
+            cap.out_of_memory(size)
+
+        run_split(items, attempt, lambda item, error: self._finish(task, [item], error=error), out_of_memory, task)
 
     def _finish(
         self,
         task: str,
-        items: list[Item[Any, Any]],
+        items: Sequence[Item[Any, Any]],
         outputs: list[Any] | None = None,
         error: BaseException | None = None,
     ) -> None:
@@ -188,6 +217,8 @@ class InferenceThread(threading.Thread):
         self._metrics.inference_duration.labels(task).observe(finished - items[0].started_at)
         for i, item in enumerate(items):
             item.finished_at = item.first_token_at = finished
+            if item.future.done():  # answered already (the watchdog gave up on this batch)
+                continue
             if outputs is not None:
                 item.future.set_result(outputs[i])
             else:
@@ -199,9 +230,5 @@ class InferenceThread(threading.Thread):
             generation.fail_all(error)
         for batcher in self._batchers.values():
             batcher.fail_pending(error)
-
-
-def _free_device_memory(error: BaseException) -> None:
-    """After a CUDA out-of-memory error, give the cached blocks back before retrying smaller batches."""
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        torch.cuda.empty_cache()
+        for item in list(self._taken):  # taken from a queue this turn, running in a batch or being prefilled
+            item.fail(error)

@@ -94,8 +94,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # type: ignore[assignment]
         415: "The content type is neither multipart/form-data nor application/json",
         429: "The task's queue is full; retry after the Retry-After header's seconds",
         501: "The configured model cannot do this task",
-        503: "The model is still loading, or the server is shutting down",
+        503: "The model is still loading, the server is shutting down, or it is unhealthy (a stuck or failed device)",
         504: "The request did not complete within the request timeout",
+        507: "The input does not fit in the device's memory, even in a batch of its own",
     }.items()
 } | {422: {"model": ValidationErrorResponse, "description": "A missing or malformed field, or a body that is not JSON"}}
 
