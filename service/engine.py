@@ -203,6 +203,13 @@ class Engine:
             raise RuntimeError(f"{task}: the model returned {len(outputs)} outputs for {len(payloads)} inputs")
         return outputs
 
+    def check_device(self) -> None:
+        """A tiny computation on each model's device, read back: raises what a broken device raises."""
+        for device in {str(model.device) for model in self._models.values()}:
+            x = torch.arange(4, dtype=torch.float32, device=device)
+            if float((x * 2).sum()) != 12.0:
+                raise RuntimeError(f"the device check on {device} computed a wrong result")
+
     def warm_up(self) -> None:
         """One small batch per served task, so the first request pays no lazy initialisation."""
         image = Image.new("RGB", (64, 48), (120, 60, 200))

@@ -1,8 +1,10 @@
 """The running service: its lifecycle state, the per-task batchers, the inference thread, the decode pool.
 
 States: `loading` (the inference thread is loading and warming up the models) → `ok` → `draining`
-(shutdown: nothing new is admitted, what was accepted finishes) ; `unhealthy` when loading failed or
-the inference thread died. Routes talk only to the runtime: `admit` (503 / 501 / 429, before the body
+(shutdown: nothing new is admitted, what was accepted finishes) ; `unhealthy` when loading failed, the
+inference thread died, the device failed (a sticky error in a batch, or in `/health`'s device check) or
+is stuck (the watchdog: a turn ran over `MMSERVE_STEP_TIMEOUT_S`); every admitted request is then
+answered 503 at once. Routes talk only to the runtime: `admit` (503 / 501 / 429, before the body
 is read), `prepare_*` (decoding and the model's preprocessing, in the decode pool), the reservation's
 `submit`, then `wait` for results or `stream` a generation's updates as they are decoded.
 """
@@ -29,10 +31,13 @@ from service.images import decode_image
 from service.metrics import Metrics
 from service.scheduler import InferenceThread
 from service.settings import Settings
+from service.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+DEVICE_CHECK_INTERVAL_S = 5.0  # /health checks the device at most this often
 
 
 class State(StrEnum):
@@ -70,11 +75,20 @@ class Runtime:
             encoder_cache_bytes=settings.encoder_cache_bytes,
         )
         metrics.watch_running(self._thread.running)
+        self._watchdog: Watchdog | None = None
+        if settings.step_timeout_s > 0:
+            self._watchdog = Watchdog(
+                self._thread.busy_since, settings.step_timeout_s, self._stuck, exit_after=settings.exit_on_stuck
+            )
+        self._device_checked_at = -float("inf")  # the last /health device check (monotonic seconds)
+        self._device_check: asyncio.Future[None] | None = None  # one running now
 
     # Lifecycle.
     def start(self) -> None:
         """Start loading in the inference thread; returns at once (the state says `loading` meanwhile)."""
         self._thread.start()
+        if self._watchdog is not None:
+            self._watchdog.start()
 
     def begin_drain(self) -> None:
         """Stop admitting new requests, and run queued ones without waiting for batch-mates.
@@ -93,6 +107,8 @@ class Runtime:
             await asyncio.sleep(0.02)
         if self._in_flight():
             logger.warning("shutting down with %d requests unfinished", self._in_flight())
+        if self._watchdog is not None:
+            self._watchdog.stop()
         self._thread.stop()
         await asyncio.to_thread(self._thread.join, max(0.0, deadline - time.monotonic()) + 1)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -115,6 +131,35 @@ class Runtime:
 
     def _failure(self, error: BaseException) -> None:
         self._failed = True
+
+    def _stuck(self, running_s: float) -> None:
+        """The watchdog's verdict (on its thread): unhealthy, and every admitted request answered 503 now."""
+        self._failed = True
+        self._thread.abort(
+            NotReady(f"the device is stuck (a step has run for {running_s:.0f} s); the server is unhealthy", 1)
+        )
+
+    async def check_device(self) -> None:
+        """`/health`'s device check: a tiny computation on the device, at most every `DEVICE_CHECK_INTERVAL_S`
+        (a cached verdict between). A device that fails it is broken for good: unhealthy, everyone 503. One
+        that hangs in it is the watchdog's business: the check waits at most that interval, keeps running
+        in its thread, and no second one starts meanwhile."""
+        engine = self._engine
+        now = time.monotonic()
+        if engine is None or self._failed or now - self._device_checked_at < DEVICE_CHECK_INTERVAL_S:
+            return
+        if self._device_check is None:
+            self._device_checked_at = now
+            self._device_check = asyncio.ensure_future(asyncio.to_thread(engine.check_device))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._device_check), DEVICE_CHECK_INTERVAL_S)
+        except TimeoutError:
+            return
+        except Exception as e:
+            logger.error("the device check failed (%r): the server is unhealthy", e)
+            self._failed = True
+            self._thread.abort(NotReady("the device failed; the server is unhealthy", retry_after_s=1))
+        self._device_check = None
 
     def _in_flight(self) -> int:
         return sum(b.in_flight() for b in self.batchers.values())

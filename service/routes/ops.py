@@ -19,7 +19,9 @@ router = APIRouter()
     responses={503: {"model": HealthResponse, "description": "loading, draining or unhealthy"}},
 )
 async def health(runtime: RuntimeDep) -> JSONResponse:
-    """Readiness: 200 only when the models are loaded and warmed up and the inference thread runs."""
+    """Readiness: 200 only when the models are loaded and warmed up, the inference thread runs, and the
+    device answers (a tiny computation on it, checked at most every few seconds)."""
+    await runtime.check_device()
     state = runtime.state
     engine = runtime.engine
     body = HealthResponse(
@@ -31,7 +33,10 @@ async def health(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if state is State.OK else 503)
 
 
-@router.get("/health/live", responses={503: {"description": "the inference thread or the model load failed"}})
+@router.get(
+    "/health/live",
+    responses={503: {"description": "the model load, the inference thread or the device failed, or it is stuck"}},
+)
 async def live(runtime: RuntimeDep) -> JSONResponse:
     """Liveness: 200 while the process can still serve (also while loading); 503 once it never will."""
     unhealthy = runtime.state is State.UNHEALTHY
