@@ -69,7 +69,7 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m service serve` in a subprocess, on 127.0.0.1 and a free port."""
 
-    def __init__(self, settings: dict[str, str], args: tuple[str, ...] = ("serve",)) -> None:
+    def __init__(self, settings: dict[str, str], args: tuple[str, ...] = ("serve",), module: str = "service") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._env = {
@@ -80,12 +80,13 @@ class ServerProcess:
             **settings,
         }
         self._args = args
+        self._module = module  # what `python -m` runs (a test's wrapper of the service, to inject a fault)
         self._log = tempfile.NamedTemporaryFile(prefix="mmserve-", suffix=".log", delete=False)  # noqa: SIM115
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", *self._args],
+            [sys.executable, "-m", self._module, *self._args],
             env=self._env,
             cwd=REPO_ROOT,
             stdout=self._log,
