@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEVICE_CHECK_INTERVAL_S = 5.0  # /health checks the device at most this often
+DEVICE_CHECK_WAIT_S = 2.0  # and waits for the check at most this long (probes time out after 4 s)
 
 
 class State(StrEnum):
@@ -141,9 +142,9 @@ class Runtime:
 
     async def check_device(self) -> None:
         """`/health`'s device check: a tiny computation on the device, at most every `DEVICE_CHECK_INTERVAL_S`
-        (a cached verdict between). A device that fails it is broken for good: unhealthy, everyone 503. One
-        that hangs in it is the watchdog's business: the check waits at most that interval, keeps running
-        in its thread, and no second one starts meanwhile."""
+        (a cached verdict between). A device that fails it is broken for good: unhealthy, everyone 503. A
+        busy or hung device is not judged here (the watchdog does): the check is awaited at most
+        `DEVICE_CHECK_WAIT_S`, keeps running in its thread, and no second one starts meanwhile."""
         engine = self._engine
         now = time.monotonic()
         if engine is None or self._failed or now - self._device_checked_at < DEVICE_CHECK_INTERVAL_S:
@@ -152,7 +153,7 @@ class Runtime:
             self._device_checked_at = now
             self._device_check = asyncio.ensure_future(asyncio.to_thread(engine.check_device))
         try:
-            await asyncio.wait_for(asyncio.shield(self._device_check), DEVICE_CHECK_INTERVAL_S)
+            await asyncio.wait_for(asyncio.shield(self._device_check), DEVICE_CHECK_WAIT_S)
         except TimeoutError:
             return
         except Exception as e:

@@ -249,6 +249,7 @@ async def test_a_sticky_device_error_turns_unhealthy_at_once_without_retrying(
 
 async def test_the_health_device_check_marks_a_broken_device_unhealthy(serve, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(service.runtime, "DEVICE_CHECK_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(service.runtime, "DEVICE_CHECK_WAIT_S", 120.0)  # (a loaded machine is not a broken one)
     checks: list[str] = []
     async with serve() as client:
         assert (await client.get("/health")).status_code == 200  # (the first check passed)
