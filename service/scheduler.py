@@ -20,10 +20,12 @@ everyone 503 from another thread when the device is stuck.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import InvalidStateError
 from typing import Any
 
 from model import Task
@@ -118,7 +120,7 @@ class InferenceThread(threading.Thread):
             item.fail(error)
 
     def running(self) -> int:
-        """Sequences decoding now (the metric)."""
+        """Sequences decoding now, or waiting to be prefilled again after an out-of-memory step (the metric)."""
         return sum(len(g) for g in set(self._generations.values()))
 
     # The loop.
@@ -217,12 +219,11 @@ class InferenceThread(threading.Thread):
         self._metrics.inference_duration.labels(task).observe(finished - items[0].started_at)
         for i, item in enumerate(items):
             item.finished_at = item.first_token_at = finished
-            if item.future.done():  # answered already (the watchdog gave up on this batch)
-                continue
-            if outputs is not None:
-                item.future.set_result(outputs[i])
-            else:
-                item.future.set_exception(error or RuntimeError("no output"))
+            with contextlib.suppress(InvalidStateError):  # answered already (the watchdog gave up on it)
+                if outputs is not None:
+                    item.future.set_result(outputs[i])
+                else:
+                    item.future.set_exception(error or RuntimeError("no output"))
 
     def _fail_everything(self, error: BaseException) -> None:
         """Answer every running and queued item with `error` (the loop is gone; nobody else will)."""
