@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_STOPS = 4  # as OpenAI's API
+StopString = Annotated[str, Field(min_length=1)]
 
 
 class TextPart(BaseModel):
@@ -66,7 +67,9 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = Field(
+        default=None, description=f"Up to {MAX_STOPS} strings; the text ends before the first one found"
+    )
     stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2, description="0 only: decoding is greedy")
@@ -98,16 +101,6 @@ class ChatCompletionRequest(BaseModel):
     reasoning_effort: str | None = None
     verbosity: str | None = None
     web_search_options: Any = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else value or []
-        if len(stops) > MAX_STOPS:
-            raise ValueError(f"at most {MAX_STOPS} stop strings")
-        if any(not stop for stop in stops):
-            raise ValueError("a stop string must not be empty")
-        return value
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -18,7 +18,15 @@ from fastapi import APIRouter, Request
 from service.batching import Item
 from service.errors import InvalidImage, UnsupportedMediaType
 from service.openai.errors import ModelNotFound, UnsupportedParameter
-from service.openai.schemas import CreateEmbeddingResponse, Embedding, EmbeddingRequest, ImageInput, Usage
+from service.openai.schemas import (
+    OPENAI_ERROR_RESPONSES,
+    CreateEmbeddingResponse,
+    Embedding,
+    EmbeddingRequest,
+    ImageInput,
+    Usage,
+    json_request_body,
+)
 from service.routes.common import RequestRecord, RuntimeDep, before_deadline, disconnect_waiter, observe, timings
 from service.runtime import Runtime
 from service.schemas import _decode_base64
@@ -27,7 +35,12 @@ from service.uploads import BodyKind, body_kind, check_size, read_json
 router = APIRouter()
 
 
-@router.post("/v1/embeddings", response_model=CreateEmbeddingResponse)
+@router.post(
+    "/v1/embeddings",
+    response_model=CreateEmbeddingResponse,
+    responses=OPENAI_ERROR_RESPONSES,
+    openapi_extra=json_request_body(EmbeddingRequest),
+)
 async def create_embeddings(request: Request, runtime: RuntimeDep) -> CreateEmbeddingResponse:
     """Embed texts and images (data URLs) in one space, in OpenAI's request and response shapes."""
     async with observe(runtime, "embed_text") as record:
