@@ -71,10 +71,19 @@ def test_an_image_alone_is_captioned_as_by_caption(
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
 
-def test_a_limit_of_one_token_ends_with_length(client: openai.OpenAI, model_id: str, image_url: str) -> None:
-    completion = client.chat.completions.create(model=model_id, messages=user(image_url), max_completion_tokens=1)
+@pytest.mark.parametrize("question", [None, QUESTION])
+def test_a_limit_of_one_token_ends_with_length(
+    client: openai.OpenAI, model_id: str, image_url: str, question: str | None
+) -> None:
+    messages = user(image_url, question)
+    completion = client.chat.completions.create(model=model_id, messages=messages, max_completion_tokens=1)
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 1
+
+
+def test_limits_above_the_servers_are_capped(client: openai.OpenAI, model_id: str, image_url: str) -> None:
+    completion = client.chat.completions.create(model=model_id, messages=user(image_url, QUESTION), max_tokens=4096)
+    assert completion.usage is not None and completion.usage.completion_tokens <= 16  # VQA_MAX_NEW_TOKENS
 
 
 def test_an_image_and_text_is_answered_as_by_vqa(
