@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
-from model.api import ALL_TASKS, ModelLoadError, MultimodalModel, Task, UnsupportedTask
+from model.api import ALL_TASKS, AudioSpec, ModelLoadError, MultimodalModel, Task, UnsupportedTask
 from model.devices import default_dtype, resolve_device
 
 __all__ = [
     "ALL_TASKS",
     "BUILTIN",
+    "AudioSpec",
     "ModelLoadError",
     "MultimodalModel",
     "Task",
@@ -42,6 +43,6 @@ def load_model(
 
     if str(path_or_name) == BUILTIN or is_builtin_checkpoint(path_or_name):
         return load_builtin(None if str(path_or_name) == BUILTIN else Path(path_or_name), device, dtype)
-    from model.hf import load_hf_model  # transformers-backed adapters (BLIP, CLIP, ST, VLMs)
+    from model.hf import load_hf_model  # transformers-backed adapters (BLIP, CLIP, ST, VLMs, Whisper)
 
     return load_hf_model(str(path_or_name), device, dtype)

@@ -6,11 +6,15 @@ this shape. The service imports nothing else from `model/`: `load_model` and thi
 Conventions, for every implementation:
 - Every method is batched and synchronous; a batch of N returns exactly what N single calls return.
 - Images are RGB `PIL.Image.Image`s of any size (implementations resize as they need).
+- Audio is a float32 mono numpy array in [-1, 1] at the model's `audio.sampling_rate`, at most
+  `audio.max_seconds` long (the service decodes, downmixes and resamples it); `audio` is None when the
+  model hears nothing.
 - Embeddings come back as float32 CPU tensors of shape [n, dim], L2-normalised.
 - An empty list gives an empty result (an empty list, or a [0, dim] tensor).
 - A task the model cannot do is absent from `tasks`; calling it raises `UnsupportedTask`.
-- `prepare_image` / `prepare_text` do the per-item preprocessing (resize and normalise, tokenise) that
-  can run off the device thread; the batched calls take either raw items or prepared ones.
+- `prepare_image` / `prepare_text` / `prepare_audio` do the per-item preprocessing (resize and normalise,
+  tokenise, log-mel features) that can run off the device thread; the batched calls take either raw items
+  or prepared ones.
 
 A model that can decode step by step (the built-in one) also implements `StepwiseGenerator`: the service
 then batches its captions and answers continuously (sequences join and leave between decoding steps).
@@ -22,11 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from PIL import Image
 
-Task = Literal["caption", "vqa", "embed_text", "embed_image"]
-ALL_TASKS: frozenset[Task] = frozenset(("caption", "vqa", "embed_text", "embed_image"))
+Task = Literal["caption", "vqa", "embed_text", "embed_image", "transcribe"]
+ALL_TASKS: frozenset[Task] = frozenset(("caption", "vqa", "embed_text", "embed_image", "transcribe"))
 
 
 class UnsupportedTask(Exception):
@@ -37,6 +42,15 @@ class ModelLoadError(Exception):
     """A model could not be found or loaded; the message names it and says why (raised at start-up)."""
 
 
+@dataclass(frozen=True)
+class AudioSpec:
+    """What `transcribe` takes: the audio's rate, its longest duration (the model's window), its languages."""
+
+    sampling_rate: int  # Hz
+    max_seconds: float  # longer audio is refused (never chunked)
+    languages: frozenset[str]  # the language codes ("en", "fr") `transcribe` accepts; others are refused
+
+
 @runtime_checkable
 class MultimodalModel(Protocol):
     name: str  # what /health and the responses report as "model"
@@ -45,6 +59,7 @@ class MultimodalModel(Protocol):
     dim: int | None  # embedding size; None when the model embeds nothing
     tasks: frozenset[Task]  # what this model can do
     max_text_tokens: int  # texts and questions are truncated to this many tokens (documented, never an error)
+    audio: AudioSpec | None  # what `transcribe` takes; None when the model cannot transcribe
 
     def caption(self, images: Sequence[Image.Image], max_new_tokens: int | Sequence[int] = 32) -> list[str]:
         """One caption per image; `max_new_tokens` is one limit for all or one per image."""
@@ -60,6 +75,17 @@ class MultimodalModel(Protocol):
 
     def embed_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[n, dim] float32 CPU tensor, L2-normalised, in the same space as embed_text."""
+        ...
+
+    def transcribe(
+        self, audios: Sequence[np.ndarray | Any], language: str | Sequence[str | None] | None = None
+    ) -> list[str]:
+        """One transcript per audio (raw or prepared); `language` is one code for all or one per audio
+        (None: the model detects it, or knows only one)."""
+        ...
+
+    def prepare_audio(self, audio: np.ndarray) -> Any:
+        """One audio as `transcribe` takes it (e.g. its log-mel features; thread-safe, in the decode pool)."""
         ...
 
     def prepare_image(self, image: Image.Image) -> Any:

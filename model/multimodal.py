@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from tokenizers import Tokenizer
 from torch import nn
 
-from model.api import ALL_TASKS, PreparedImage, Task
+from model.api import ALL_TASKS, AudioSpec, PreparedImage, Task, UnsupportedTask
 from model.config import ModelConfig
 from model.decoder import Decoder
 from model.generate import DecodeState, ImageEncoding, SequenceSpec, generate_all
@@ -68,7 +69,8 @@ def _token_id(tokenizer: Tokenizer, token: str) -> int:
 class BuiltinModel:
     """The built-in model behind the `MultimodalModel` protocol, and a `StepwiseGenerator`."""
 
-    tasks: frozenset[Task] = ALL_TASKS
+    tasks: frozenset[Task] = ALL_TASKS - {"transcribe"}  # it has no audio tower yet
+    audio: AudioSpec | None = None
 
     def __init__(
         self,
@@ -173,6 +175,18 @@ class BuiltinModel:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """The text tower's tokens per text (for usage reports; any thread)."""
         return self.text_tower.count_tokens(texts)
+
+    def prepare_audio(self, audio: np.ndarray) -> np.ndarray:
+        raise self._no_audio()
+
+    def transcribe(self, audios: Sequence[np.ndarray], language: str | Sequence[str | None] | None = None) -> list[str]:
+        raise self._no_audio()
+
+    def _no_audio(self) -> UnsupportedTask:
+        return UnsupportedTask(
+            f"model {self.name!r} cannot transcribe (it has no audio tower); serve a Whisper checkpoint with "
+            "MMSERVE_TRANSCRIBE_MODEL"
+        )
 
     @torch.inference_mode()
     def embed_image(self, images: Sequence[Image.Image | PreparedImage]) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """The engine: the loaded models, one per task, their preprocessing and their batched synchronous calls.
 
 Each task maps to a model object (`MMSERVE_CAPTION_MODEL`, `MMSERVE_VQA_MODEL`, `MMSERVE_EMBED_MODEL`,
-each defaulting to `MMSERVE_MODEL`); a model named by several tasks is loaded once. A task whose model
-cannot do it is not served (501). The engine knows no HTTP and no asyncio. `prepare_*` run in the decode
-pool (model-sized tensors are what cross the queue); `run` and the generation states are the inference
-thread's alone, under `torch.inference_mode()`.
+`MMSERVE_TRANSCRIBE_MODEL`, each defaulting to `MMSERVE_MODEL`); a model named by several tasks is loaded
+once. A task whose model cannot do it is not served (501); transcriptions run as whole batches. The
+engine knows no HTTP and no asyncio. `prepare_*` run in the decode pool (model-sized tensors are what
+cross the queue); `run` and the generation states are the inference thread's alone, under
+`torch.inference_mode()`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
-from model import ALL_TASKS, MultimodalModel, Task, load_model, resolve_device
+from model import ALL_TASKS, AudioSpec, MultimodalModel, Task, load_model, resolve_device
 from model.api import StepwiseGenerator
 from service.errors import NotImplementedTask
 from service.settings import Settings
@@ -46,6 +48,14 @@ class GenerationInput:
     def image_key(self) -> bytes | None:
         """A digest of the pixels the model sees, for the encoder cache (None when the model gives none)."""
         return getattr(self.image, "key", None)
+
+
+@dataclass(frozen=True)
+class TranscriptionInput:
+    """Audio to transcribe, prepared (e.g. log-mel features), and its language (None: the model decides)."""
+
+    audio: Any
+    language: str | None
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,8 @@ class Engine:
             name = self._models[task].name if task in self._models else "none"
             raise NotImplementedTask(
                 f"the model serving {task} ({name}) does not support it; "
-                "choose another with MMSERVE_CAPTION_MODEL, MMSERVE_VQA_MODEL or MMSERVE_EMBED_MODEL"
+                "choose another with MMSERVE_CAPTION_MODEL, MMSERVE_VQA_MODEL, MMSERVE_EMBED_MODEL or "
+                "MMSERVE_TRANSCRIBE_MODEL"
             )
 
     def stepwise(self, task: Task) -> StepwiseGenerator | None:
@@ -143,6 +154,17 @@ class Engine:
         stepwise = self.stepwise(task)
         spec = stepwise.sequence(task, question, limit) if stepwise is not None else None
         return GenerationInput(model.prepare_image(image), question, limit, spec)
+
+    def audio_spec(self, task: Task) -> AudioSpec:
+        """What the model serving `task` takes as audio (501 when it takes none)."""
+        spec = self._models[task].audio
+        if spec is None:
+            raise NotImplementedTask(f"the model serving {task} ({self._models[task].name}) takes no audio")
+        return spec
+
+    def prepare_transcription(self, task: Task, audio: np.ndarray, language: str | None) -> TranscriptionInput:
+        """Mono samples at the model's rate → its input (the decode pool)."""
+        return TranscriptionInput(self._models[task].prepare_audio(audio), language)
 
     def prepare_image(self, task: Task, image: Image.Image) -> Any:
         return self._models[task].prepare_image(image)
@@ -180,6 +202,11 @@ class Engine:
                     outputs = list(self._models["embed_text"].embed_text(list(payloads)).float().numpy())
                 case "embed_image":
                     outputs = list(self._models["embed_image"].embed_image(list(payloads)).float().numpy())
+                case "transcribe":
+                    texts = self._models["transcribe"].transcribe(
+                        [p.audio for p in payloads], [p.language for p in payloads]
+                    )
+                    outputs = [Generated(text) for text in texts]
                 case _:
                     raise ValueError(f"unknown task {task!r}")
         if len(outputs) != len(payloads):
@@ -191,12 +218,17 @@ class Engine:
         image = Image.new("RGB", (64, 48), (120, 60, 200))
         for task in sorted(self.tasks):
             started = time.monotonic()
+            batch: list[Any]
             if task == "caption":
                 batch = [self.prepare_generation(task, image, max_new_tokens=n) for n in (2, 3)]
             elif task == "vqa":
                 batch = [self.prepare_generation(task, image, "what colour is it?")] * 2
             elif task == "embed_text":
                 batch = [self.prepare_text(task, text) for text in ("a warm-up sentence", "another")]
+            elif task == "transcribe":
+                rate = self.audio_spec(task).sampling_rate
+                tone = (0.1 * np.sin(np.arange(rate) * 2 * np.pi * 440 / rate)).astype(np.float32)
+                batch = [self.prepare_transcription(task, tone, None)] * 2
             else:
                 batch = [self.prepare_image(task, image)] * 2
             self.run(task, batch)

@@ -53,6 +53,16 @@ class InvalidImage(ServiceError):
     error_type = "invalid_image"
 
 
+class InvalidAudio(ServiceError):
+    status_code = 400
+    error_type = "invalid_audio"
+
+
+class UnsupportedAudioFormat(ServiceError):
+    status_code = 415
+    error_type = "unsupported_audio_format"
+
+
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     error_type = "unsupported_media_type"

@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 
 from model import ALL_TASKS, Task
 from model.api import Update
+from service.audio import decode_audio
 from service.batching import Batcher, Item, Reservation
-from service.engine import Engine, GenerationInput
+from service.engine import Engine, GenerationInput, TranscriptionInput
 from service.errors import ClientDisconnected, NotReady, Timeout
 from service.images import decode_image
 from service.metrics import Metrics
@@ -152,6 +153,19 @@ class Runtime:
         return await self._in_pool(
             lambda: engine.prepare_generation(task, decode_image(data, max_pixels), question, max_new_tokens)
         )
+
+    async def prepare_transcription(
+        self, task: Task, data: bytes, language: str | None = None, field: str = "audio"
+    ) -> tuple[TranscriptionInput, float]:
+        """Audio bytes → the model's input, and the audio's duration in seconds (`field` names it in a 422)."""
+        engine = self.ensure_ready()
+        spec, max_seconds = engine.audio_spec(task), self.settings.max_audio_seconds
+
+        def prepare() -> tuple[TranscriptionInput, float]:
+            audio = decode_audio(data, spec, max_seconds, field)
+            return engine.prepare_transcription(task, audio.samples, language), audio.seconds
+
+        return await self._in_pool(prepare)
 
     async def prepare_image(self, task: Task, data: bytes) -> Any:
         """Image bytes → the model's input for an image embedding."""

@@ -30,15 +30,19 @@ from service.settings import Settings
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
-def _decode_base64(value: Any) -> bytes:
-    """A base64 string or a `data:image/...;base64,` URL → bytes."""
+def _decode_base64(value: Any, what: str = "image") -> bytes:
+    """A base64 string or a `data:image/...;base64,` (`data:audio/...`) URL → bytes."""
     if not isinstance(value, str):
-        raise ValueError("image must be a base64 string or a data URL")
+        raise ValueError(f"{what} must be a base64 string or a data URL")
     encoded = "".join(_DATA_URL.sub("", value, count=1).split())  # MIME base64 may wrap lines
     try:
         return base64.b64decode(encoded, validate=True)
     except binascii.Error as e:
-        raise ValueError(f"image is not valid base64 ({e})") from e
+        raise ValueError(f"{what} is not valid base64 ({e})") from e
+
+
+def _decode_base64_audio(value: Any) -> bytes:
+    return _decode_base64(value, "audio")
 
 
 Base64Image = Annotated[
@@ -52,6 +56,20 @@ Base64Image = Annotated[
             "contentMediaType": "image/*",
             "minLength": 1,
             "description": "The image file (JPEG, PNG, WebP, GIF, BMP or TIFF), base64-encoded, or a data URL",
+        }
+    ),
+]
+Base64Audio = Annotated[
+    bytes,
+    BeforeValidator(_decode_base64_audio),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "byte",
+            "contentEncoding": "base64",
+            "contentMediaType": "audio/*",
+            "minLength": 1,
+            "description": "The audio file (WAV, FLAC, Ogg or MP3), base64-encoded, or a data URL",
         }
     ),
 ]
@@ -135,6 +153,19 @@ class EmbedImageParams(RequestModel):
     """A multipart /embed call carries only its `image` file."""
 
 
+class TranscribeParams(RequestModel):
+    language: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=8,
+        description="The spoken language's ISO 639-1 code (en, fr, ...); leave it out to let the model detect it",
+    )
+
+
+class TranscribeJSON(TranscribeParams):
+    audio: Base64Audio
+
+
 # What `_texts` below accepts, as a schema (its own checks give clearer messages than pydantic's constraints).
 _TEXT_SCHEMA = {"type": "string", "minLength": 1}
 _TEXTS_SCHEMA = {"anyOf": [_TEXT_SCHEMA, {"type": "array", "items": _TEXT_SCHEMA, "minItems": 1}]}
@@ -196,7 +227,7 @@ class EmbedJSON(RequestModel):
 class Timings(BaseModel):
     queue_ms: float = Field(description="Waiting for a batch (the longest, for several inputs)")
     inference_ms: float = Field(description="The batch on the device")
-    decode_ms: float = Field(default=0.0, description="Decoding the image")
+    decode_ms: float = Field(default=0.0, description="Decoding the image or the audio (and its features)")
     total_ms: float = Field(description="From arrival to response")
     batch_size: int = Field(description="Items in the batch that ran this request (the largest)")
 
@@ -210,6 +241,14 @@ class CaptionResponse(BaseModel):
 class VqaResponse(BaseModel):
     answer: str
     model: str
+    timings: Timings
+
+
+class TranscribeResponse(BaseModel):
+    text: str
+    model: str
+    language: str | None = Field(description="The language asked for; null when the model detected it")
+    duration: float = Field(description="The audio's duration in seconds")
     timings: Timings
 
 

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     caption_model: str | None = None  # None: use `model`
     vqa_model: str | None = None
     embed_model: str | None = None  # serves both text and image embeddings
+    transcribe_model: str | None = None  # speech to text (a Whisper checkpoint; the built-in model cannot)
     device: str = "auto"  # "auto": CUDA when available, else CPU (with a warning); or "cpu", "cuda:1", ...
     dtype: DType = "auto"  # "auto": the model's choice (fp32 on CPU, bf16/fp16 on CUDA)
     torch_threads: int | None = Field(default=None, ge=1)  # CPU intra-op threads; None: torch's default
@@ -69,6 +70,8 @@ class Settings(BaseSettings):
     embed_text_max_wait_ms: float = Field(default=0.0, ge=0)
     embed_image_max_batch_size: int = Field(default=32, ge=1)
     embed_image_max_wait_ms: float = Field(default=0.0, ge=0)
+    transcribe_max_batch_size: int = Field(default=8, ge=1)
+    transcribe_max_wait_ms: float = Field(default=0.0, ge=0)
     encoder_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)  # image encodings kept for reuse; 0: off
     queue_capacity: int = Field(default=1024, ge=1)  # admitted, unfinished items per task; beyond it: 429
 
@@ -78,6 +81,7 @@ class Settings(BaseSettings):
     # Input limits.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)  # one image, before decoding
     max_image_pixels: int = Field(default=40_000_000, ge=1)  # width × height, read from the header
+    max_audio_seconds: float = Field(default=30.0, gt=0)  # one audio upload (and never past the model's window)
     max_text_chars: int = Field(default=2000, ge=1)  # one /embed text
     max_question_chars: int = Field(default=500, ge=1)
     max_embed_inputs: int = Field(default=256, ge=1)  # texts in one /embed call
@@ -135,5 +139,6 @@ class Settings(BaseSettings):
             "vqa": self.vqa_model,
             "embed_text": self.embed_model,
             "embed_image": self.embed_model,
+            "transcribe": self.transcribe_model,
         }[task]
         return per_task or self.model

@@ -1,8 +1,9 @@
-"""Reading request bodies: the content type, then JSON or multipart, into validated fields and image bytes.
+"""Reading request bodies: the content type, then JSON or multipart, into validated fields and file bytes.
 
-Each image endpoint takes either `multipart/form-data` (a file field `image` plus plain fields) or
-`application/json` (a base64 `image` plus the same fields). Both end in the same pydantic models, so
-a malformed field reads the same either way: FastAPI's 422 shape. Nothing here decodes pixels.
+Each image endpoint (and /transcribe, with `audio` for `image`) takes either `multipart/form-data` (a file
+field `image` plus plain fields) or `application/json` (a base64 `image` plus the same fields). Both end
+in the same pydantic models, so a malformed field reads the same either way: FastAPI's 422 shape.
+Nothing here decodes pixels or samples.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class BodyKind(StrEnum):
     MULTIPART = "multipart/form-data"
 
 
-def body_kind(request: Request) -> BodyKind:
+def body_kind(request: Request, file_field: str = "image") -> BodyKind:
     """JSON or multipart, from the Content-Type header alone (415 otherwise)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     for kind in BodyKind:
@@ -36,7 +37,7 @@ def body_kind(request: Request) -> BodyKind:
             return kind
     shown = media_type or "none"
     raise UnsupportedMediaType(
-        f"unsupported content type {shown}; send multipart/form-data (a file field 'image') or application/json"
+        f"unsupported content type {shown}; send multipart/form-data (a file field '{file_field}') or application/json"
     )
 
 
@@ -64,18 +65,20 @@ async def read_json(request: Request, model: type[M], settings: Settings) -> M:
         raise validation_error(e) from e
 
 
-async def read_form(request: Request, params: type[M], settings: Settings) -> tuple[bytes, M]:
-    """The uploaded `image` file and the other fields, validated against `params`."""
+async def read_form(
+    request: Request, params: type[M], settings: Settings, file_field: str = "image"
+) -> tuple[bytes, M]:
+    """The uploaded file (`file_field`: "image", "audio", ...) and the other fields, validated against `params`."""
     form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
     try:
-        image = form.get("image")
-        if image is None:
-            raise missing("image", "Field required: a file field named 'image'")
-        if not isinstance(image, UploadFile):
-            raise missing("image", "image must be a file upload, not a text field")
-        data = await image.read(settings.max_upload_bytes + 1)
-        check_size(data, settings)
-        fields: dict[str, Any] = {key: value for key, value in form.multi_items() if key != "image"}
+        upload = form.get(file_field)
+        if upload is None:
+            raise missing(file_field, f"Field required: a file field named '{file_field}'")
+        if not isinstance(upload, UploadFile):
+            raise missing(file_field, f"{file_field} must be a file upload, not a text field")
+        data = await upload.read(settings.max_upload_bytes + 1)
+        check_size(data, settings, file_field)
+        fields: dict[str, Any] = {key: value for key, value in form.multi_items() if key != file_field}
         try:
             return data, params.model_validate(fields, context={"settings": settings})
         except ValidationError as e:
@@ -85,18 +88,23 @@ async def read_form(request: Request, params: type[M], settings: Settings) -> tu
 
 
 async def read_image_request(
-    request: Request, kind: BodyKind, params: type[M], json_model: type[M], settings: Settings
+    request: Request,
+    kind: BodyKind,
+    params: type[M],
+    json_model: type[M],
+    settings: Settings,
+    file_field: str = "image",
 ) -> tuple[bytes, M]:
-    """Image bytes and fields from either body kind; `json_model` is `params` plus a base64 `image`."""
+    """File bytes and fields from either body kind; `json_model` is `params` plus the base64 `file_field`."""
     if kind is BodyKind.MULTIPART:
-        return await read_form(request, params, settings)
+        return await read_form(request, params, settings, file_field)
     body = await read_json(request, json_model, settings)
-    data: bytes = getattr(body, "image")  # noqa: B009 (json_model has it; params does not)
-    check_size(data, settings)
+    data: bytes = getattr(body, file_field)
+    check_size(data, settings, file_field)
     return data, body
 
 
-def check_size(data: bytes, settings: Settings) -> None:
-    """413 for an image over the upload limit."""
+def check_size(data: bytes, settings: Settings, what: str = "image") -> None:
+    """413 for an upload (an image, an audio file) over the upload limit."""
     if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"the image is larger than the limit of {settings.max_upload_bytes} bytes")
+        raise PayloadTooLarge(f"the {what} is larger than the limit of {settings.max_upload_bytes} bytes")

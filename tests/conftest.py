@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random built-in checkpoint, and a frozen text tower loaded once."""
+"""Shared fixtures: a tiny random built-in checkpoint and Whisper, and a frozen text tower loaded once."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.support.builtin_checkpoint import tiny_checkpoint
+from tests.support.hf_checkpoints import build_whisper
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -21,6 +22,12 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def tiny_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny-builtin"))
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random multilingual Whisper (4-second window), built once per session."""
+    return build_whisper(tmp_path_factory.mktemp("tiny-whisper"))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ returns the adapter for its family; no list of model names is kept here:
 - architecture `BlipForQuestionAnswering` → `BlipQuestionAnswerer`: vqa;
 - a model type transformers lists for zero-shot image classification (CLIP, SigLIP, …) → `DualEncoder`:
   embed_text, embed_image;
-- a model type `AutoModelForImageTextToText` knows (LLaVA and newer VLMs) → `ImageTextToText`: caption, vqa.
+- a model type `AutoModelForImageTextToText` knows (LLaVA and newer VLMs) → `ImageTextToText`: caption, vqa;
+- model type `whisper` (`WhisperForConditionalGeneration`) → `WhisperTranscriber`: transcribe.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from model.hf.dual_encoder import load_dual_encoder
 from model.hf.loading import load_config, read_json
 from model.hf.sentence import load_sentence_transformer
 from model.hf.vlm import load_image_text_to_text
+from model.hf.whisper import load_whisper
 
 __all__ = ["HFAdapter", "ModelLoadError", "load_hf_model"]
 
@@ -76,12 +78,14 @@ def _load(
         return load_blip(name, blip.pop(), device, dtype, caption_prompt, max_text_tokens)
     if config.model_type in MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         return load_dual_encoder(name, device, dtype, max_text_tokens)
+    if config.model_type == "whisper" and architectures <= {"WhisperForConditionalGeneration"}:
+        return load_whisper(name, device, dtype)
     if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         return load_image_text_to_text(name, device, dtype, caption_prompt, max_text_tokens)
     raise ModelLoadError(
         f"model {name!r} (model_type {config.model_type!r}, architectures {sorted(architectures)}) is not a "
         "family mmserve can serve: BLIP captioning or VQA, a CLIP-style dual encoder, "
-        "a sentence-transformers folder, or an image-text-to-text model"
+        "a sentence-transformers folder, an image-text-to-text model, or Whisper (WhisperForConditionalGeneration)"
     )
 
 

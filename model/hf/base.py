@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import GenerationMixin, PreTrainedModel
 
-from model.api import Task, UnsupportedTask
+from model.api import AudioSpec, Task, UnsupportedTask
 
 
 class HFAdapter:
@@ -36,6 +37,7 @@ class HFAdapter:
         self.tasks = tasks
         self.max_text_tokens = max_text_tokens
         self.dim = dim
+        self.audio: AudioSpec | None = None  # set by the adapters that transcribe
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, tasks={sorted(self.tasks)}, device={self.device})"
@@ -69,6 +71,15 @@ class HFAdapter:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text as `embed_text` sees them (any thread); adapters that embed text override it."""
         raise self._refuse("embed_text")
+
+    def prepare_audio(self, audio: np.ndarray) -> Any:
+        raise self._refuse("transcribe")
+
+    def transcribe(
+        self, audios: Sequence[np.ndarray | Any], language: str | Sequence[str | None] | None = None
+    ) -> list[str]:
+        """One transcript per audio."""
+        raise self._refuse("transcribe")
 
 
 def generate(model: PreTrainedModel, **kwargs: Any) -> torch.Tensor:

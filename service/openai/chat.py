@@ -37,9 +37,8 @@ from service.openai.chat_schemas import (
 )
 from service.openai.errors import InvalidRequest, ModelNotFound, UnsupportedParameter, openai_type
 from service.openai.image_urls import image_bytes
-from service.openai.schemas import OPENAI_ERROR_RESPONSES, json_request_body
 from service.openai.stops import StopScanner, cut_at_stop
-from service.routes.common import RuntimeDep, before_deadline, disconnect_waiter, observe, timings
+from service.routes.common import RuntimeDep, before_deadline, disconnect_waiter, json_body, observe, timings
 from service.routes.streaming import first_update
 from service.runtime import Runtime
 from service.settings import Settings
@@ -90,11 +89,8 @@ class Completion:
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
-    responses={
-        200: {"content": _CHUNKS, "description": "JSON, or server-sent chunks with `stream`"},
-        **OPENAI_ERROR_RESPONSES,
-    },
-    openapi_extra=json_request_body(ChatCompletionRequest),
+    responses={200: {"content": _CHUNKS, "description": "JSON, or server-sent chunks with `stream`"}},
+    openapi_extra=json_body(ChatCompletionRequest),
 )
 async def create_chat_completion(request: Request, runtime: RuntimeDep) -> Response:
     """A caption or an answer about the last user message's image, in OpenAI's chat shapes (streamed or whole)."""

@@ -19,27 +19,41 @@ from service.batching import Item
 from service.errors import InvalidImage, UnsupportedMediaType
 from service.openai.errors import ModelNotFound, UnsupportedParameter
 from service.openai.schemas import (
-    OPENAI_ERROR_RESPONSES,
     CreateEmbeddingResponse,
     Embedding,
     EmbeddingRequest,
     ImageInput,
+    OpenAIErrorResponse,
     Usage,
-    json_request_body,
 )
-from service.routes.common import RequestRecord, RuntimeDep, before_deadline, disconnect_waiter, observe, timings
+from service.routes.common import (
+    ERROR_RESPONSES,
+    RequestRecord,
+    RuntimeDep,
+    before_deadline,
+    disconnect_waiter,
+    json_body,
+    observe,
+    timings,
+)
 from service.runtime import Runtime
 from service.schemas import _decode_base64
 from service.uploads import BodyKind, body_kind, check_size, read_json
 
 router = APIRouter()
 
+# The native statuses, in OpenAI's error shape (a field error too: 422), and 404 for a model not served.
+OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": OpenAIErrorResponse, "description": response["description"]}
+    for status, response in {**ERROR_RESPONSES, 404: {"description": "The model is not served here"}}.items()
+}
+
 
 @router.post(
     "/v1/embeddings",
     response_model=CreateEmbeddingResponse,
     responses=OPENAI_ERROR_RESPONSES,
-    openapi_extra=json_request_body(EmbeddingRequest),
+    openapi_extra=json_body(EmbeddingRequest),
 )
 async def create_embeddings(request: Request, runtime: RuntimeDep) -> CreateEmbeddingResponse:
     """Embed texts and images (data URLs) in one space, in OpenAI's request and response shapes."""

@@ -7,7 +7,7 @@ that names the parameter.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, model_validator
 
@@ -27,7 +27,7 @@ class ImageInput(BaseModel):
     image_url: ImageURL
 
 
-# Documented as non-empty; the model validator says which item is empty (as the native /embed does).
+# A text to embed: the schema says non-empty (the validator below says so to the client, with the index).
 Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]
 InputItem = Text | ImageInput | int | list[int]
 
@@ -40,7 +40,7 @@ class EmbeddingRequest(BaseModel):
         json_schema_extra={"examples": [{"model": "mmserve-builtin", "input": ["a red circle", "a blue square"]}]},
     )
 
-    input: Text | Annotated[list[InputItem], Field(json_schema_extra={"minItems": 1})] = Field(
+    input: Text | Annotated[list[InputItem], Field(min_length=1)] = Field(
         description="A text, or a list of texts and image items {type: image_url, image_url: {url: data URL}}"
     )
     model: str = Field(description="The embedding model's id, as GET /v1/models lists it")
@@ -108,38 +108,3 @@ class OpenAIErrorDetail(BaseModel):
 
 class OpenAIErrorResponse(BaseModel):
     error: OpenAIErrorDetail
-
-
-OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": OpenAIErrorResponse, "description": description}
-    for status, description in {
-        400: "A parameter mmserve does not support (named in `param`), or an input the model cannot take",
-        404: "The model is not served here",
-        413: "The body or an image is over the limit",
-        415: "The content type is not application/json",
-        422: "A missing or malformed field",
-        429: "The task's queue is full; retry after the Retry-After header's seconds",
-        501: "The configured model cannot do this task",
-        503: "The model is still loading, or the server is shutting down",
-        504: "The request did not complete within the request timeout",
-    }.items()
-}
-
-
-def json_request_body(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI `openapi_extra` for a JSON body read by the route itself, `model`'s schema with its $defs inlined."""
-    schema = model.model_json_schema()
-    definitions = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            reference = node.get("$ref", "")
-            if reference.startswith("#/$defs/"):
-                siblings = {key: value for key, value in node.items() if key != "$ref"}
-                return inline({**definitions[reference.removeprefix("#/$defs/")], **siblings})
-            return {key: inline(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [inline(value) for value in node]
-        return node
-
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}

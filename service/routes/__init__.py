@@ -1,11 +1,12 @@
-"""The HTTP routes: inference tasks and operations."""
+"""The HTTP routes: inference tasks (images, texts, audio) and operations."""
 
 from fastapi import APIRouter
 
-from service.routes import ops, tasks
+from service.routes import audio, ops, tasks
 
 router = APIRouter()
 router.include_router(tasks.router)
+router.include_router(audio.router)
 router.include_router(ops.router)
 
 __all__ = ["router"]

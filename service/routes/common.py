@@ -100,8 +100,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # type: ignore[assignment]
 } | {422: {"model": ValidationErrorResponse, "description": "A missing or malformed field, or a body that is not JSON"}}
 
 
-def request_body(json_model: type[BaseModel], form_model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a body that is either JSON (base64 image) or multipart (an image file and `form_model`'s fields).
+def request_body(json_model: type[BaseModel], form_model: type[BaseModel], file_field: str = "image") -> dict[str, Any]:
+    """OpenAPI for a body that is either JSON (a base64 file) or multipart (a file `file_field` and `form_model`'s
+    fields).
 
     Limits that come from the settings are added when the app serves its document (`service.openapi`).
     """
@@ -115,8 +116,8 @@ def request_body(json_model: type[BaseModel], form_model: type[BaseModel]) -> di
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "required": ["image", *form.get("required", [])],
-                        "properties": {"image": {"type": "string", "format": "binary"}, **fields},
+                        "required": [file_field, *form.get("required", [])],
+                        "properties": {file_field: {"type": "string", "format": "binary"}, **fields},
                         "additionalProperties": False,
                     }
                 },
@@ -130,3 +131,21 @@ def _not_null(field: dict[str, Any]) -> dict[str, Any]:
     branches = [branch for branch in field.get("anyOf", []) if branch.get("type") != "null"]
     others = {key: value for key, value in field.items() if key != "anyOf" and not (key == "default" and value is None)}
     return {**branches[0], **others} if len(branches) == 1 else others
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a JSON body read by the route itself (so FastAPI does not document it), refs inlined."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}

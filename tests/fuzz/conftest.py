@@ -16,13 +16,15 @@ MARKER = "body-marker-5f3c9a"
 
 
 @pytest.fixture(scope="session")
-def fuzz_server(tiny_checkpoint_dir: Path) -> Iterator[ServerProcess]:
+def fuzz_server(tiny_checkpoint_dir: Path, tiny_whisper_dir: Path) -> Iterator[ServerProcess]:
     settings = {
         "MMSERVE_MODEL": str(tiny_checkpoint_dir),
+        "MMSERVE_TRANSCRIBE_MODEL": str(tiny_whisper_dir),  # so the audio routes are served, not 501
         "MMSERVE_DEVICE": "cpu",
         "MMSERVE_TORCH_THREADS": "1",
         "MMSERVE_LOG_LEVEL": "debug",
         "MMSERVE_REQUEST_TIMEOUT_S": "4",  # a slow body is cut off by the request deadline
+        "PYTHONUNBUFFERED": "1",  # each log line reaches the file at once (test_no_body_in_the_log reads it)
     }
     with ServerProcess(settings) as server:
         yield server

@@ -2,11 +2,12 @@
 
 import io
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from model import ALL_TASKS, load_model
+from model import ALL_TASKS, UnsupportedTask, load_model
 from model.scenes import make_scene, render
 
 
@@ -15,7 +16,10 @@ def _scenes(n: int) -> list[Image.Image]:
 
 
 def test_protocol_attributes(tiny_model) -> None:
-    assert tiny_model.tasks == ALL_TASKS
+    assert tiny_model.tasks == ALL_TASKS - {"transcribe"}  # no audio tower yet
+    assert tiny_model.audio is None
+    with pytest.raises(UnsupportedTask, match="MMSERVE_TRANSCRIBE_MODEL"):
+        tiny_model.transcribe([np.zeros(16_000, dtype=np.float32)])
     assert tiny_model.dim == 384
     assert tiny_model.device == torch.device("cpu")
     assert tiny_model.dtype == torch.float32

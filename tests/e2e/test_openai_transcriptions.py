@@ -1,0 +1,71 @@
+"""The official `openai` package's audio.transcriptions against a real server serving a tiny Whisper."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.support.audio import encode, speech
+from tests.support.server import ServerProcess
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_whisper_dir: Path) -> Iterator[ServerProcess]:
+    settings = {"MMSERVE_MODEL": str(tiny_whisper_dir), "MMSERVE_DEVICE": "cpu", "MMSERVE_TORCH_THREADS": "1"}
+    with ServerProcess(settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def wav() -> bytes:
+    return encode(*speech("a small yellow square left of a red circle"))
+
+
+def test_json_text_and_verbose_json_agree_with_the_native_route(
+    server: ServerProcess, client: openai.OpenAI, tiny_whisper_dir: Path, wav: bytes
+) -> None:
+    native = httpx.post(
+        f"{server.url}/transcribe", files={"audio": ("s.wav", wav)}, data={"language": "en"}, timeout=120
+    ).json()
+    model = str(tiny_whisper_dir)
+    assert [m.id for m in client.models.list().data] == [model]
+    as_json = client.audio.transcriptions.create(model=model, file=("s.wav", wav), language="en")
+    assert as_json.text == native["text"]
+    as_text = client.audio.transcriptions.create(
+        model=model, file=("s.wav", wav), language="en", response_format="text"
+    )
+    assert as_text == native["text"]
+    verbose = client.audio.transcriptions.create(
+        model=model, file=("s.wav", wav), language="en", response_format="verbose_json"
+    )
+    assert (verbose.text, verbose.language, verbose.duration) == (native["text"], "en", native["duration"])
+
+
+def test_errors_in_openai_shape(client: openai.OpenAI, tiny_whisper_dir: Path, wav: bytes) -> None:
+    model = str(tiny_whisper_dir)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.audio.transcriptions.create(model="whisper-1", file=("s.wav", wav))
+    assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as srt:
+        client.audio.transcriptions.create(model=model, file=("s.wav", wav), response_format="srt")
+    assert srt.value.body["param"] == "response_format"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as not_audio:
+        client.audio.transcriptions.create(model=model, file=("s.wav", b"plain text, not audio"))
+    assert not_audio.value.body["code"] == "invalid_audio"  # type: ignore[index]
+    with pytest.raises(openai.UnprocessableEntityError) as language:
+        client.audio.transcriptions.create(model=model, file=("s.wav", wav), language="xx")
+    assert language.value.body["param"] == "language"  # type: ignore[index]
+    with pytest.raises(openai.APIStatusError) as image_task:  # the Whisper server does no image task
+        client.embeddings.create(model=model, input="a red circle")
+    assert image_task.value.status_code == 501
