@@ -23,6 +23,7 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, RequestContext
 from service.openapi import install_openapi
+from service.playground import install_playground
 from service.routes import router
 from service.runtime import Runtime
 from service.settings import Settings
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(openai.router)
     install_openapi(app, settings)
+    install_playground(app)
     # Middleware, innermost first: the body limit, API keys (a refusal reads no body), CORS (its headers
     # on refusals too, so a browser can read them), request ids and log lines, OpenAI's error shape on /v1.
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)

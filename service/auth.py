@@ -1,9 +1,11 @@
 """API keys: `Authorization: Bearer <key>` on every route but the open ones, compared in constant time.
 
 Off unless keys are configured (`MMSERVE_API_KEYS`, `MMSERVE_API_KEYS_FILE`). The API documentation is
-always open, and so are /health, /health/live and /metrics unless `MMSERVE_PROTECT_HEALTH` is set (load
-balancers and Prometheus usually call them without credentials). A missing or wrong key gets 401 with
-`WWW-Authenticate: Bearer` (RFC 6750). Keys are kept only as SHA-256 digests and never logged.
+always open, and so is the playground page (`/` and its files under /static/: they hold no data; its
+requests send the key typed into it); /health, /health/live and /metrics are open unless
+`MMSERVE_PROTECT_HEALTH` is set (load balancers and Prometheus usually call them without credentials).
+A missing or wrong key gets 401 with `WWW-Authenticate: Bearer` (RFC 6750). Keys are kept only as
+SHA-256 digests and never logged.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from service.errors import ServiceError, error_response
 
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 HEALTH_PATHS = frozenset({"/health", "/health/live", "/metrics"})
+PLAYGROUND_PATH = "/"
+PLAYGROUND_FILES = "/static/"
 
 
 class Unauthorized(ServiceError):
@@ -35,10 +39,10 @@ class ApiKeyAuth:
         self.app = app
         # Digests: equal lengths, so the comparison time does not depend on the key's length either.
         self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
-        self._open = DOCS_PATHS if protect_health else DOCS_PATHS | HEALTH_PATHS
+        self._open = {PLAYGROUND_PATH} | DOCS_PATHS | (frozenset() if protect_health else HEALTH_PATHS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._open:
+        if scope["type"] != "http" or scope["path"] in self._open or scope["path"].startswith(PLAYGROUND_FILES):
             await self.app(scope, receive, send)
             return
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")

@@ -145,9 +145,12 @@ class Engine:
     def prepare_generation(
         self, task: Task, image: Image.Image, question: str | None = None, max_new_tokens: int | None = None
     ) -> GenerationInput:
-        """A caption (`max_new_tokens`) or an answer (`question`) to generate, ready for the device."""
+        """A caption (`max_new_tokens`) or an answer (`question`; at most `vqa_max_new_tokens`) to generate."""
         model = self._models[task]
-        limit = self._vqa_max_new_tokens if task == "vqa" else int(max_new_tokens or 0)
+        if task == "vqa":
+            limit = min(self._vqa_max_new_tokens, max_new_tokens or self._vqa_max_new_tokens)
+        else:
+            limit = int(max_new_tokens or 0)
         stepwise = self.stepwise(task)
         spec = stepwise.sequence(task, question, limit) if stepwise is not None else None
         return GenerationInput(model.prepare_image(image), question, limit, spec)
@@ -169,6 +172,13 @@ class Engine:
     def prepare_text(self, task: Task, text: str) -> Any:
         return self._models[task].prepare_text(text)
 
+    def prompt_tokens(self, task: Task, question: str | None) -> int:
+        """The prompt's tokens for a caption or an answer (usage reports); 0 when the model does not say."""
+        model: Any = self._models[task]
+        if isinstance(model, StepwiseGenerator):
+            return len(model.sequence(task, question, 1).prompt)
+        return 0
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text for the embedding model (usage reports); safe outside the inference thread."""
         return self._models["embed_text"].count_tokens(texts)
@@ -184,9 +194,9 @@ class Engine:
                     )
                     outputs: list[Any] = [Generated(text) for text in texts]
                 case "vqa":
-                    texts = self._models["vqa"].answer(
-                        [p.image for p in payloads], [p.question for p in payloads], self._vqa_max_new_tokens
-                    )
+                    limit = max(p.max_new_tokens for p in payloads)  # one per batch: the largest asked
+                    images, questions = [p.image for p in payloads], [p.question for p in payloads]
+                    texts = self._models["vqa"].answer(images, questions, limit)
                     outputs = [Generated(text) for text in texts]
                 case "embed_text":
                     outputs = list(self._models["embed_text"].embed_text(list(payloads)).float().numpy())

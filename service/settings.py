@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     step_timeout_s: float = Field(default=60.0, ge=0)
     exit_on_stuck: bool = True  # false: stay up, unhealthy (for tests that look at the state in-process)
 
+    # http(s) image URLs in /v1/chat/completions: off unless allowed, then only to the listed hosts (never to
+    # loopback, link-local or private addresses), at most `max_upload_bytes`, within `image_url_timeout_s`.
+    allow_image_urls: bool = False
+    image_url_hosts: str = ""  # comma-separated host names (or IP literals) images may be fetched from
+    image_url_timeout_s: float = Field(default=10.0, gt=0)
+
     load_delay_s: float = Field(default=0.0, ge=0)  # for tests: sleep this long before loading the model
 
     @model_validator(mode="after")
@@ -120,6 +126,9 @@ class Settings(BaseSettings):
 
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    def image_url_host_list(self) -> frozenset[str]:
+        return frozenset(host.strip().lower().strip("[]") for host in self.image_url_hosts.split(",") if host.strip())
 
     def batch_policy(self, task: Task) -> BatchPolicy:
         """The batching knobs of one task."""

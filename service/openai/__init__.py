@@ -1,9 +1,9 @@
-"""OpenAI-compatible routes under /v1: the models list, embeddings and audio transcriptions, in OpenAI's shapes and
-error shape."""
+"""OpenAI-compatible routes under /v1: the models list, embeddings, chat completions and audio transcriptions, in
+OpenAI's shapes and error shape."""
 
 from fastapi import APIRouter
 
-from service.openai import embeddings, models, transcriptions
+from service.openai import chat, embeddings, models, transcriptions
 from service.openai.errors import OpenAIErrorShape
 from service.openai.schemas import OpenAIErrorResponse
 
@@ -27,6 +27,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
 router = APIRouter(tags=["OpenAI-compatible"], responses=ERRORS)
 router.include_router(models.router)
 router.include_router(embeddings.router)
+router.include_router(chat.router)
 router.include_router(transcriptions.router)
 
 __all__ = ["OpenAIErrorShape", "router"]

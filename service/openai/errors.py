@@ -29,6 +29,13 @@ class UnsupportedParameter(ServiceError):
     error_type = "unsupported_parameter"
 
 
+class InvalidRequest(ServiceError):
+    """A well-formed request the served model cannot answer (no image for a model that needs one, ...)."""
+
+    status_code = 400
+    error_type = "invalid_request"
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
     error_type = "model_not_found"

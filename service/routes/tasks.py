@@ -110,7 +110,7 @@ async def generate(request: Request, runtime: Runtime, route: GenerationRoute) -
                     route.task,
                     data,
                     question=getattr(params, "question", None),
-                    max_new_tokens=getattr(params, "max_new_tokens", None) or runtime.settings.default_max_new_tokens,
+                    max_new_tokens=_max_new_tokens(route, params, runtime),
                 )
                 record.decode_s = time.monotonic() - started
             sink = runtime.stream_sink() if params.stream else None
@@ -133,6 +133,13 @@ async def generate(request: Request, runtime: Runtime, route: GenerationRoute) -
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+
+def _max_new_tokens(route: GenerationRoute, params: StreamParam, runtime: Runtime) -> int | None:
+    """A caption's limit (asked, or the default); answers have the server's (`vqa_max_new_tokens`)."""
+    if route.task == "vqa":
+        return None
+    return getattr(params, "max_new_tokens", None) or runtime.settings.default_max_new_tokens
 
 
 @router.post(
