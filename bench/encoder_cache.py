@@ -88,9 +88,12 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model("builtin", args.device)
-    encoded = [png_b64(20_000_000 + i) for i in range(args.images)]
-    images = [b64 for b64, _ in encoded]
-    expected = [model.answer([image] * len(QUESTIONS), list(QUESTIONS)) for _, image in encoded]
+    # each client count gets images of its own, so that no run finds the previous run's in the cache
+    workloads = []
+    for run in range(len(args.clients)):
+        encoded = [png_b64(20_000_000 + 1000 * run + i) for i in range(args.images)]
+        answers = [model.answer([image] * len(QUESTIONS), list(QUESTIONS)) for _, image in encoded]
+        workloads.append(([b64 for b64, _ in encoded], answers))
     del model
     rows = []
     for label, env in (("on (64 MiB)", {}), ("off", {"MMSERVE_ENCODER_CACHE_BYTES": "0"})):
@@ -99,7 +102,7 @@ def main() -> None:
         server.start()
         try:
             server.wait_ready()
-            for clients in args.clients:
+            for clients, (images, expected) in zip(args.clients, workloads, strict=True):
                 seconds, latencies = asyncio.run(drive(server.url, images, expected, clients))
                 hits, misses = cache_counts(server.url)
                 rows.append((label, clients, len(latencies) / seconds, statistics.median(latencies),
@@ -108,7 +111,7 @@ def main() -> None:
         finally:
             server.stop()
     table = [
-        "| encoder cache | clients | req/s | p50 ms | p99 ms | hits | misses (cumulative) |",
+        "| encoder cache | clients | req/s | p50 ms | p99 ms | hits | misses (cumulative per server) |",
         "|---|---|---|---|---|---|---|",
     ]
     table += [f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]} | {r[6]} |" for r in rows]
