@@ -25,7 +25,6 @@ class DecoderConfig:
     heads: int = 3
     max_len: int = 64  # prompt plus generated tokens; generation stops there
     mlp_ratio: float = 4.0
-    rope: bool = False  # rotary positions in self-attention, on top of the learned ones (see decoder.py)
 
 
 @dataclass(frozen=True)
@@ -34,19 +33,20 @@ class ModelConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     embed_dim: int = 384  # the frozen text tower's size: image embeddings are projected into its space
     max_question_tokens: int = 40  # longer questions keep their first 40 tokens (documented truncation)
-    # add the patch tokens' fixed 2-D positions back before the decoder reads them (see multimodal.py)
-    context_positions: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return cls(
-            vision=VisionConfig(**data["vision"]),
-            decoder=DecoderConfig(**data["decoder"]),
-            **{k: v for k, v in data.items() if k not in ("vision", "decoder")},
-        )
+        decoder = dict(data["decoder"])
+        top = {k: v for k, v in data.items() if k not in ("vision", "decoder")}
+        # Two position experiments (rotary self-attention, `rope`; image-token positions, `context_positions`)
+        # were removed from the code (the model card tells them); checkpoints that had them off still load.
+        for options, key in ((decoder, "rope"), (top, "context_positions")):
+            if options.pop(key, False):
+                raise ValueError(f"this checkpoint was trained with {key}, an experiment mmserve no longer runs")
+        return cls(vision=VisionConfig(**data["vision"]), decoder=DecoderConfig(**decoder), **top)
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from model.config import DecoderConfig
-from model.layers import Block, BlockCache, KVCache, SlotKV, init_weights, rotary, scale_residual_init
+from model.layers import Block, BlockCache, KVCache, SlotKV, init_weights, scale_residual_init
 
 
 class Decoder(nn.Module):
@@ -44,12 +44,8 @@ class Decoder(nn.Module):
         """`mask` (B, 1, T, S) says which of the S keys (cached + new) each new token may attend to."""
         x = self.tok_emb(ids) + self.pos_emb(positions)  # (B, T, d)
         context = self.context_proj(image_tokens)  # (B, N, d)
-        # Optional rotary positions in self-attention make "the token two back" a relative look-up. Tried
-        # for the position family (comparing two objects named in the question): it did not help within
-        # 2,000 steps and slowed the other VQA families, so the shipped model has it off.
-        rope = rotary(positions, self.config.dim // self.config.heads) if self.config.rope else None
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, context=context, cache=cache[i] if cache is not None else None, rope=rope)
+            x = block(x, mask=mask, context=context, cache=cache[i] if cache is not None else None)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
     # Serving: sequences in preallocated slots (see model.generate.DecodeState).
@@ -77,9 +73,8 @@ class Decoder(nn.Module):
         the new tokens' own keys are written at their positions before attention.
         """
         x = self.tok_emb(ids) + self.pos_emb(positions)
-        rope = rotary(positions, self.config.dim // self.config.heads) if self.config.rope else None
         for block, own, cross in zip(self._blocks(), self_kv, cross_kv, strict=True):
-            x = block.forward_slots(x, own, cross, rows, keys, mask, positions, rope)
+            x = block.forward_slots(x, own, cross, rows, keys, mask, positions)
         return x
 
     def _blocks(self) -> list[Block]:

@@ -39,22 +39,6 @@ class SlotKV:
     v: torch.Tensor
 
 
-def rotary(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE angles for token positions (B, T): cos and sin, each (B, 1, T, head_dim), to broadcast over heads."""
-    half = head_dim // 2
-    inv_freq = 1.0 / (base ** (torch.arange(half, dtype=torch.float32, device=positions.device) / half))
-    angles = positions.float()[..., None] * inv_freq  # (B, T, half)
-    angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, T, head_dim)
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate queries or keys (B, nh, T, hs) by their positions' angles (the rotate-half form of RoPE)."""
-    cos, sin = rope
-    x1, x2 = x.chunk(2, dim=-1)
-    return (x * cos.to(x.dtype)) + (torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype))
-
-
 class Attention(nn.Module):
     """Multi-head attention. Without `context` it is self-attention; with it, cross-attention."""
 
@@ -73,22 +57,16 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         is_cross: bool = False,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """`rope` (self-attention only): rotary angles of the new tokens, applied to their queries and keys."""
         B, T, C = x.shape
         nh, hs = self.heads, C // self.heads
         q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if rope is not None:
-            q = apply_rotary(q, rope)
         if is_cross and cache is not None and cache.k is not None:
             k, v = cache.k, cache.v  # the image tokens' keys and values, computed once per generation
         else:
             source = x if context is None else context
             S = source.shape[1]
             k, v = self.kv(source).view(B, S, 2, nh, hs).permute(2, 0, 3, 1, 4)  # 2 × (B, nh, S, hs)
-            if rope is not None:
-                k = apply_rotary(k, rope)  # cached already rotated: a key's position never changes
             if cache is not None:
                 if not is_cross and cache.k is not None and cache.v is not None:
                     k = torch.cat([cache.k, k], dim=2)
@@ -98,13 +76,11 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
-    def project_kv(
-        self, source: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of `source` (B, S, C): two (B, nh, S, hs) tensors."""
         B, S, C = source.shape
         k, v = self.kv(source).view(B, S, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        return (apply_rotary(k, rope) if rope is not None else k), v
+        return k, v
 
     def forward_slots(
         self,
@@ -114,7 +90,6 @@ class Attention(nn.Module):
         keys: int,
         mask: torch.Tensor | None,
         positions: torch.Tensor | None = None,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Attention of `x` (B, T, C), the new tokens of slots `rows`, over the first `keys` cached keys.
 
@@ -124,11 +99,9 @@ class Attention(nn.Module):
         B, T, C = x.shape
         nh, hs = self.heads, C // self.heads
         q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if rope is not None:
-            q = apply_rotary(q, rope)
         k_all, v_all = cache.k[rows], cache.v[rows]  # views of the slots
         if positions is not None:
-            k, v = self.project_kv(x, rope)
+            k, v = self.project_kv(x)
             row = torch.arange(B, device=x.device)[:, None]
             k_all[row, :, positions] = k.transpose(1, 2)  # (B, T, nh, hs) written in place
             v_all[row, :, positions] = v.transpose(1, 2)
@@ -171,9 +144,8 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         cache: BlockCache | None = None,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), mask=mask, cache=cache.self_attn if cache else None, rope=rope)
+        x = x + self.attn(self.ln1(x), mask=mask, cache=cache.self_attn if cache else None)
         if self.cross is not None and self.ln_cross is not None:
             cross_cache = cache.cross_attn if cache else None
             x = x + self.cross(self.ln_cross(x), context=context, cache=cross_cache, is_cross=True)
@@ -188,10 +160,9 @@ class Block(nn.Module):
         keys: int,
         mask: torch.Tensor,
         positions: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """`forward` for new tokens of slot-cached sequences (see `Attention.forward_slots`)."""
-        x = x + self.attn.forward_slots(self.ln1(x), self_cache, rows, keys, mask, positions, rope)
+        x = x + self.attn.forward_slots(self.ln1(x), self_cache, rows, keys, mask, positions)
         if self.cross is not None and self.ln_cross is not None and cross_cache is not None:
             context = cross_cache.k.shape[2]  # every image token is valid: no mask
             x = x + self.cross.forward_slots(self.ln_cross(x), cross_cache, rows, context, None)

@@ -50,12 +50,6 @@ class MultimodalTransformer(nn.Module):
         """Pixels (B, 3, H, W) → normalised embedding (B, embed_dim) and image tokens (B, 1 + N, d)."""
         cls, patches = self.vision(pixels)
         embedding = F.normalize(self.image_proj(cls).float(), dim=-1)
-        # Optionally the decoder reads the patch tokens with their fixed 2-D positions added back, as DETR
-        # adds positional encodings to the encoder's memory, so that an object's column is a linear
-        # read-out of what cross-attention fetches. Off in the shipped model (it did not make the position
-        # family learnable within 1,500 steps).
-        if self.config.context_positions:
-            patches = patches + self.vision.pos.to(patches.dtype)
         return embedding, torch.cat([cls[:, None], patches], dim=1)
 
 

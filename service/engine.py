@@ -84,9 +84,6 @@ class Engine:
         dtype = _DTYPES[settings.dtype]
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
-        if settings.load_delay_s:
-            logger.info("MMSERVE_LOAD_DELAY_S: waiting %.1f s before loading", settings.load_delay_s)
-            time.sleep(settings.load_delay_s)
         loaded: dict[str, MultimodalModel] = {}
         models: dict[Task, MultimodalModel] = {}
         for task in sorted(ALL_TASKS):

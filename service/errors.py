@@ -107,11 +107,6 @@ class OutOfMemory(ServiceError):
     error_type = "out_of_memory"
 
 
-class InternalError(ServiceError):
-    status_code = 500
-    error_type = "internal_error"
-
-
 def json_error(
     status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None, param: str | None = None
 ) -> JSONResponse:

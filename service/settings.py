@@ -100,7 +100,6 @@ class Settings(BaseSettings):
     image_url_hosts: str = ""  # comma-separated host names (or IP literals) images may be fetched from
     image_url_timeout_s: float = Field(default=10.0, gt=0)
 
-    load_delay_s: float = Field(default=0.0, ge=0)  # for tests: sleep this long before loading the model
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

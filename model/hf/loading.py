@@ -76,21 +76,38 @@ def read_json(name: str, filename: str, subfolder: str = "") -> dict[str, Any] |
 def load_pretrained(
     model_class: Any, name: str, device: torch.device, dtype: torch.dtype, **kwargs: Any
 ) -> PreTrainedModel:
-    """Weights onto `device` in `dtype`, in eval mode, with SDPA attention where the architecture has it."""
+    """Weights onto `device` in `dtype`, in eval mode, with SDPA attention where the architecture has it.
+
+    The weights load straight onto `device` (transformers' `device_map`), so a large model does not need
+    twice its size in host memory; where that is not possible here (no accelerate), it loads on the CPU
+    and moves.
+    """
     try:
         try:
-            model: PreTrainedModel = model_class.from_pretrained(
-                name, dtype=dtype, attn_implementation="sdpa", **kwargs
+            model: PreTrainedModel = _from_pretrained(
+                model_class, name, device, dtype=dtype, attn_implementation="sdpa", **kwargs
             )
         except (ValueError, ImportError) as e:  # this architecture has no SDPA path: use its default
             logger.info("model %s: SDPA attention unavailable (%s); using the default attention", name, e)
-            model = model_class.from_pretrained(name, dtype=dtype, **kwargs)
+            model = _from_pretrained(model_class, name, device, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the weights of model {name!r}: {one_line(e)}") from e
     # transformers wraps `to` and `eval` (functools.wraps), and the checker then reads `device` as `self`
     model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model
+
+
+def _from_pretrained(model_class: Any, name: str, device: torch.device, **kwargs: Any) -> PreTrainedModel:
+    if device.type == "cpu":
+        return model_class.from_pretrained(name, **kwargs)  # type: ignore[no-any-return]
+    try:
+        return model_class.from_pretrained(name, device_map=str(device), **kwargs)  # type: ignore[no-any-return]
+    except ImportError as e:  # device_map wants accelerate in some transformers versions
+        if "accelerate" not in str(e).lower():
+            raise
+        logger.info("model %s: loading on the CPU, then moving it (%s)", name, one_line(e))
+        return model_class.from_pretrained(name, **kwargs)  # type: ignore[no-any-return]
 
 
 def text_position_limit(config: PretrainedConfig, default: int = 512) -> int:

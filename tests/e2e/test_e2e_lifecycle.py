@@ -21,20 +21,21 @@ def upload(seed: int) -> dict[str, tuple[str, bytes, str]]:
 
 @pytest.fixture(scope="module")
 def slow_start(base_settings: dict[str, str]) -> Iterator[ServerProcess]:
-    """`python -m service serve --model ... --device cpu`: a 3 s loading delay, a tiny queue, long waits.
+    """`mmserve serve --model ... --device cpu`, a tiny queue, long waits, and a 3 s loading delay
+    (tests/support/slow_loading_server.py).
 
     Started, not waited for: the first test watches it become ready.
     """
     flags = ("serve", "--model", base_settings["MMSERVE_MODEL"], "--device", "cpu", "--log-level", "warning")
     settings = {
         "MMSERVE_TORCH_THREADS": "1",
-        "MMSERVE_LOAD_DELAY_S": "3",
+        "SLOW_LOADING_S": "3",
         "MMSERVE_QUEUE_CAPACITY": "4",
         "MMSERVE_MAX_EMBED_INPUTS": "4",
         "MMSERVE_CAPTION_MAX_WAIT_MS": "1000",  # admitted requests hold the queue for a second
         "MMSERVE_VQA_MAX_WAIT_MS": "3000",
     }
-    server = ServerProcess(settings, args=flags).start()
+    server = ServerProcess(settings, args=flags, module="tests.support.slow_loading_server").start()
     try:
         yield server
     finally:

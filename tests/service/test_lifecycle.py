@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +29,16 @@ def upload(data: bytes = PNG) -> dict[str, tuple[str, bytes, str]]:
     return {"image": ("image.png", data, "image/png")}
 
 
-async def test_503_while_loading(serve) -> None:  # type: ignore[no-untyped-def]
-    async with serve(wait_ready=False, load_delay_s=1.0) as client:
+async def test_503_while_loading(serve, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    loading = threading.Event()
+    real_load_model = service.engine.load_model
+
+    def slow_load_model(*args: Any, **kwargs: Any) -> Any:
+        loading.wait(30)  # held until the test has seen the loading state
+        return real_load_model(*args, **kwargs)
+
+    monkeypatch.setattr(service.engine, "load_model", slow_load_model)
+    async with serve(wait_ready=False) as client:
         health = await client.get("/health")
         assert health.status_code == 503
         assert health.json()["status"] == "loading"
@@ -41,6 +50,7 @@ async def test_503_while_loading(serve) -> None:  # type: ignore[no-untyped-def]
             "type": "not_ready",
             "message": "the model is still loading; retry shortly",
         }
+        loading.set()
         assert (await wait_for_status(client, "ok")).status_code == 200
         assert (await client.post("/caption", files=upload())).status_code == 200
 
