@@ -62,6 +62,7 @@ class InferenceThread(threading.Thread):
         self._on_failure = on_failure
         self._cache = EncoderCache(encoder_cache_bytes, metrics.count_encoder_lookup)
         self._generations: dict[Task, Generation] = {}  # the stepwise tasks, and the state each decodes in
+        self._states: list[Generation] = []  # the same, each state once (captions and answers may share one)
         self._caps = {t: BatchCap(b.max_batch_size, metrics.batch_cap.labels(t).set) for t, b in batchers.items()}
         self._taken: list[Item[Any, Any]] = []  # the items taken this turn (answered 503 if the loop dies)
         self._busy_since: float | None = None  # when the current turn started; None between turns
@@ -85,6 +86,7 @@ class InferenceThread(threading.Thread):
             engine = self._load_engine()
             engine.warm_up()
             self._generations = self._build_generations(engine)
+            self._states = list(dict.fromkeys(self._generations.values()))
         except BaseException as e:
             logger.exception("loading the model failed")
             self._on_failure(e)
@@ -114,14 +116,13 @@ class InferenceThread(threading.Thread):
         stuck in the device; whatever it finishes later finds its items answered already."""
         for batcher in self._batchers.values():
             batcher.fail_pending(error)
-        generations = {id(g): g for g in self._generations.values()}.values()
-        running = [item for g in generations for item in [*g.items, *(item for _, item in g.rejoining)]]
+        running = [item for g in self._states for item in [*g.items, *(item for _, item in g.rejoining)]]
         for item in [*self._taken, *running]:
             item.fail(error)
 
     def running(self) -> int:
         """Sequences decoding now, or waiting to be prefilled again after an out-of-memory step (the metric)."""
-        return sum(len(g) for g in set(self._generations.values()))
+        return sum(len(g) for g in self._states)
 
     # The loop.
     def _build_generations(self, engine: Engine) -> dict[Task, Generation]:
@@ -143,7 +144,7 @@ class InferenceThread(threading.Thread):
         """Block until there is something to do; False once stopping and nothing is left."""
         with self._lock:
             while True:
-                if any(len(g) for g in self._generations.values()):
+                if any(len(g) for g in self._states):
                     return True
                 now = time.monotonic()
                 due = self._due()
@@ -161,8 +162,7 @@ class InferenceThread(threading.Thread):
 
     def _turn(self, engine: Engine) -> None:
         now = time.monotonic()
-        generations = list({id(g): g for g in self._generations.values()}.values())
-        for generation in generations:
+        for generation in self._states:
             generation.drop_gone(now)
             generation.rejoin()  # sequences put back after an out-of-memory step go before new ones
         due = {task: at for task, at in self._due().items() if at <= now}
@@ -180,7 +180,7 @@ class InferenceThread(threading.Thread):
             self._taken += items
             if items:
                 self._run_batch(engine, task, items)
-        for generation in generations:
+        for generation in self._states:
             generation.step()
 
     # Whole batches.
@@ -227,7 +227,7 @@ class InferenceThread(threading.Thread):
 
     def _fail_everything(self, error: BaseException) -> None:
         """Answer every running and queued item with `error` (the loop is gone; nobody else will)."""
-        for generation in {id(g): g for g in self._generations.values()}.values():
+        for generation in self._states:
             generation.fail_all(error)
         for batcher in self._batchers.values():
             batcher.fail_pending(error)

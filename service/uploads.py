@@ -65,6 +65,13 @@ async def read_json(request: Request, model: type[M], settings: Settings) -> M:
         raise validation_error(e) from e
 
 
+async def read_json_body(request: Request, model: type[M], settings: Settings, hint: str) -> M:
+    """A body that must be JSON (415 otherwise, saying `hint`), validated against `model`."""
+    if body_kind(request) is not BodyKind.JSON:
+        raise UnsupportedMediaType(f"send application/json: {hint}")
+    return await read_json(request, model, settings)
+
+
 async def read_form(
     request: Request, params: type[M], settings: Settings, file_field: str = "image"
 ) -> tuple[bytes, M]:

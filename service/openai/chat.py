@@ -24,7 +24,7 @@ from fastapi.responses import Response, StreamingResponse
 from model import Task
 from model.api import Update
 from service.engine import Engine, Generated
-from service.errors import InvalidImage, ServiceError, UnsupportedMediaType
+from service.errors import InvalidImage, ServiceError
 from service.openai.chat_schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -42,7 +42,7 @@ from service.routes.common import RuntimeDep, before_deadline, disconnect_waiter
 from service.routes.streaming import first_update
 from service.runtime import Runtime
 from service.settings import Settings
-from service.uploads import BodyKind, body_kind, read_json
+from service.uploads import read_json_body
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,10 @@ async def create_chat_completion(request: Request, runtime: RuntimeDep) -> Respo
     """A caption or an answer about the last user message's image, in OpenAI's chat shapes (streamed or whole)."""
     async with observe(runtime, "caption") as record:
         engine = runtime.ensure_ready()
-        if body_kind(request) is not BodyKind.JSON:
-            raise UnsupportedMediaType("send application/json: images go in the messages as data URLs")
         async with before_deadline(record):
-            body = await read_json(request, ChatCompletionRequest, runtime.settings)
+            body = await read_json_body(
+                request, ChatCompletionRequest, runtime.settings, "images go in the messages as data URLs"
+            )
         if (refused := body.unsupported()) is not None:
             name, why = refused
             raise UnsupportedParameter(f"{name} is not supported: {why}", param=name)

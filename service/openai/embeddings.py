@@ -16,7 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from service.batching import Item
-from service.errors import InvalidImage, UnsupportedMediaType
+from service.errors import InvalidImage
 from service.openai.errors import ModelNotFound, UnsupportedParameter
 from service.openai.schemas import (
     CreateEmbeddingResponse,
@@ -38,7 +38,7 @@ from service.routes.common import (
 )
 from service.runtime import Runtime
 from service.schemas import _decode_base64
-from service.uploads import BodyKind, body_kind, check_size, read_json
+from service.uploads import check_size, read_json_body
 
 router = APIRouter()
 
@@ -59,10 +59,8 @@ async def create_embeddings(request: Request, runtime: RuntimeDep) -> CreateEmbe
     """Embed texts and images (data URLs) in one space, in OpenAI's request and response shapes."""
     async with observe(runtime, "embed_text") as record:
         engine = runtime.ensure_ready()
-        if body_kind(request) is not BodyKind.JSON:
-            raise UnsupportedMediaType("send application/json: images go in input as data URLs")
         async with before_deadline(record):
-            body = await read_json(request, EmbeddingRequest, runtime.settings)
+            body = await read_json_body(request, EmbeddingRequest, runtime.settings, "images go in input as data URLs")
         _check_supported(runtime, body)
         items = body.items()
         texts = {i: item for i, item in enumerate(items) if isinstance(item, str)}

