@@ -85,8 +85,7 @@ class InferenceThread(threading.Thread):
         try:
             engine = self._load_engine()
             engine.warm_up()
-            self._generations = self._build_generations(engine)
-            self._states = list(dict.fromkeys(self._generations.values()))
+            self._build_generations(engine)
         except BaseException as e:
             logger.exception("loading the model failed")
             self._on_failure(e)
@@ -125,7 +124,7 @@ class InferenceThread(threading.Thread):
         return sum(len(g) for g in self._states)
 
     # The loop.
-    def _build_generations(self, engine: Engine) -> dict[Task, Generation]:
+    def _build_generations(self, engine: Engine) -> None:
         """One generation state per stepwise model; captions and answers share it when one model does both."""
         by_model: dict[int, Generation] = {}
         generations: dict[Task, Generation] = {}
@@ -138,7 +137,7 @@ class InferenceThread(threading.Thread):
                 limits: dict[Task, int] = {t: self._batchers[t].max_batch_size for t in tasks}
                 by_model[id(model)] = Generation(model, limits, self._cache, self._metrics)
             generations[task] = by_model[id(model)]
-        return generations
+        self._generations, self._states = generations, list(by_model.values())
 
     def _wait_for_work(self) -> bool:
         """Block until there is something to do; False once stopping and nothing is left."""

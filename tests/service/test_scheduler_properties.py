@@ -87,7 +87,7 @@ class Driver:
         }
         self.engine = engine
         self.thread = InferenceThread(lambda: engine, self.batchers, self.lock, Metrics(), print, print)  # type: ignore[arg-type]
-        self.thread._generations = self.thread._build_generations(engine)
+        self.thread._build_generations(engine)
         self.requests: list[Request] = []
         self.turns = 0
         self.after_turn: Any = lambda turn: None
