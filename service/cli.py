@@ -60,6 +60,7 @@ def serve(overrides: dict[str, Any]) -> None:
         log_config=None,  # keep the logging configured above
         access_log=False,  # our own request line (service.logs) replaces uvicorn's
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        timeout_keep_alive=settings.keep_alive_s,
     )
     DrainingServer(config, on_exit=begin_drain).run()
 

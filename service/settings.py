@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"  # json: one JSON object per line (the request lines' fields at its top level)
+    # How long an idle keep-alive connection stays open. Longer than the idle expiry of common clients
+    # and proxies (httpx and Node: 5 s, AWS ALB: 60 s), so the client always closes first: a server that
+    # closes at the same moment the client reuses the connection loses that request (a reset).
+    keep_alive_s: int = Field(default=75, ge=1)
 
     # Access. With keys set, every route but the open ones needs `Authorization: Bearer <key>`.
     api_keys: SecretStr | None = None  # comma-separated keys (a SecretStr: never shown in a repr or a log)
