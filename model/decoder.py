@@ -40,12 +40,15 @@ class Decoder(nn.Module):
         mask: torch.Tensor,
         image_tokens: torch.Tensor,
         cache: list[BlockCache] | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`mask` (B, 1, T, S) says which of the S keys (cached + new) each new token may attend to."""
+        """`mask` (B, 1, T, S) says which of the S keys (cached + new) each new token may attend to;
+        `context_mask` (B, 1, 1, N) which context tokens are valid (audio has a length; None: all)."""
         x = self.tok_emb(ids) + self.pos_emb(positions)  # (B, T, d)
         context = self.context_proj(image_tokens)  # (B, N, d)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, context=context, cache=cache[i] if cache is not None else None)
+            layer_cache = cache[i] if cache is not None else None
+            x = block(x, mask=mask, context=context, cache=layer_cache, context_mask=context_mask)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
     # Serving: sequences in preallocated slots (see model.generate.DecodeState).
@@ -66,15 +69,17 @@ class Decoder(nn.Module):
         cross_kv: list[SlotKV],
         rows: slice,
         keys: int,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Hidden states (B, T, d) of new tokens `ids` (B, T) at `positions` in slots `rows`.
 
         `mask` (B, 1, T, keys) says which of the slot's first `keys` cached positions each token sees;
-        the new tokens' own keys are written at their positions before attention.
+        the new tokens' own keys are written at their positions before attention. `context_mask`
+        (B, 1, 1, N): the valid context tokens of each row (None: all).
         """
         x = self.tok_emb(ids) + self.pos_emb(positions)
         for block, own, cross in zip(self._blocks(), self_kv, cross_kv, strict=True):
-            x = block.forward_slots(x, own, cross, rows, keys, mask, positions)
+            x = block.forward_slots(x, own, cross, rows, keys, mask, positions, context_mask)
         return x
 
     def _blocks(self) -> list[Block]:

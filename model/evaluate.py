@@ -2,8 +2,9 @@
 
 Held-out scenes come from seeds at and above `HELD_OUT_SEED_START`, which training never draws. Reports
 caption exact match and token F1, per-attribute accuracy, VQA accuracy per question family, text→image
-and image→text recall@1 among 100, and the text tower's parity with sentence-transformers; the full
-run writes them into `model/MODEL_CARD.md`.
+and image→text recall@1 among 100, the text tower's parity with sentence-transformers, and for a model
+that hears, the word error rate on held-out sentences spoken in training voices and in held-out voices
+(`model.train.speech`; needs espeak-ng); the full run writes them into `model/MODEL_CARD.md`.
 """
 
 from __future__ import annotations
@@ -132,6 +133,33 @@ def quick_eval(
     return evaluate_model(BuiltinModel(module, tokenizer, text_tower), n_scenes=n_scenes)
 
 
+def normalise_words(text: str) -> str:
+    """Lower case, punctuation dropped, single spaces: what a word error rate compares."""
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Word error rate (substitutions, deletions and insertions over reference words), after normalising."""
+    import jiwer
+
+    hypotheses = [normalise_words(h) or "<empty>" for h in hypotheses]  # jiwer refuses an empty hypothesis
+    return float(jiwer.wer([normalise_words(r) for r in references], hypotheses))
+
+
+def speech_metrics(model: MultimodalModel) -> dict[str, float]:
+    """WER on the held-out sentences, in training voices and in held-out ones (synthesised by espeak-ng)."""
+    from model.train.speech import eval_utterances, synthesise
+
+    assert model.audio is not None
+    metrics = {}
+    for name, held_out in (("train_voices", False), ("held_out_voices", True)):
+        utterances = eval_utterances(held_out)
+        audios = [synthesise(u, model.audio.sampling_rate, i) for i, u in enumerate(utterances)]
+        heard = [text for i in range(0, len(audios), 32) for text in model.transcribe(audios[i : i + 32])]
+        metrics[f"wer_{name}"] = word_error_rate([u.text for u in utterances], heard)
+    return metrics
+
+
 def text_tower_parity(model: MultimodalModel) -> float:
     """Lowest cosine between our text embeddings and sentence-transformers' on the same folder."""
     from sentence_transformers import SentenceTransformer
@@ -167,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         metrics["text_tower_parity_min_cosine"] = text_tower_parity(model)
     except ImportError:
         logger.warning("sentence-transformers is not installed: parity not measured")
+    if "transcribe" in model.tasks and model.audio is not None:
+        metrics.update(speech_metrics(model))
     for k, v in metrics.items():
         print(f"{k:32s} {v:.4f}")
     if not args.no_card:

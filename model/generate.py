@@ -29,8 +29,12 @@ def greedy_decode(
     eos_id: int,
     pad_id: int,
     use_cache: bool = True,
+    context_mask: torch.Tensor | None = None,
 ) -> list[list[int]]:
-    """Generate up to `max_new_tokens[i]` tokens after `prompts[i]`; returns the new ids, without EOS."""
+    """Generate up to `max_new_tokens[i]` tokens after `prompts[i]`; returns the new ids, without EOS.
+
+    `context_mask` (B, N): the valid context tokens of each row (audio); None: all (an image's).
+    """
     B = len(prompts)
     if B == 0:
         return []
@@ -48,8 +52,9 @@ def greedy_decode(
     done = torch.tensor([n == 0 for n in limits], device=device)
     limit = torch.tensor(limits, device=device)
     cache = decoder.new_cache() if use_cache else None
+    cross = None if context_mask is None else context_mask[:, None, None, :]
 
-    logits = decoder(ids, positions, causal_mask(valid), image_tokens, cache)[:, -1]  # (B, V)
+    logits = decoder(ids, positions, causal_mask(valid), image_tokens, cache, cross)[:, -1]  # (B, V)
     for step in range(max(limits)):
         next_ids = logits.argmax(-1)  # (B,)
         finished = done | (next_ids == eos_id)
@@ -64,9 +69,9 @@ def greedy_decode(
         valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
         ids = torch.cat([ids, next_ids[:, None]], dim=1)
         if cache is not None:  # feed only the new token; its keys see every valid one before it
-            logits = decoder(ids[:, -1:], positions[:, -1:], valid[:, None, None, :], image_tokens, cache)
+            logits = decoder(ids[:, -1:], positions[:, -1:], valid[:, None, None, :], image_tokens, cache, cross)
         else:
-            logits = decoder(ids, positions, causal_mask(valid), image_tokens)
+            logits = decoder(ids, positions, causal_mask(valid), image_tokens, context_mask=cross)
         logits = logits[:, -1]
     return outputs
 
@@ -79,7 +84,10 @@ def greedy_decode(
 
 @dataclass(frozen=True)
 class ImageEncoding:
-    """What the decoder needs of one image: each block's cross-attention keys and values (nh, N, hs)."""
+    """What the decoder needs of one image (or audio): each block's cross-attention keys and values (nh, N, hs).
+
+    An image's N is fixed; an audio's is its own length (a `DecodeState` made with `masked_context`).
+    """
 
     cross_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
@@ -125,7 +133,10 @@ class DecodeState:
         pad_id: int,
         sep_id: int,
         detokenize: Callable[[list[int]], str],
+        masked_context: bool = False,
     ) -> None:
+        """`context_len`: the context tokens of a row (an image's); with `masked_context`, the most tokens a
+        row's context may have (audio: each row's own length, the rest masked)."""
         parameter = next(decoder.parameters())
         device, dtype = parameter.device, parameter.dtype
         config = decoder.config
@@ -142,8 +153,12 @@ class DecodeState:
 
         self._self_kv = [slots(config.max_len) for _ in decoder.blocks]
         self._cross_kv = [slots(context_len) for _ in decoder.blocks]
+        self._context_valid = (
+            torch.ones(capacity, context_len, dtype=torch.bool, device=device) if masked_context else None
+        )
         self._last = torch.full((capacity,), pad_id, dtype=torch.long, device=device)  # each row's next input
         self._keys = torch.arange(config.max_len, device=device)
+        self._keys_of_context = torch.arange(context_len, device=device)
         self._rows: list[_Row] = []
 
     def __len__(self) -> int:
@@ -164,9 +179,17 @@ class DecodeState:
         start = len(self._rows)
         rows = slice(start, start + k)
         room = self.decoder.config.max_len
-        for layer, cache in enumerate(self._cross_kv):  # each image's keys and values into its slot
-            cache.k[rows] = torch.stack([image.cross_kv[layer][0] for image in images])
-            cache.v[rows] = torch.stack([image.cross_kv[layer][1] for image in images])
+        if self._context_valid is None:
+            for layer, cache in enumerate(self._cross_kv):  # each image's keys and values into its slot
+                cache.k[rows] = torch.stack([image.cross_kv[layer][0] for image in images])
+                cache.v[rows] = torch.stack([image.cross_kv[layer][1] for image in images])
+        else:
+            for row, encoding in enumerate(images, start=start):  # each its own length, the rest masked
+                n = encoding.cross_kv[0][0].shape[1]
+                self._context_valid[row] = self._keys_of_context < n
+                for (keys, values), cache in zip(encoding.cross_kv, self._cross_kv, strict=True):
+                    cache.k[row, :, :n] = keys
+                    cache.v[row, :, :n] = values
         length = max(len(spec.prompt) for spec in specs)
         ids = torch.full((k, length), self._pad, dtype=torch.long)
         for i, spec in enumerate(specs):  # right-padded: a prompt starts at position 0 of its slot
@@ -176,7 +199,7 @@ class DecodeState:
         ids, lengths, valid = ids.to(self._device), lengths.to(self._device), valid.to(self._device)
         positions = self._keys[:length].expand(k, length)
         hidden = self.decoder.forward_slots(
-            ids, positions, causal_mask(valid), self._self_kv, self._cross_kv, rows, length
+            ids, positions, causal_mask(valid), self._self_kv, self._cross_kv, rows, length, self._context_mask(rows)
         )
         last = hidden[torch.arange(k, device=self._device), lengths - 1]  # each prompt's last token
         next_ids = self.decoder.logits(last).argmax(-1)
@@ -198,8 +221,9 @@ class DecodeState:
         keys = max(filled) + 1
         positions = torch.tensor(filled, dtype=torch.long).to(self._device, non_blocking=True)[:, None]  # (n, 1)
         mask = (self._keys[:keys][None, :] <= positions)[:, None, None, :]  # (n, 1, 1, keys)
+        rows = slice(0, n)
         hidden = self.decoder.forward_slots(
-            self._last[:n, None], positions, mask, self._self_kv, self._cross_kv, slice(0, n), keys
+            self._last[:n, None], positions, mask, self._self_kv, self._cross_kv, rows, keys, self._context_mask(rows)
         )
         next_ids = self.decoder.logits(hidden[:, -1]).argmax(-1)
         self._last[:n] = next_ids
@@ -218,7 +242,12 @@ class DecodeState:
                 cache.k[dst] = cache.k[src]
                 cache.v[dst] = cache.v[src]
             self._last[dst] = self._last[src]
+            if self._context_valid is not None:
+                self._context_valid[dst] = self._context_valid[src]
         self._rows = [self._rows[i] for i in keep]
+
+    def _context_mask(self, rows: slice) -> torch.Tensor | None:
+        return None if self._context_valid is None else self._context_valid[rows][:, None, None, :]
 
     def _advance(self, row: _Row, token: int) -> Update:
         """Take one generated token into a row: end of sequence, its limit, or one more token shown."""

@@ -144,11 +144,13 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         cache: BlockCache | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`context_mask` (B, 1, 1, N): which context tokens are valid (None: all of them, as for an image)."""
         x = x + self.attn(self.ln1(x), mask=mask, cache=cache.self_attn if cache else None)
         if self.cross is not None and self.ln_cross is not None:
             cross_cache = cache.cross_attn if cache else None
-            x = x + self.cross(self.ln_cross(x), context=context, cache=cross_cache, is_cross=True)
+            x = x + self.cross(self.ln_cross(x), context=context, mask=context_mask, cache=cross_cache, is_cross=True)
         return x + self.mlp(self.ln2(x))
 
     def forward_slots(
@@ -160,12 +162,13 @@ class Block(nn.Module):
         keys: int,
         mask: torch.Tensor,
         positions: torch.Tensor,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`forward` for new tokens of slot-cached sequences (see `Attention.forward_slots`)."""
         x = x + self.attn.forward_slots(self.ln1(x), self_cache, rows, keys, mask, positions)
         if self.cross is not None and self.ln_cross is not None and cross_cache is not None:
-            context = cross_cache.k.shape[2]  # every image token is valid: no mask
-            x = x + self.cross.forward_slots(self.ln_cross(x), cross_cache, rows, context, None)
+            context = cross_cache.k.shape[2]  # an image's tokens are all valid (no mask); audio's are masked
+            x = x + self.cross.forward_slots(self.ln_cross(x), cross_cache, rows, context, context_mask)
         return x + self.mlp(self.ln2(x))
 
 

@@ -3,9 +3,11 @@
 `MultimodalTransformer` is the trainable module: a ViT image encoder, a projection of the image into the
 frozen MiniLM text space (for embeddings), and a decoder with cross-attention (for captions and answers).
 `BuiltinModel` wraps it with the tokenizer, the text tower and image preprocessing, and implements the
-`MultimodalModel` protocol the service uses: batched `caption`, `answer`, `embed_text`, `embed_image`.
+`MultimodalModel` protocol the service uses: batched `caption`, `answer`, `embed_text`, `embed_image`,
+and `transcribe` when the checkpoint has an audio tower (`model.audio`): its tokens feed the same decoder.
 
-Prompts: a caption is generated after `[BOS]`; an answer after `[BOS] question [SEP]`. For some questions
+Prompts: a caption (and a transcript, from audio) is generated after `[BOS]`; an answer after
+`[BOS] question [SEP]`. For some questions
 the decoder first writes a scratchpad ending in `[SEP]`: for relative position each object's column, then
 their relation ("two four left [SEP] yes"); for colour the object's column ("three [SEP] green").
 `answer` returns only what follows the last `[SEP]`.
@@ -24,6 +26,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from model.api import ALL_TASKS, AudioSpec, PreparedImage, Task, UnsupportedTask
+from model.audio import AudioEncoder, log_mel, pad_features
 from model.config import ModelConfig
 from model.decoder import Decoder
 from model.generate import DecodeState, ImageEncoding, SequenceSpec, generate_all
@@ -35,7 +38,7 @@ from model.vision import VisionEncoder
 
 
 class MultimodalTransformer(nn.Module):
-    """The trainable towers: image encoder, image→text-space projection, decoder."""
+    """The trainable towers: image encoder, image→text-space projection, decoder, and the audio encoder if any."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -43,6 +46,8 @@ class MultimodalTransformer(nn.Module):
         self.vision = VisionEncoder(config.vision)
         self.image_proj = nn.Sequential(nn.LayerNorm(config.vision.dim), nn.Linear(config.vision.dim, config.embed_dim))
         self.decoder = Decoder(config.decoder, context_dim=config.vision.dim)
+        # audio tokens arrive where image tokens do: in the image encoder's width, before the decoder's projection
+        self.audio = AudioEncoder(config.audio, out_dim=config.vision.dim) if config.audio else None
         # CLIP's learnable temperature, log(1/0.07); only the training loss reads it
         self.logit_scale = nn.Parameter(torch.tensor(2.6593))
 
@@ -51,6 +56,12 @@ class MultimodalTransformer(nn.Module):
         cls, patches = self.vision(pixels)
         embedding = F.normalize(self.image_proj(cls).float(), dim=-1)
         return embedding, torch.cat([cls[:, None], patches], dim=1)
+
+    def encode_audio(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel features (B, T, n_mels) with lengths (B,) → audio tokens (B, N, d) and their validity (B, N)."""
+        if self.audio is None:
+            raise ValueError("this model has no audio tower")
+        return self.audio(features, lengths)
 
 
 def _token_id(tokenizer: Tokenizer, token: str) -> int:
@@ -63,8 +74,7 @@ def _token_id(tokenizer: Tokenizer, token: str) -> int:
 class BuiltinModel:
     """The built-in model behind the `MultimodalModel` protocol, and a `StepwiseGenerator`."""
 
-    tasks: frozenset[Task] = ALL_TASKS - {"transcribe"}  # it has no audio tower yet
-    audio: AudioSpec | None = None
+    LANGUAGES = frozenset({"en"})  # what the audio tower was trained on
 
     def __init__(
         self,
@@ -85,6 +95,11 @@ class BuiltinModel:
         self._ids = {token: _token_id(tokenizer, token) for token in (PAD, BOS, EOS, SEP)}
         vision = module.config.vision
         self._context_len = 1 + (vision.image_size // vision.patch_size) ** 2  # CLS + patches
+        heard = module.config.audio
+        self.tasks: frozenset[Task] = ALL_TASKS if heard else ALL_TASKS - {"transcribe"}
+        self.audio: AudioSpec | None = (
+            AudioSpec(heard.sampling_rate, heard.max_seconds, self.LANGUAGES) if heard else None
+        )
 
     # -- preprocessing (any thread) --------------------------------------------------------------
     def prepare_image(self, image: Image.Image) -> PreparedImage:
@@ -170,11 +185,53 @@ class BuiltinModel:
         """The text tower's tokens per text (for usage reports; any thread)."""
         return self.text_tower.count_tokens(texts)
 
-    def prepare_audio(self, audio: np.ndarray) -> np.ndarray:
-        raise self._no_audio()
+    def prepare_audio(self, audio: np.ndarray) -> torch.Tensor:
+        """Log-mel features (frames, n_mels) of one audio at the model's rate (any thread)."""
+        if self.module.config.audio is None:
+            raise self._no_audio()
+        features = log_mel(audio, self.module.config.audio)
+        return features.pin_memory() if self.device.type == "cuda" else features
 
-    def transcribe(self, audios: Sequence[np.ndarray], language: str | Sequence[str | None] | None = None) -> list[str]:
-        raise self._no_audio()
+    @torch.inference_mode()
+    def encode_audios(self, audios: Sequence[np.ndarray | torch.Tensor]) -> list[ImageEncoding]:
+        """Each audio's cross-attention keys and values, its own length (one pass of the audio encoder)."""
+        features = [a if isinstance(a, torch.Tensor) else self.prepare_audio(a) for a in audios]
+        batch, lengths = pad_features(features)
+        tokens, valid = self.module.encode_audio(batch.to(self.device, self.dtype), lengths.to(self.device))
+        layers = self.module.decoder.cross_kv(tokens)
+        counts = valid.sum(1).tolist()
+        return [
+            ImageEncoding(tuple((k[i, :, :n].clone(), v[i, :, :n].clone()) for k, v in layers))
+            for i, n in enumerate(counts)
+        ]
+
+    @torch.inference_mode()
+    def transcribe(
+        self, audios: Sequence[np.ndarray | torch.Tensor], language: str | Sequence[str | None] | None = None
+    ) -> list[str]:
+        """What is said in each audio (English; `language` may say "en"), generated after `[BOS]` from its tokens."""
+        if self.module.config.audio is None:
+            raise self._no_audio()
+        languages = [language] * len(audios) if language is None or isinstance(language, str) else list(language)
+        unknown = sorted({code for code in languages if code is not None and code not in self.LANGUAGES})
+        if unknown:
+            raise ValueError(f"language {unknown[0]!r} is not one this model knows (only 'en')")
+        if not audios:
+            return []
+        encodings = self.encode_audios(audios)
+        longest = max(e.cross_kv[0][0].shape[1] for e in encodings)
+        state = DecodeState(
+            self.module.decoder,
+            len(encodings),
+            longest,
+            eos_id=self._ids[EOS],
+            pad_id=self._ids[PAD],
+            sep_id=self._ids[SEP],
+            detokenize=self._decode,
+            masked_context=True,
+        )
+        limit = self.module.config.decoder.max_len - 1
+        return generate_all(state, [SequenceSpec((self._ids[BOS],), limit)] * len(encodings), encodings)
 
     def _no_audio(self) -> UnsupportedTask:
         return UnsupportedTask(

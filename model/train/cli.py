@@ -55,6 +55,10 @@ _STAGE_FIELDS = (
     "warmup_steps",
     "scratchpad",
     "family_weights",
+    "speech_pool",
+    "audio_batch_size",
+    "decoder_lr_ratio",
+    "speech_eval",
 )
 
 
@@ -115,6 +119,12 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         metavar="FAMILY=WEIGHT",
         help="ask this question family more (or less) often, e.g. position=3 (repeatable)",
     )
+    one.add_argument("--speech-pool", type=int, default=None, help="the speech stage: utterances to synthesise")
+    one.add_argument("--audio-batch-size", type=int, default=None, help="the speech stage: utterances a step")
+    one.add_argument(
+        "--decoder-lr-ratio", type=float, default=None, help="the speech stage: the decoder's rate over --lr"
+    )
+    one.add_argument("--speech-eval", type=int, default=None, help="the speech stage: sentences per quick check")
     args = parser.parse_args(argv)
     given = {field: getattr(args, field) for field in _STAGE_FIELDS if getattr(args, field) is not None}
     if args.stage is None and (given or args.init is not None):

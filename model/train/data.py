@@ -28,7 +28,7 @@ class Batches:
     def __init__(self, config: TrainConfig, tokenizer: Tokenizer) -> None:
         self.config = config
         self.tokenizer = tokenizer
-        self.ids = {t: _token_id(tokenizer, t) for t in (PAD, BOS, EOS, SEP)}
+        self.ids = {t: token_id(tokenizer, t) for t in (PAD, BOS, EOS, SEP)}
 
     def __call__(self, step: int) -> Batch:
         B = self.config.batch_size
@@ -65,7 +65,7 @@ class Batches:
         return ids
 
 
-def _token_id(tokenizer: Tokenizer, token: str) -> int:
+def token_id(tokenizer: Tokenizer, token: str) -> int:
     id_ = tokenizer.token_to_id(token)
     if id_ is None:
         raise ValueError(f"the tokenizer has no {token} token")

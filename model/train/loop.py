@@ -62,6 +62,10 @@ def train_step(
 def train(
     config: TrainConfig, out: Path, run_dir: Path, resume: bool, init: Path | None = None
 ) -> MultimodalTransformer:
+    if config.speech_pool:
+        from model.train.speech_loop import train_speech
+
+        return train_speech(config, out, run_dir, resume, init)
     torch.manual_seed(config.seed)
     device = resolve_device("auto")
     tokenizer = build_tokenizer()

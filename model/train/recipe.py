@@ -29,6 +29,12 @@ class TrainConfig:
     eval_scenes: int = 200  # held-out scenes per quick check (at least 100: recall is among 100)
     # curriculum: fraction of training done → most objects per scene
     curriculum: tuple[tuple[float, int], ...] = ((0.06, 1), (0.15, 2), (0.3, 3), (1.0, 4))
+    # The speech stage (model/train/speech_loop.py): spoken sentences from a pool synthesised once, and the
+    # image tasks replayed beside them (`batch_size` scenes a step) so that the shared decoder keeps them.
+    speech_pool: int = 0  # utterances in the pool; 0: not a speech stage
+    audio_batch_size: int = 64  # utterances a step
+    decoder_lr_ratio: float = 1.0  # the decoder's learning rate, as a fraction of `lr` (the audio tower's)
+    speech_eval: int = 300  # held-out sentences in each quick check's two sets (training and held-out voices)
 
 
 # what the stages after the first share: half the base learning rate, a short warm-up, and full scenes
@@ -50,6 +56,22 @@ STAGES: dict[str, TrainConfig] = {
         steps=700,
         scratchpad=("position", "colour"),
         family_weights=(("colour", 4.0), ("position", 2.0)),
+    ),
+    # the built-in model hears: a new audio tower, and the decoder (at half the rate) learns to write what it
+    # hears while it keeps captioning and answering (and existence answers get their scratchpad too);
+    # the image encoder is frozen, so image embeddings do not change
+    "speech": replace(
+        _FROM_BASE,
+        preset="base+audio",
+        steps=2400,
+        lr=1e-3,
+        warmup_steps=150,
+        batch_size=32,
+        eval_every=400,
+        scratchpad=("position", "colour", "exists"),
+        family_weights=(("exists", 4.0), ("colour", 2.0), ("position", 2.0)),
+        speech_pool=28_000,
+        decoder_lr_ratio=0.5,
     ),
 }
 

@@ -1,6 +1,7 @@
 """Training runs, checkpoints atomically, resumes where it stopped, and exports a loadable checkpoint."""
 
 import pytest
+import numpy as np
 import torch
 
 from model.checkpoint import load_builtin
@@ -124,21 +125,24 @@ def test_the_command_line_plans_the_shipped_recipe(tmp_path) -> None:
     from model.train import STAGES, parse_args
 
     plan = parse_args(["--run-dir", str(tmp_path), "--out", str(tmp_path / "model"), "--seed", "3"])
-    assert [name for name, *_ in plan.stages] == ["base", "position", "colour"]
+    assert [name for name, *_ in plan.stages] == ["base", "position", "colour", "speech"]
     stages = {name: rest for name, *rest in plan.stages}  # name → config, init, out, run dir
     base, base_init, base_out, base_run = stages["base"]
     position, position_init, position_out, position_run = stages["position"]
-    colour, colour_init, out, _ = stages["colour"]
+    colour, colour_init, colour_out, _ = stages["colour"]
+    speech, speech_init, out, _ = stages["speech"]
     assert base.steps == STAGES["base"].steps and base.scratchpad == () and base.family_weights == ()
     assert base_init is None and base_out == tmp_path / "base" / "weights" and base_run == tmp_path / "base"
     # each stage starts from the previous one's weights; the last writes the finished model
     assert position_init == base_out and position_out == tmp_path / "position" / "weights"
     assert position_run == tmp_path / "position"
-    assert colour_init == position_out and out == tmp_path / "model"
+    assert colour_init == position_out and colour_out == tmp_path / "colour" / "weights"
+    assert speech_init == colour_out and out == tmp_path / "model"
+    assert speech.speech_pool > 0 and speech.preset == "base+audio" and 0 < speech.decoder_lr_ratio < 1
     assert position.scratchpad == ("position",) and dict(position.family_weights) == {"position": 4.0}
     assert set(colour.scratchpad) == {"position", "colour"} and dict(colour.family_weights)["colour"] == 4.0
     assert position.curriculum == colour.curriculum == ((1.0, 4),) and position.lr < base.lr
-    assert base.seed == position.seed == colour.seed == 3
+    assert base.seed == position.seed == colour.seed == speech.seed == 3
 
 
 def test_one_stage_takes_its_settings_from_the_command_line(tmp_path, tiny_checkpoint_dir) -> None:
@@ -208,9 +212,17 @@ def test_mmserve_train_runs_stage_after_stage(tmp_path, text_tower) -> None:
     assert (tmp_path / "run" / "base" / "weights" / "model.safetensors").exists()
     main(["--stage", "position", *common])  # from the base stage's weights
     assert torch.load(tmp_path / "run" / "position" / "train_state.pt", weights_only=False)["step"] == 2
-    main(["--stage", "colour", *common, "--out", str(tmp_path / "model")])  # the last stage: the finished model
+    main(["--stage", "colour", *common])
+    # the last stage writes the finished model: the audio tower joins (a pool of 12 utterances, 4 a step)
+    speech = ["--preset", "tiny+audio", "--speech-pool", "12", "--audio-batch-size", "4", "--speech-eval", "4"]
+    main(["--stage", "speech", *common, *speech, "--out", str(tmp_path / "model")])
     model = load_builtin(tmp_path / "model", text_tower=text_tower)
     assert len(model.answer([render(make_scene(1))], ["what colour is the circle?"])) == 1
+    assert "transcribe" in model.tasks and len(model.transcribe([np.zeros(8000, np.float32) + 0.1])) == 1
+    # the image encoder was frozen: its weights are the colour stage's, bit for bit
+    colour = load_builtin(tmp_path / "run" / "colour" / "weights", text_tower=text_tower)
+    assert torch.equal(model.module.vision.patchify.weight, colour.module.vision.patchify.weight)
+    assert not torch.equal(model.module.decoder.tok_emb.weight, colour.module.decoder.tok_emb.weight)
 
 
 def test_a_training_step_builds_every_tensor_on_the_batch_device() -> None:

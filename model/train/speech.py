@@ -1,0 +1,214 @@
+"""Spoken scene sentences for the speech stage: synthesised with espeak-ng, varied, some voices held out.
+
+Every utterance is a pure function of its seed: a sentence of the scene grammar (a caption or a question,
+half and half), a voice (an espeak-ng accent and a voice variant), a speed, a pitch, a gain, and sometimes
+background noise and silence around it. espeak-ng (the Debian package `espeak-ng`) speaks at 22,050 Hz;
+the waveform is resampled to the model's rate with soxr, as the service resamples uploads.
+
+Voices: the training voices are six accents × ten variants. Two accents and three variants are never
+used in training; a held-out voice is a held-out accent with a held-out variant, so both are unheard.
+Sentences: a tenth of all the grammar's sentences are held out, chosen by a digest of their text (every one
+but "how many shapes are there?", the count family's only question); training skips them, and the
+evaluation sentences are held-out ones (from seeds in the held-out range), so none of them is ever heard.
+
+`build_pool` makes a training pool once (log-mel features in float16, in shards under a folder), in
+parallel processes; training then reads it many times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import random
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from model.audio import log_mel
+from model.config import AudioConfig
+from model.scenes import HELD_OUT_SEED_START, ask_any, make_scene
+
+logger = logging.getLogger("model.train")
+
+TRAIN_ACCENTS = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd")
+HELD_OUT_ACCENTS = ("en-029", "en-us-nyc")  # Caribbean, New York City
+TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "f5", "klatt")
+HELD_OUT_VARIANTS = ("m7", "f4", "klatt3")
+ESPEAK_RATE = 22_050  # Hz, what espeak-ng writes
+
+# evaluation sentences: seeds from here on (an offset into the held-out range, apart from the image sets)
+SPEECH_EVAL_SEED_START = HELD_OUT_SEED_START + 5_000_000
+EVAL_SENTENCES = 300
+
+
+@dataclass(frozen=True)
+class Utterance:
+    text: str  # what is said, as the grammar writes it (the transcript the model learns)
+    voice: str  # espeak-ng's -v: accent+variant
+    speed: int  # words per minute
+    pitch: int  # 0-99
+    gain_db: float  # applied to the peak-normalised waveform
+    snr_db: float | None  # background noise, or None
+    pad_s: tuple[float, float]  # silence before and after
+
+
+ALWAYS_TRAINED = "how many shapes are there?"  # the count family's one question: never held out
+
+
+def sentence(seed: int) -> str:
+    """A caption (half the time) or a question about the scene of `seed`."""
+    rng = random.Random(seed * 7 + 3)
+    scene = make_scene(seed)
+    return scene.caption if rng.random() < 0.5 else ask_any(scene, rng).text
+
+
+def is_held_out(text: str) -> bool:
+    """Whether a sentence is one that training never speaks (a tenth of them, by a digest of the text)."""
+    return text != ALWAYS_TRAINED and hashlib.blake2b(text.encode(), digest_size=8).digest()[0] % 10 == 0
+
+
+def eval_sentences(n: int = EVAL_SENTENCES) -> list[str]:
+    """`n` held-out sentences, half captions and half questions, from seeds in the held-out range.
+
+    The captions are distinct; the held-out questions are fewer (the grammar has a few hundred questions,
+    a tenth held out), so each comes back in turn, spoken each time in another voice.
+    """
+    captions: dict[str, None] = {}
+    questions: dict[str, None] = {}
+    for seed in range(SPEECH_EVAL_SEED_START, SPEECH_EVAL_SEED_START + 20_000):
+        text = sentence(seed)
+        if is_held_out(text):
+            (questions if text.endswith("?") else captions)[text] = None
+    half = n // 2
+    asked = list(questions)
+    return [*list(captions)[: n - half], *(asked[i % len(asked)] for i in range(half))]
+
+
+def utterance(seed: int, text: str, held_out_voice: bool = False) -> Utterance:
+    """The spoken variation of `text` for `seed`: voice, speed, pitch, gain, noise and silence."""
+    rng = random.Random(seed * 13 + 11)
+    accents, variants = (HELD_OUT_ACCENTS, HELD_OUT_VARIANTS) if held_out_voice else (TRAIN_ACCENTS, TRAIN_VARIANTS)
+    return Utterance(
+        text=text,
+        voice=f"{rng.choice(accents)}+{rng.choice(variants)}",
+        speed=rng.randint(130, 210),
+        pitch=rng.randint(25, 75),
+        gain_db=rng.uniform(-20.0, -1.0),
+        snr_db=rng.uniform(10.0, 40.0) if rng.random() < 0.6 else None,
+        pad_s=(rng.uniform(0.0, 0.4), rng.uniform(0.0, 0.4)),
+    )
+
+
+def training_utterance(seed: int) -> Utterance | None:
+    """The training utterance of `seed`, or None when its sentence is held out (never heard)."""
+    text = sentence(seed)
+    return None if is_held_out(text) else utterance(seed, text)
+
+
+def eval_utterances(held_out_voice: bool, n: int = EVAL_SENTENCES) -> list[Utterance]:
+    """The evaluation set: the held-out sentences, each in a training voice or in a held-out one."""
+    start = SPEECH_EVAL_SEED_START + (500_000 if held_out_voice else 0)  # its own variations
+    return [utterance(start + i, text, held_out_voice) for i, text in enumerate(eval_sentences(n))]
+
+
+def espeak() -> str:
+    found = shutil.which("espeak-ng")
+    if found is None:
+        raise RuntimeError("speech training needs espeak-ng (Debian: apt-get install espeak-ng)")
+    return found
+
+
+def synthesise(u: Utterance, sampling_rate: int, seed: int = 0) -> np.ndarray:
+    """The utterance as float32 mono at `sampling_rate`: spoken, resampled, padded, scaled and noised."""
+    wav = subprocess.run(
+        [espeak(), "--stdout", "-v", u.voice, "-s", str(u.speed), "-p", str(u.pitch), u.text],
+        check=True,
+        capture_output=True,
+    ).stdout
+    samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    samples = soxr.resample(samples, rate, sampling_rate).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    before, after = (np.zeros(int(s * sampling_rate), np.float32) for s in u.pad_s)
+    samples = np.concatenate([before, samples, after])
+    samples *= 10 ** (u.gain_db / 20) / max(1e-6, float(np.abs(samples).max()))
+    if u.snr_db is not None:
+        power = float(np.mean(samples**2)) / 10 ** (u.snr_db / 10)
+        noise = rng.standard_normal(len(samples)).astype(np.float32)
+        if rng.random() < 0.5:  # brown-ish noise half the time: more like a room than a hiss
+            walk = np.cumsum(noise)
+            sums = np.cumsum(np.concatenate([np.zeros(256), walk]))
+            noise = walk - (sums[256:] - sums[:-256]) / 256  # minus its moving average: no drift
+        noise *= np.sqrt(power / max(1e-12, float(np.mean(noise**2))))
+        samples = samples + noise.astype(np.float32)
+    clipped: np.ndarray = np.clip(samples, -1.0, 1.0)
+    return clipped
+
+
+def _features(args: tuple[list[int], AudioConfig]) -> list[tuple[str, torch.Tensor]]:
+    seeds, config = args
+    torch.set_num_threads(1)
+    out = []
+    for seed in seeds:
+        u = training_utterance(seed)
+        if u is None:
+            continue
+        out.append((u.text, log_mel(synthesise(u, config.sampling_rate, seed), config).to(torch.float16)))
+    return out
+
+
+def build_pool(folder: Path, size: int, config: AudioConfig, workers: int = 2, shard: int = 2000) -> None:
+    """Synthesise the training utterances of seeds 0, 1, ... (skipping held-out sentences) until `size` are
+    made, into shards of log-mel features (float16) and their texts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made, part, items, seed = 0, 0, [], 0
+    with ProcessPoolExecutor(workers) as pool:
+        while made < size:
+            chunks = [(list(range(start, start + 100)), config) for start in range(seed, seed + 2000, 100)]
+            seed += 2000
+            for chunk in pool.map(_features, chunks):
+                items += chunk
+            while len(items) >= shard or (items and made + len(items) >= size):
+                keep = items[: min(shard, size - made)]
+                items = items[len(keep) :]
+                torch.save({"texts": [t for t, _ in keep], "features": [f for _, f in keep]}, folder / f"{part:03d}.pt")
+                made, part = made + len(keep), part + 1
+                logger.info("speech pool: %d of %d utterances", made, size)
+                if made >= size:
+                    return
+
+
+def load_pool(folder: Path) -> tuple[list[str], list[torch.Tensor]]:
+    texts: list[str] = []
+    features: list[torch.Tensor] = []
+    for path in sorted(folder.glob("*.pt")):
+        shard = torch.load(path, weights_only=True)
+        texts += shard["texts"]
+        features += shard["features"]
+    if not texts:
+        raise FileNotFoundError(f"no speech pool in {folder}")
+    return texts, features
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Endless batches of indices with similar lengths (little padding), in a random order."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
+    while True:
+        # shuffle within windows of 50 batches, then cut into batches, then shuffle the batches
+        window = batch_size * 50
+        mixed = []
+        for start in range(0, len(order), window):
+            part = order[start : start + window]
+            rng.shuffle(part)
+            mixed += sorted(part, key=lambda i: lengths[i])
+        batches = [mixed[i : i + batch_size] for i in range(0, len(mixed) - batch_size + 1, batch_size)]
+        rng.shuffle(batches)
+        yield from batches
