@@ -1,7 +1,7 @@
 """Training runs, checkpoints atomically, resumes where it stopped, and exports a loadable checkpoint."""
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from model.checkpoint import load_builtin
