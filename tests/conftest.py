@@ -25,6 +25,12 @@ def tiny_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_audio_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random built-in checkpoint with an audio tower (`tiny+audio`): it transcribes too."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny-builtin-audio"), preset="tiny+audio")
+
+
+@pytest.fixture(scope="session")
 def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random multilingual Whisper (4-second window), built once per session."""
     return build_whisper(tmp_path_factory.mktemp("tiny-whisper"))
