@@ -124,28 +124,72 @@ class CaptionJSON(CaptionParams):
 
 
 class VqaParams(StreamParam):
-    question: str = Field(
-        min_length=1,
-        description="A question about the image",
-        json_schema_extra={"pattern": r"\S"},  # not blank (checked below, with a clearer message)
+    """Exactly one of `question` (typed) and `question_audio` (spoken; in a multipart body, a file field)."""
+
+    question: str | SkipJsonSchema[None] = Field(
+        default=None,
+        description="A question about the image (or send it spoken, as `question_audio`)",
+        json_schema_extra={"minLength": 1, "pattern": r"\S"},  # checked below, with clearer messages
+    )
+    question_audio: bytes | SkipJsonSchema[None] = Field(
+        default=None,
+        description="The question spoken (WAV, FLAC, Ogg or MP3): transcribed, then answered; "
+        "the response's `heard` says what was heard",
     )
 
-    @field_validator("question")
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["question"]}, {"required": ["question_audio"]}]}
+    )
+
+    @model_validator(mode="before")
     @classmethod
-    def _question(cls, value: str, info: ValidationInfo) -> str:
-        limit = _settings(info).max_question_chars
-        if not value.strip():
-            raise ValueError("question must not be blank")
-        if len(value) > limit:
-            raise ValueError(f"question is {len(value)} characters long; the limit is {limit}")
+    def _not_null(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in ("question", "question_audio"):
+                if name in data and data[name] is None:
+                    raise ValueError(f"{name} must not be null; leave it out")
+        return data
+
+    @field_validator("question", mode="before")
+    @classmethod
+    def _question(cls, value: Any, info: ValidationInfo) -> Any:
+        """A text's checks before the type's (which are a union's, with `None`): one clear error each."""
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("question must have at least 1 character")
+            check_question(value, _settings(info), "question must not be blank")
         return value
+
+    @model_validator(mode="after")
+    def _one_question(self) -> Self:
+        if (self.question is None) == (self.question_audio is None):
+            if self.question is not None:
+                raise ValueError("send either question (typed) or question_audio (spoken), not both")
+            raise ValueError("send a question: question (typed) or question_audio (spoken); neither was sent")
+        return self
+
+
+def check_question(question: str, settings: Settings, blank: str, what: str = "question") -> None:
+    """A question to answer, typed or heard: not blank (`blank` says so), not over the limit."""
+    if not question.strip():
+        raise ValueError(blank)
+    if len(question) > settings.max_question_chars:
+        raise ValueError(f"{what} is {len(question)} characters long; the limit is {settings.max_question_chars}")
 
 
 class VqaJSON(VqaParams):
     image: Base64Image
+    question_audio: Base64Audio | SkipJsonSchema[None] = Field(
+        default=None,
+        description="The question spoken, base64-encoded (WAV, FLAC, Ogg or MP3): transcribed, then answered; "
+        "the response's `heard` says what was heard",
+    )
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"image": EXAMPLE_IMAGE, "question": "What colour is the square?"}]}
+        json_schema_extra={
+            "oneOf": [{"required": ["question"]}, {"required": ["question_audio"]}],
+            "examples": [{"image": EXAMPLE_IMAGE, "question": "What colour is the square?"}],
+        }
     )
 
 
@@ -241,6 +285,9 @@ class CaptionResponse(BaseModel):
 class VqaResponse(BaseModel):
     answer: str
     model: str
+    heard: str | None = Field(
+        default=None, description="What was heard in `question_audio` (the question answered); null when typed"
+    )
     timings: Timings
 
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from service.errors import PayloadTooLarge, UnsupportedMediaType
 from service.settings import Settings
@@ -73,25 +73,41 @@ async def read_json_body(request: Request, model: type[M], settings: Settings, h
 
 
 async def read_form(
-    request: Request, params: type[M], settings: Settings, file_field: str = "image"
+    request: Request,
+    params: type[M],
+    settings: Settings,
+    file_field: str = "image",
+    optional_files: tuple[str, ...] = (),
 ) -> tuple[bytes, M]:
-    """The uploaded file (`file_field`: "image", "audio", ...) and the other fields, validated against `params`."""
-    form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+    """The uploaded file (`file_field`: "image", "audio", ...) and the other fields, validated against `params`.
+
+    `optional_files` are further file fields `params` takes as bytes (e.g. /vqa's spoken `question_audio`).
+    """
+    form = await request.form(max_files=1 + len(optional_files), max_fields=MAX_FORM_FIELDS)
     try:
-        upload = form.get(file_field)
-        if upload is None:
-            raise missing(file_field, f"Field required: a file field named '{file_field}'")
-        if not isinstance(upload, UploadFile):
-            raise missing(file_field, f"{file_field} must be a file upload, not a text field")
-        data = await upload.read(settings.max_upload_bytes + 1)
-        check_size(data, settings, file_field)
+        data = await _read_file(form, file_field, settings)
         fields: dict[str, Any] = {key: value for key, value in form.multi_items() if key != file_field}
+        for name in optional_files:
+            if name in fields:
+                fields[name] = await _read_file(form, name, settings)
         try:
             return data, params.model_validate(fields, context={"settings": settings})
         except ValidationError as e:
             raise validation_error(e) from e
     finally:
         await form.close()
+
+
+async def _read_file(form: FormData, name: str, settings: Settings) -> bytes:
+    """The bytes of the file field `name` (422 when it is missing or a text field; 413 over the limit)."""
+    upload = form.get(name)
+    if upload is None:
+        raise missing(name, f"Field required: a file field named '{name}'")
+    if not isinstance(upload, UploadFile):
+        raise missing(name, f"{name} must be a file upload, not a text field")
+    data = await upload.read(settings.max_upload_bytes + 1)
+    check_size(data, settings, name)
+    return data
 
 
 async def read_image_request(
@@ -101,13 +117,17 @@ async def read_image_request(
     json_model: type[M],
     settings: Settings,
     file_field: str = "image",
+    optional_files: tuple[str, ...] = (),
 ) -> tuple[bytes, M]:
-    """File bytes and fields from either body kind; `json_model` is `params` plus the base64 `file_field`."""
+    """File bytes and fields from either body kind; `json_model` is `params` plus the base64 `file_field`
+    (and base64 `optional_files`)."""
     if kind is BodyKind.MULTIPART:
-        return await read_form(request, params, settings, file_field)
+        return await read_form(request, params, settings, file_field, optional_files)
     body = await read_json(request, json_model, settings)
     data: bytes = getattr(body, file_field)
-    check_size(data, settings, file_field)
+    for name in (file_field, *optional_files):
+        if (value := getattr(body, name)) is not None:
+            check_size(value, settings, name)
     return data, body
 
 

@@ -74,11 +74,14 @@ def disconnect_waiter(request: Request) -> Callable[[], Awaitable[None]]:
     return wait
 
 
-def timings(record: RequestRecord, items: Sequence[Item[Any, Any]]) -> Timings:
-    """The response's timings; with several items, the slowest of each phase."""
+def timings(record: RequestRecord, items: Sequence[Item[Any, Any]], earlier: Sequence[Item[Any, Any]] = ()) -> Timings:
+    """The response's timings; with several items, the slowest of each phase. `earlier`: the items of a step
+    that ran before (a spoken question's transcription), whose queue and inference times add to these."""
+    queue_s = max(item.queue_s for item in items) + sum(item.queue_s for item in earlier)
+    inference_s = max(item.inference_s for item in items) + sum(item.inference_s for item in earlier)
     record.timings = Timings(
-        queue_ms=round(max(item.queue_s for item in items) * 1000, 3),
-        inference_ms=round(max(item.inference_s for item in items) * 1000, 3),
+        queue_ms=round(queue_s * 1000, 3),
+        inference_ms=round(inference_s * 1000, 3),
         decode_ms=round(record.decode_s * 1000, 3),
         total_ms=round((time.monotonic() - record.started) * 1000, 3),
         batch_size=max(item.batch_size for item in items),
@@ -120,6 +123,7 @@ def request_body(json_model: type[BaseModel], form_model: type[BaseModel], file_
                         "required": [file_field, *form.get("required", [])],
                         "properties": {file_field: {"type": "string", "format": "binary"}, **fields},
                         "additionalProperties": False,
+                        **({"oneOf": form["oneOf"]} if "oneOf" in form else {}),  # e.g. /vqa's question
                     }
                 },
             },

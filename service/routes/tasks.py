@@ -31,6 +31,8 @@ from service.routes.common import (
     request_body,
     timings,
 )
+from service.routes.hearing import FIELD as QUESTION_AUDIO
+from service.routes.hearing import SPOKEN_RESPONSES, hear_question
 from service.routes.streaming import event_stream, first_update
 from service.runtime import Runtime
 from service.schemas import (
@@ -70,10 +72,11 @@ class GenerationRoute:
     json_model: type[StreamParam]
     response: type[CaptionResponse] | type[VqaResponse]
     answer_field: str
+    audio_fields: tuple[str, ...] = ()  # file fields besides the image (spoken input)
 
 
 CAPTION = GenerationRoute("caption", CaptionParams, CaptionJSON, CaptionResponse, "caption")
-VQA = GenerationRoute("vqa", VqaParams, VqaJSON, VqaResponse, "answer")
+VQA = GenerationRoute("vqa", VqaParams, VqaJSON, VqaResponse, "answer", audio_fields=(QUESTION_AUDIO,))
 
 
 @router.post(
@@ -90,11 +93,11 @@ async def caption(request: Request, runtime: RuntimeDep) -> Response:
 @router.post(
     "/vqa",
     response_model=VqaResponse,
-    responses={200: {"content": _SSE, "description": "JSON, or server-sent events with `stream`"}},
+    responses={**SPOKEN_RESPONSES, 200: {"content": _SSE, "description": "JSON, or server-sent events with `stream`"}},
     openapi_extra=request_body(VqaJSON, VqaParams),
 )
 async def vqa(request: Request, runtime: RuntimeDep) -> Response:
-    """Answer a question about one image: multipart `image` + `question`, or JSON."""
+    """Answer a question about one image: multipart `image` + `question` (or a `question_audio` file), or JSON."""
     return await generate(request, runtime, VQA)
 
 
@@ -104,24 +107,32 @@ async def generate(request: Request, runtime: Runtime, route: GenerationRoute) -
         kind = body_kind(request)
         with runtime.admit(route.task) as slot:
             async with before_deadline(record):
-                data, params = await read_image_request(request, kind, route.params, route.json_model, runtime.settings)
+                data, params = await read_image_request(
+                    request, kind, route.params, route.json_model, runtime.settings, optional_files=route.audio_fields
+                )
+            question, heard, hearing = getattr(params, "question", None), None, []
+            if (spoken := getattr(params, "question_audio", None)) is not None:
+                heard, heard_item = await hear_question(request, runtime, record, spoken)
+                question, hearing = heard, [heard_item]
+            async with before_deadline(record):
                 started = time.monotonic()
                 payload = await runtime.prepare_generation(
-                    route.task,
-                    data,
-                    question=getattr(params, "question", None),
-                    max_new_tokens=_max_new_tokens(route, params, runtime),
+                    route.task, data, question=question, max_new_tokens=_max_new_tokens(route, params, runtime)
                 )
-                record.decode_s = time.monotonic() - started
+                record.decode_s += time.monotonic() - started
             sink = runtime.stream_sink() if params.stream else None
             item = slot.submit(payload, record.deadline, sink[1] if sink else None)
         model = runtime.model_name(route.task)
 
         def reply(text: str) -> dict[str, Any]:
-            body = route.response.model_validate(
-                {route.answer_field: text, "model": model, "timings": timings(record, [item])}
-            )
-            return body.model_dump()
+            body: dict[str, Any] = {
+                route.answer_field: text,
+                "model": model,
+                "timings": timings(record, [item], hearing),
+            }
+            if route.task == "vqa":
+                body["heard"] = heard
+            return route.response.model_validate(body).model_dump()
 
         if sink is None:
             [generated] = await runtime.wait([item], record.deadline, disconnect_waiter(request))

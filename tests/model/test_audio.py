@@ -62,8 +62,13 @@ def _reference(model: BuiltinModel, audios: list[np.ndarray]) -> list[str]:
     ids = _ids(model)
     limit = model.config.decoder.max_len - 1
     generated = greedy_decode(
-        model.module.decoder, tokens, [[ids[BOS]]] * len(audios), [limit] * len(audios),
-        eos_id=ids[EOS], pad_id=ids[PAD], context_mask=valid,
+        model.module.decoder,
+        tokens,
+        [[ids[BOS]]] * len(audios),
+        [limit] * len(audios),
+        eos_id=ids[EOS],
+        pad_id=ids[PAD],
+        context_mask=valid,
     )
     return [model.tokenizer.decode(g).strip() for g in generated]
 
@@ -105,8 +110,14 @@ def test_rows_join_and_leave_a_masked_state(hearing: BuiltinModel, clips: list[n
     ids = _ids(hearing)
     assert hearing.config.audio is not None
     state = DecodeState(
-        hearing.module.decoder, 3, hearing.config.audio.max_tokens, ids[EOS], ids[PAD], ids[SEP],
-        detokenize=lambda t: hearing.tokenizer.decode(t).strip(), masked_context=True,
+        hearing.module.decoder,
+        3,
+        hearing.config.audio.max_tokens,
+        ids[EOS],
+        ids[PAD],
+        ids[SEP],
+        detokenize=lambda t: hearing.tokenizer.decode(t).strip(),
+        masked_context=True,
     )
     spec = SequenceSpec((ids[BOS],), hearing.config.decoder.max_len - 1)
     waiting, rows, texts, cancelled, steps = list(range(len(audios))), [], {}, set(), 0
@@ -137,7 +148,10 @@ def test_rows_join_and_leave_a_masked_state(hearing: BuiltinModel, clips: list[n
 
 
 def test_a_checkpoint_with_the_tower_saves_and_loads_strictly(
-    hearing: BuiltinModel, clips: list[np.ndarray], tmp_path: Path, text_tower  # type: ignore[no-untyped-def]
+    hearing: BuiltinModel,
+    clips: list[np.ndarray],
+    tmp_path: Path,
+    text_tower,  # type: ignore[no-untyped-def]
 ) -> None:
     save_checkpoint(hearing.module, hearing.tokenizer, tmp_path, name="resaved")
     module, _, name = load_module(tmp_path)  # strict: every key present, none extra
@@ -160,9 +174,7 @@ def test_a_checkpoint_missing_tower_weights_is_refused(
         load_module(tmp_path)
 
 
-def test_an_old_checkpoint_without_audio_loads_and_cannot_transcribe(
-    tiny_checkpoint_dir: Path, tmp_path: Path
-) -> None:
+def test_an_old_checkpoint_without_audio_loads_and_cannot_transcribe(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
     """A checkpoint written before the tower existed: no `audio` key in its config at all."""
     shutil.copytree(tiny_checkpoint_dir, tmp_path, dirs_exist_ok=True)
     meta = json.loads((tmp_path / "config.json").read_text())
