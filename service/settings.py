@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     caption_model: str | None = None  # None: use `model`
     vqa_model: str | None = None
     embed_model: str | None = None  # serves both text and image embeddings
-    transcribe_model: str | None = None  # speech to text (a Whisper checkpoint; the built-in model cannot)
+    # speech to text: None serves it with `model` (a built-in checkpoint transcribes once its weights have the
+    # audio tower); or a Whisper checkpoint. /vqa's spoken questions are heard by this model too.
+    transcribe_model: str | None = None
     device: str = "auto"  # "auto": CUDA when available, else CPU (with a warning); or "cpu", "cuda:1", ...
     dtype: DType = "auto"  # "auto": the model's choice (fp32 on CPU, bf16/fp16 on CUDA)
     torch_threads: int | None = Field(default=None, ge=1)  # CPU intra-op threads; None: torch's default

@@ -16,7 +16,7 @@ def _scenes(n: int) -> list[Image.Image]:
 
 
 def test_protocol_attributes(tiny_model) -> None:
-    assert tiny_model.tasks == ALL_TASKS - {"transcribe"}  # no audio tower yet
+    assert tiny_model.tasks == ALL_TASKS - {"transcribe"}  # the `tiny` preset has no audio tower (test_audio.py)
     assert tiny_model.audio is None
     with pytest.raises(UnsupportedTask, match="MMSERVE_TRANSCRIBE_MODEL"):
         tiny_model.transcribe([np.zeros(16_000, dtype=np.float32)])

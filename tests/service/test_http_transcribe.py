@@ -119,7 +119,8 @@ async def test_fields_are_validated(client: httpx.AsyncClient, clips: list[tuple
     assert (await client.post("/transcribe", json={"audio": "not base64!"})).status_code == 422
 
 
-async def test_the_builtin_model_cannot_transcribe(serve) -> None:  # type: ignore[no-untyped-def]
+async def test_a_builtin_checkpoint_without_an_audio_tower_cannot_transcribe(serve) -> None:  # type: ignore[no-untyped-def]
+    """The default app serves the `tiny` checkpoint (no audio tower; `tiny+audio` has one: tests/e2e)."""
     async with serve() as client:
         assert "transcribe" not in (await client.get("/health")).json()["tasks"]
         response = await client.post("/transcribe", **upload(encode(tone(1.0), 16_000)))  # type: ignore[arg-type]

@@ -1,0 +1,110 @@
+"""Spoken questions on /vqa, in process: what is heard must be a question, the transcribe task must be served,
+and the request's deadline covers hearing as well as answering.
+
+The app serves the tiny random `tiny+audio` checkpoint; where a test needs the model to hear something in
+particular (nothing, or a very long question), its `transcribe` is replaced on the loaded instance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.service.conftest import LoadModel, Serve
+from tests.support.audio import encode, speech
+from tests.support.server import encode_image, error_of, noise_image, validation_messages
+
+pytestmark = pytest.mark.anyio
+
+IMAGE = encode_image(noise_image(3))
+
+
+@pytest.fixture(scope="module")
+def wav() -> bytes:
+    return encode(*speech("what colour is the circle?"))
+
+
+def spoken(wav: bytes) -> dict[str, Any]:
+    return {"files": {"image": ("i.png", IMAGE, "image/png"), "question_audio": ("q.wav", wav, "audio/wav")}}
+
+
+def hears(
+    monkeypatch: pytest.MonkeyPatch, load_once: LoadModel, checkpoint: Path, text: str, delay_s: float = 0
+) -> None:
+    """Make the (shared) loaded model hear `text` in any audio, after `delay_s` on the inference thread."""
+    model = load_once(str(checkpoint), torch.device("cpu"), None)
+
+    def transcribe(audios: Sequence[Any], language: Any = None) -> list[str]:
+        time.sleep(delay_s)
+        return [text] * len(audios)
+
+    monkeypatch.setattr(model, "transcribe", transcribe)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "nothing was heard in question_audio: its transcript is blank"),
+        ("   ", "nothing was heard in question_audio"),
+        ("what colour " * 50, "the question heard in question_audio is 600 characters long; the limit is 500"),
+    ],
+)
+async def test_what_is_heard_must_be_a_question(
+    serve: Serve,
+    load_once: LoadModel,
+    tiny_audio_checkpoint_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    wav: bytes,
+    text: str,
+    message: str,
+) -> None:
+    hears(monkeypatch, load_once, tiny_audio_checkpoint_dir, text)
+    async with serve(model=str(tiny_audio_checkpoint_dir)) as client:
+        response = await client.post("/vqa", **spoken(wav))
+        assert message in validation_messages(response)
+        assert response.json()["detail"][0]["loc"] == ["body", "question_audio"]
+        typed = await client.post("/vqa", files={"image": ("i.png", IMAGE)}, data={"question": "what colour?"})
+        assert typed.status_code == 200 and typed.json()["heard"] is None
+
+
+async def test_the_heard_question_is_answered(
+    serve: Serve, load_once: LoadModel, tiny_audio_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch, wav: bytes
+) -> None:
+    hears(monkeypatch, load_once, tiny_audio_checkpoint_dir, "how many shapes are there?")
+    async with serve(model=str(tiny_audio_checkpoint_dir)) as client:
+        heard = await client.post("/vqa", **spoken(wav))
+        typed = await client.post(
+            "/vqa", files={"image": ("i.png", IMAGE)}, data={"question": "how many shapes are there?"}
+        )
+        assert heard.status_code == typed.status_code == 200, heard.text
+        assert heard.json()["heard"] == "how many shapes are there?"
+        assert heard.json()["answer"] == typed.json()["answer"]
+        metrics = (await client.get("/metrics")).text
+        assert 'mmserve_batch_size_count{task="transcribe"} 1.0' in metrics  # heard through the transcribe queue
+        assert 'mmserve_requests_total{status="200",task="vqa"} 2.0' in metrics
+
+
+async def test_the_deadline_covers_hearing(
+    serve: Serve, load_once: LoadModel, tiny_audio_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch, wav: bytes
+) -> None:
+    hears(monkeypatch, load_once, tiny_audio_checkpoint_dir, "what colour?", delay_s=1.5)
+    async with serve(model=str(tiny_audio_checkpoint_dir), request_timeout_s=0.5) as client:
+        response = await client.post("/vqa", **spoken(wav))
+        assert response.status_code == 504, response.text
+        assert error_of(response)["type"] == "timeout"
+
+
+async def test_a_model_that_cannot_transcribe_is_501(serve: Serve, wav: bytes) -> None:
+    """The default app serves the `tiny` checkpoint, which has no audio tower."""
+    async with serve() as client:
+        assert "transcribe" not in (await client.get("/health")).json()["tasks"]
+        response = await client.post("/vqa", **spoken(wav))
+        assert response.status_code == 501
+        assert "MMSERVE_TRANSCRIBE_MODEL" in error_of(response)["message"]
+        typed = await client.post("/vqa", files={"image": ("i.png", IMAGE)}, data={"question": "what colour?"})
+        assert typed.status_code == 200
