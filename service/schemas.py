@@ -27,6 +27,10 @@ from pydantic.json_schema import SkipJsonSchema
 
 from service.settings import Settings
 
+# Blank: only whitespace, as Python (str.isspace) or JSON Schema's ECMA-262 regexes (which add U+FEFF, and lack
+# U+001C-U+001F and U+0085) see it; the schema's pattern and the check agree on every character.
+_NOT_BLANK_PATTERN = r"[^\s\x1c-\x1f\x85]"  # ECMA-262
+_NOT_BLANK = re.compile(r"[^\s\ufeff]")  # Python's \s covers U+001C-U+001F and U+0085
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
@@ -129,7 +133,7 @@ class VqaParams(StreamParam):
     question: str | SkipJsonSchema[None] = Field(
         default=None,
         description="A question about the image (or send it spoken, as `question_audio`)",
-        json_schema_extra={"minLength": 1, "pattern": r"\S"},  # checked below, with clearer messages
+        json_schema_extra={"minLength": 1, "pattern": _NOT_BLANK_PATTERN},  # checked below, with clearer messages
     )
     question_audio: bytes | SkipJsonSchema[None] = Field(
         default=None,
@@ -171,7 +175,7 @@ class VqaParams(StreamParam):
 
 def check_question(question: str, settings: Settings, blank: str, what: str = "question") -> None:
     """A question to answer, typed or heard: not blank (`blank` says so), not over the limit."""
-    if not question.strip():
+    if not _NOT_BLANK.search(question):
         raise ValueError(blank)
     if len(question) > settings.max_question_chars:
         raise ValueError(f"{what} is {len(question)} characters long; the limit is {settings.max_question_chars}")

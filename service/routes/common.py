@@ -117,17 +117,33 @@ def request_body(json_model: type[BaseModel], form_model: type[BaseModel], file_
             "required": True,
             "content": {
                 "application/json": {"schema": json_model.model_json_schema()},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": [file_field, *form.get("required", [])],
-                        "properties": {file_field: {"type": "string", "format": "binary"}, **fields},
-                        "additionalProperties": False,
-                        **({"oneOf": form["oneOf"]} if "oneOf" in form else {}),  # e.g. /vqa's question
-                    }
-                },
+                "multipart/form-data": {"schema": _form_schema(form, fields, file_field)},
             },
         }
+    }
+
+
+def _form_schema(form: dict[str, Any], fields: dict[str, Any], file_field: str) -> dict[str, Any]:
+    """A multipart body's schema; a form whose fields are alternatives (a `oneOf` of required fields, as /vqa's
+    `question` and `question_audio`) is one closed schema per alternative, each without the others' fields."""
+    properties = {file_field: {"type": "string", "format": "binary"}, **fields}
+    required = [file_field, *form.get("required", [])]
+    alternatives = [branch["required"] for branch in form.get("oneOf", [])]
+    if not alternatives:
+        return {"type": "object", "required": required, "properties": properties, "additionalProperties": False}
+    others = {name for names in alternatives for name in names}
+    return {
+        "type": "object",
+        "properties": properties,
+        "oneOf": [
+            {
+                "type": "object",
+                "required": [*required, *names],
+                "properties": {k: v for k, v in properties.items() if k not in others or k in names},
+                "additionalProperties": False,
+            }
+            for names in alternatives
+        ]
     }
 
 

@@ -54,6 +54,12 @@ HOSTILE = {
     "gif-frames": ("/embed", *multipart([("image", animated("GIF", 3000), "a.gif")]), 200, "embedding"),
     "ico": ("/embed", *multipart([("image", ico(), "a.ico")]), 400, "unsupported image format ICO"),
     "random-bytes": ("/caption", *multipart([("image", bytes(range(256)) * 40, "a.png")]), 400, "not an image"),
+    "spoken-random-bytes": ("/vqa", *multipart([("image", PNG, "a.png"), ("question_audio", bytes(range(256)) * 40,
+                            "q.wav")]), 400, "not audio"),
+    "spoken-and-typed": ("/vqa", json.dumps({"image": base64.b64encode(PNG).decode(), "question": MARKER,
+                         "question_audio": base64.b64encode(PNG).decode()}).encode(), JSON, 422, "not both"),
+    "two-spoken-questions": ("/vqa", *multipart([("image", PNG, "a.png"), ("question_audio", b"RIFF", "q.wav"),
+                             ("question_audio", b"RIFF", "r.wav")]), 400, "Too many files"),
 }
 
 

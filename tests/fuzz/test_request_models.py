@@ -29,7 +29,7 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-fields = st.sampled_from(["image", "input", "question", "max_new_tokens", "extra", "\x00", "\ud800"])
+fields = st.sampled_from(["image", "input", "question", "question_audio", "max_new_tokens", "extra", "\x00", "\ud800"])
 bodies = st.dictionaries(fields, json_values, max_size=4)
 
 
