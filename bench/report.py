@@ -190,14 +190,15 @@ def markdown(
         "medians shown (errors summed). Every response is verified against the model's answer for that input "
         f"alone (`/embed`: one text per request, 64 texts of 3–48 words, the first 8 components within "
         f"{args.tolerance:g} and the length; `/caption`: 32 scene images, `max_new_tokens` spread over 4–64, "
-        "the exact caption); a wrong answer is an error and its latency is not counted. Latencies are measured "
+        "the exact caption; `/transcribe`, mmserve only: 16 scene sentences spoken by espeak-ng as base64 WAV, "
+        "the exact transcript); a wrong answer is an error and its latency is not counted. Latencies are measured "
         "per request by the Lua script. The limit is the model called in a Python loop on batches of the "
         "given size (items/s; its latency columns are one batch call). × mmserve: req/s over mmserve's "
         "(defaults) at the same concurrency.",
         "",
     ]
     body: list[str] = []
-    for endpoint in ("/embed", "/caption"):
+    for endpoint in ("/embed", "/caption", "/transcribe"):
         body += _closed_table(cells, endpoint, labels)
     body += _open_table(cells, labels) + _mixed_table(cells, labels) + _memory_table(memory)
     if notes:
@@ -215,7 +216,7 @@ def plot(cells: Iterable[Cell], path: Path, title: str = "") -> bool:
     except ImportError:
         return False
     closed = [c for c in medians(cells) if c.mode == "closed"]
-    endpoints = [e for e in ("/embed", "/caption") if any(c.endpoint == e for c in closed)]
+    endpoints = [e for e in ("/embed", "/caption", "/transcribe") if any(c.endpoint == e for c in closed)]
     if not endpoints:
         return False
     figure, axes = plt.subplots(2, len(endpoints), figsize=(6 * len(endpoints), 8), squeeze=False)

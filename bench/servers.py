@@ -76,7 +76,7 @@ def rss_bytes(pid: int) -> int:
 class Server:
     """One server process: `with Server(spec, device) as server:` starts it and waits until it is ready."""
 
-    def __init__(self, spec: ServerSpec, device: str, ready_timeout_s: float = 300.0) -> None:
+    def __init__(self, spec: ServerSpec, device: str, model: str = "builtin", ready_timeout_s: float = 300.0) -> None:
         self.spec = spec
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -85,6 +85,7 @@ class Server:
         env = {**os.environ, **spec.env}
         if spec.is_mmserve():
             env |= {"MMSERVE_HOST": "127.0.0.1", "MMSERVE_PORT": str(self.port), "MMSERVE_DEVICE": device}
+            env |= {"MMSERVE_MODEL": model}
             env.setdefault("MMSERVE_LOG_LEVEL", "warning")
         else:
             command += ["--port", str(self.port)]

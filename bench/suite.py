@@ -4,9 +4,12 @@
     python bench/suite.py --repeat 4 --both-orders   # the measurement: medians of 4 runs (about 75 minutes)
     python bench/suite.py --quick              # a smoke run: short cells, two concurrencies (2-4 minutes)
     python bench/suite.py --servers mmserve litserve --endpoints /embed --concurrency 1 64 --repeat 4
+    python bench/suite.py --servers mmserve --endpoints /transcribe --model runs/speech/weights   # one scenario
 
 Every response is verified against the answer the model gives in-process for that input (see
-`bench/verify.lua`); a wrong answer counts as an error. Load comes from wrk, in its own process. The
+`bench/verify.lua`); a wrong answer counts as an error. `/transcribe` (scene sentences spoken by espeak-ng)
+runs on mmserve (defaults) alone, the peers having no speech, when the model hears: its checkpoint has the
+audio tower. Load comes from wrk, in its own process. The
 servers run one at a time, each its own process on a free port. Prints markdown tables and writes
 docs/benchmarks.md and docs/benchmarks.png.
 """
@@ -37,7 +40,9 @@ from bench.workload import ENDPOINT_KIND, build, save, write_lua
 
 logger = logging.getLogger("bench")
 
-ENDPOINTS = ("/embed", "/caption")
+ENDPOINTS = ("/embed", "/caption", "/transcribe")
+TRANSCRIBING = ("mmserve",)  # the servers that run /transcribe (the peers do not hear; the other mmserve
+# variants differ only in how captions are batched)
 CAPTION_CLIENTS = 24  # "an embedding's p50 while 24 clients caption"
 FULL = {"duration_s": 10.0, "warmup_s": 2.0, "concurrency": [1, 8, 32, 64, 128], "memory": [1000, 20000]}
 QUICK = {"duration_s": 1.0, "warmup_s": 0.5, "concurrency": [1, 32], "memory": [100, 500]}
@@ -52,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", nargs="+", choices=list(specs("cpu")), default=list(specs("cpu")))
     parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU host (servers, limit and answers)")
+    parser.add_argument(
+        "--model", default="builtin", help="mmserve's MMSERVE_MODEL and the expected answers' (mmserve servers only)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of every cell; the tables give medians")
     parser.add_argument("--both-orders", action="store_true", help="every other run takes the servers in reverse")
     parser.add_argument(
@@ -70,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--smoke", action="store_true", help="mark the written tables as a smoke run (implied by --quick)"
     )
     args = parser.parse_args(argv)
+    others = [key for key in args.servers if not key.startswith("mmserve")]
+    if args.model != "builtin" and others:
+        parser.error(f"--model is for mmserve servers only (the peers and the limit load the built-in model): {others}")
     defaults = QUICK if args.quick else FULL
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -98,13 +109,18 @@ class Suite:
 
     # -- the plan --------------------------------------------------------------------------------
     def _mixed(self) -> bool:
-        return set(self.args.endpoints) == set(ENDPOINTS)
+        return {"/embed", "/caption"} <= set(self.args.endpoints)
 
     def _open_endpoints(self) -> list[str]:
         return [e for e in self.args.endpoints if self.args.rates.get(e, 0) > 0]
 
+    def _endpoints(self, spec: ServerSpec) -> list[str]:
+        """The endpoints a server runs: /transcribe only on `TRANSCRIBING` servers, when the model hears."""
+        hears = spec.key in TRANSCRIBING and (not self.lua or "/transcribe" in self.lua)
+        return [e for e in self.args.endpoints if e != "/transcribe" or hears]
+
     def _server_steps(self, spec: ServerSpec) -> int:
-        closed = len(self.args.endpoints) * len(self.args.concurrency)
+        closed = len(self._endpoints(spec)) * len(self.args.concurrency)
         if not spec.http:
             return closed
         return closed + len(self._open_endpoints()) + (2 if self._mixed() else 0)
@@ -122,17 +138,25 @@ class Suite:
         from model import load_model
 
         self._step("expected answers")
-        model = load_model("builtin", device=self.args.device)
+        model = load_model(self.args.model, device=self.args.device)
         requests = build(model)
         del model
         gc.collect()
         save(requests, self.workload)
-        self.probes = {endpoint: requests[ENDPOINT_KIND[endpoint]][0].body for endpoint in ENDPOINTS}
-        for endpoint in ENDPOINTS:
+        served = [endpoint for endpoint in ENDPOINTS if ENDPOINT_KIND[endpoint] in requests]
+        self.probes = {endpoint: requests[ENDPOINT_KIND[endpoint]][0].body for endpoint in served}
+        for endpoint in served:
             kind = ENDPOINT_KIND[endpoint]
             self.lua[endpoint] = write_lua(requests[kind], self.workdir / f"{kind}.lua", self.args.tolerance)
         mixed = [r for pair in zip(requests["embed"], requests["caption"], strict=False) for r in pair]
         self.lua["mixed"] = write_lua(mixed, self.workdir / "mixed.lua", self.args.tolerance)
+        if "/transcribe" in self.args.endpoints and "/transcribe" not in served:
+            self.notes.append(
+                f"`/transcribe` was not run: the model ({self.args.model}) has no audio tower, or espeak-ng is "
+                "not installed"
+            )
+        self.progress.total = self._steps()  # now that it is known whether the model hears
+        self.progress.refresh()
 
     def run(self) -> None:
         self.prepare()
@@ -143,14 +167,14 @@ class Suite:
                 try:
                     if spec.http:
                         self._step(f"starting {key}")
-                        with Server(spec, self.args.device) as server:
+                        with Server(spec, self.args.device, self.args.model) as server:
                             self.http(server, run)
                     else:
                         self.limit(run)
                 except Exception as e:  # one failed server must not lose the others' numbers
                     logger.exception("%s failed", key)
                     self.notes.append(f"`{key}` (run {run + 1}) failed: {str(e).splitlines()[0][:200]}")
-        if "mmserve" in self.args.servers:
+        if "mmserve" in self.args.servers and self._mixed():
             try:
                 self.measure_memory()
             except Exception as e:
@@ -160,7 +184,9 @@ class Suite:
 
     def limit(self, run: int) -> None:
         self._step("limit")
-        kinds = [ENDPOINT_KIND[endpoint] for endpoint in self.args.endpoints]
+        kinds = [ENDPOINT_KIND[endpoint] for endpoint in self._endpoints(self.specs["limit"])]
+        if not kinds:
+            return
         command = [
             sys.executable, "-m", "bench.limit", "--workload", str(self.workload), "--kinds", *kinds,
             "--batch-sizes", *map(str, self.args.concurrency), "--duration-s", str(self.args.duration_s),
@@ -176,7 +202,7 @@ class Suite:
 
     def http(self, server: Server, run: int) -> None:
         key, args = server.spec.key, self.args
-        for endpoint in args.endpoints:
+        for endpoint in self._endpoints(server.spec):
             for concurrency in args.concurrency:
                 self._step(f"{key} {endpoint} c={concurrency}")
                 result = wrk.run(server.url, self.lua[endpoint], concurrency, args.warmup_s, args.duration_s)
@@ -212,14 +238,14 @@ class Suite:
 
     def settle(self, server: Server) -> None:
         """Wait until the requests wrk left behind are served: one request per endpoint, answered in turn."""
-        for endpoint in self.args.endpoints:
+        for endpoint in self._endpoints(server.spec):
             server.post(endpoint, self.probes[endpoint])
 
     def measure_memory(self) -> None:
         """RSS of a fresh mmserve (defaults) after N1 and N2 verified requests, /embed and /caption alternating."""
         first, total = self.args.memory
         self._step("memory: starting mmserve")
-        with Server(self.specs["mmserve"], self.args.device) as server:
+        with Server(self.specs["mmserve"], self.args.device, self.args.model) as server:
             self.memory.append(report.MemoryPoint(0, server.rss_bytes(), 0))
             done = errors = 0
             for target in (first, total):

@@ -72,10 +72,11 @@ if rate > 0 then
 end
 
 local function check(item, body)
-  if item.kind == "caption" then
-    local caption = body:match('"caption"%s*:%s*"([^"]*)"')
-    if caption == nil then return "no caption" end
-    if caption ~= item.expect then return "caption " .. caption .. " ~= " .. item.expect end
+  if item.kind == "caption" or item.kind == "transcribe" then
+    local field = item.kind == "caption" and "caption" or "text" -- /transcribe answers {"text": ...}
+    local text = body:match('"' .. field .. '"%s*:%s*"([^"]*)"')
+    if text == nil then return "no " .. field end
+    if text ~= item.expect then return field .. " " .. text .. " ~= " .. item.expect end
     return nil
   end
   local _, count = body:gsub('"embedding"%s*:', "")

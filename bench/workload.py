@@ -2,8 +2,10 @@
 
 Each request is a prepared HTTP body; its expected answer is what the model gives for that input alone
 (greedy captions with the request's own `max_new_tokens`; the first components of the text embedding),
-so a server that answers fast but wrongly is caught. The set is written as a Lua table that `verify.lua`
-(run inside wrk) rotates over, and as JSON that the in-process limit (`bench/limit.py`) reads.
+so a server that answers fast but wrongly is caught. Transcriptions (when the model hears and espeak-ng is
+installed) are scene sentences spoken by espeak-ng, each expected to read as the model transcribes it. The
+set is written as a Lua table that `verify.lua` (run inside wrk) rotates over, and as JSON that the
+in-process limit (`bench/limit.py`) reads.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import base64
 import io
 import json
 import random
+import shutil
+import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -21,8 +25,8 @@ if TYPE_CHECKING:
 
     from model import MultimodalModel
 
-Kind = Literal["embed", "caption"]
-ENDPOINT_KIND: dict[str, Kind] = {"/embed": "embed", "/caption": "caption"}
+Kind = Literal["embed", "caption", "transcribe"]
+ENDPOINT_KIND: dict[str, Kind] = {"/embed": "embed", "/caption": "caption", "/transcribe": "transcribe"}
 
 EMBED_COMPONENTS = 8  # how many leading components of each embedding are checked
 MIN_NEW_TOKENS, MAX_NEW_TOKENS = 4, 64  # /caption's max_new_tokens, spread evenly over the requests
@@ -84,7 +88,40 @@ def build(model: MultimodalModel, embed_count: int = 64, caption_count: int = 32
         caption = model.caption([image], [limit])[0]
         body = json.dumps({"image": encoded, "max_new_tokens": limit})
         captions.append(Request("caption", "/caption", body, caption, image_png_b64=encoded, max_new_tokens=limit))
-    return {"embed": embeds, "caption": captions}
+    requests: dict[Kind, list[Request]] = {"embed": embeds, "caption": captions}
+    if "transcribe" in model.tasks and shutil.which("espeak-ng"):
+        requests["transcribe"] = transcriptions(model)
+    return requests
+
+
+def spoken_sentences(count: int) -> list[str]:
+    """Scene captions (held-out scenes), to be spoken."""
+    from model.scenes import HELD_OUT_SEED_START, make_scene
+
+    return [make_scene(HELD_OUT_SEED_START + 700 + i).caption for i in range(count)]
+
+
+def espeak_wav(text: str, speed: int = 160) -> bytes:
+    """`text` spoken by espeak-ng (its default English voice), as a WAV file's bytes."""
+    command = ["espeak-ng", "-v", "en", "-s", str(speed), "--stdout", text]
+    return subprocess.run(command, capture_output=True, check=True, timeout=60).stdout
+
+
+def transcriptions(model: MultimodalModel, count: int = 16) -> list[Request]:
+    """/transcribe requests (JSON, a base64 WAV by espeak-ng of a scene sentence, speeds varied) and the
+    transcript the model gives for each, decoded as the service decodes it."""
+    from service.audio import decode_audio
+    from service.settings import Settings
+
+    assert model.audio is not None
+    requests = []
+    for i, sentence in enumerate(spoken_sentences(count)):
+        wav = espeak_wav(sentence, speed=140 + 10 * (i % 4))
+        samples = decode_audio(wav, model.audio, Settings().max_audio_seconds).samples
+        text = model.transcribe([samples])[0]
+        body = json.dumps({"audio": base64.b64encode(wav).decode()})
+        requests.append(Request("transcribe", "/transcribe", body, text))
+    return requests
 
 
 def save(requests: dict[Kind, list[Request]], path: Path) -> None:

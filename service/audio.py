@@ -33,6 +33,7 @@ MAX_SAMPLE_RATE = 384_000
 MAX_CHANNELS = 8  # 7.1 surround; downmixed
 SILENCE_PEAK = 10 ** (-60 / 20)  # -60 dBFS
 _BLOCK_FRAMES = 64 * 1024
+_STREAMED_WAV_SIZE = 0x7FFF0000  # a data chunk declaring this many bytes or more: a placeholder (see _wav_truncated)
 _SLACK_FRAMES = 2 * 1152  # two MP3 frames: decoders may drop encoder padding at the end
 # WAV codec tags libsndfile decodes: PCM, MS ADPCM, IEEE float, A-law, µ-law, IMA ADPCM, GSM 6.10, MPEG,
 # MPEG Layer 3, and the extensible header (whose sub-format libsndfile checks itself).
@@ -194,12 +195,17 @@ def _wav_codec(data: bytes) -> int | None:
 
 
 def _wav_truncated(data: bytes) -> bool:
-    """A RIFF WAV whose data chunk declares more bytes than arrived (streamed WAVs declare 0 or 0xFFFFFFFF)."""
+    """A RIFF WAV whose data chunk declares more bytes than arrived.
+
+    A WAV written to a pipe cannot go back to fill in its length, so it declares a placeholder instead:
+    0xFFFFFFFF (ffmpeg), or just under 2 GiB (`espeak-ng --stdout` declares 0x7FFFF000): those are not
+    truncations (a real WAV that long is far over any upload limit). (A WAV declaring 0 bytes holds no
+    samples for libsndfile: a 422.)"""
     if data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
         return False
     for chunk, start, size in _riff_chunks(data):
         if chunk == b"data":
-            return size not in (0, 0xFFFFFFFF) and start + size > len(data)
+            return 0 < size < _STREAMED_WAV_SIZE and start + size > len(data)
     return False
 
 

@@ -88,6 +88,24 @@ def test_a_wrong_caption_and_a_non_200_are_errors(tmp_path: Path) -> None:
     assert result.errors == result.mismatches + result.status_errors + result.socket_errors
 
 
+def test_a_wrong_transcript_is_an_error(tmp_path: Path) -> None:
+    requests = [Request("transcribe", "/transcribe", json.dumps({"audio": f"wav {n}"}), f"heard {n}") for n in range(3)]
+
+    def answer(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        n = int(body["audio"].split()[1])
+        text = f"heard {n}" if n != 2 else "misheard"
+        return 200, {"text": text, "model": "stub", "language": None, "duration": 1.0}
+
+    data = write_lua(requests, tmp_path / "transcribe.lua")
+    with stub_server(answer) as url:
+        result = wrk.run(url, data, connections=2, warmup_s=0.0, measure_s=1.0)
+    assert result.ok > 0 and result.mismatches > 0 and result.status_errors == 0
+    assert "text misheard ~= heard 2" in result.examples[0]
+    with stub_server(lambda body: (200, {"caption": "heard 0", "model": "stub"})) as url:
+        result = wrk.run(url, data, connections=1, warmup_s=0.0, measure_s=1.0)
+    assert result.ok == 0 and "no text" in result.examples[0]  # a caption's field is not a transcript
+
+
 def test_a_response_without_the_request_id_cannot_be_verified(tmp_path: Path) -> None:
     data = write_lua(embed_requests(), tmp_path / "embed.lua")
     with stub_server(lambda body: (200, embedding(right_embedding(body))), echo_id=False) as url:

@@ -88,6 +88,20 @@ def test_truncated_audio_is_400(format: str) -> None:
     assert status == 400 and "truncated" in message
 
 
+@pytest.mark.parametrize("placeholder", [0x7FFFF000, 0xFFFFFFFF])
+def test_a_wav_written_to_a_pipe_is_whole(placeholder: int) -> None:
+    """`espeak-ng --stdout` (and ffmpeg to a pipe) cannot seek back to write the lengths: they declare a
+    placeholder, which is no truncation; a real length still is."""
+    whole = encode(SPEECH, SPEECH_RATE)
+    assert whole[36:40] == b"data"
+    piped = bytearray(whole)
+    piped[4:8] = struct.pack("<I", min(placeholder + 36, 0xFFFFFFFF))
+    piped[40:44] = struct.pack("<I", placeholder)
+    np.testing.assert_array_equal(decode(bytes(piped)).samples, decode(whole).samples)
+    piped[40:44] = struct.pack("<I", len(whole) - 44 + 2)  # two bytes more than arrived
+    assert refusal(bytes(piped)) == (400, "the WAV audio is truncated: it ends before its header says")
+
+
 def _wav_with_codec(tag: int) -> bytes:
     wav = bytearray(encode(tone(0.5), 16_000))
     assert wav[12:16] == b"fmt "
