@@ -127,7 +127,7 @@ class Suite:
 
     def _steps(self) -> int:
         per_run = sum(self._server_steps(self.specs[key]) for key in self.args.servers)
-        return per_run * self.args.repeat + (2 if "mmserve" in self.args.servers else 0)
+        return per_run * self.args.repeat + (2 if "mmserve" in self.args.servers and self._mixed() else 0)
 
     def _step(self, what: str) -> None:
         self.progress.set_description(what)
