@@ -273,9 +273,11 @@ class EmbedJSON(RequestModel):
 
 # Responses.
 class Timings(BaseModel):
+    """A spoken question's two steps add up: hearing it (transcription), then answering it."""
+
     queue_ms: float = Field(description="Waiting for a batch (the longest, for several inputs)")
     inference_ms: float = Field(description="The batch on the device")
-    decode_ms: float = Field(default=0.0, description="Decoding the image or the audio (and its features)")
+    decode_ms: float = Field(default=0.0, description="Decoding the image or the audio (and its features), or both")
     total_ms: float = Field(description="From arrival to response")
     batch_size: int = Field(description="Items in the batch that ran this request (the largest)")
 
