@@ -9,7 +9,9 @@ track), then resampled with soxr. Runs in the decode pool, never on the event lo
 Answers: 400 for bytes that are not audio, or a corrupt or truncated stream; 413 for audio longer than
 the limit; 415 for audio in a format or codec we do not decode (M4A/AAC, WebM, AIFF, a WAV of AAC, ...);
 422 (on the field) for audio that decodes but cannot be transcribed: no samples, silence only (peak
-below -60 dBFS), non-finite samples, a sample rate outside 1 kHz to 384 kHz, more than 8 channels.
+below -60 dBFS), non-finite samples, shorter than 50 ms (no word is that short, and a log-mel front end
+needs a window's worth of samples: the built-in model's failed on under 13 ms), a sample rate outside
+1 kHz to 384 kHz, more than 8 channels.
 Up to 8 channels are downmixed to mono (their mean).
 """
 
@@ -32,6 +34,7 @@ MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 384_000
 MAX_CHANNELS = 8  # 7.1 surround; downmixed
 SILENCE_PEAK = 10 ** (-60 / 20)  # -60 dBFS
+MIN_SECONDS = 0.05  # shorter audio holds no word
 _BLOCK_FRAMES = 64 * 1024
 _STREAMED_WAV_SIZE = 0x7FFF0000  # a data chunk declaring this many bytes or more: a placeholder (see _wav_truncated)
 _SLACK_FRAMES = 2 * 1152  # two MP3 frames: decoders may drop encoder padding at the end
@@ -73,6 +76,9 @@ def decode_audio(data: bytes, spec: AudioSpec, max_seconds: float, field: str = 
     if float(np.abs(mono).max()) < SILENCE_PEAK:
         raise _unprocessable(field, "silent_audio", "the audio is silent (its peak is below -60 dBFS)")
     seconds = mono.size / rate
+    if seconds < MIN_SECONDS:
+        message = f"the audio is {seconds * 1000:.0f} ms long; at least {MIN_SECONDS * 1000:.0f} ms is transcribed"
+        raise _unprocessable(field, "too_short", message)
     if rate != spec.sampling_rate:
         mono = soxr.resample(mono, rate, spec.sampling_rate).astype(np.float32, copy=False)
         mono = mono[: math.floor(spec.max_seconds * spec.sampling_rate)]  # a rounded-up last sample at most

@@ -38,7 +38,7 @@ AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
 AUDIO_RESPONSES[422] = {
     **ERROR_RESPONSES[422],
     "description": "A missing or malformed field, an unknown language, or audio that cannot be transcribed "
-    "(no samples, silence only, a sample rate outside 1-384 kHz, more than 8 channels)",
+    "(no samples, silence only, shorter than 50 ms, a sample rate outside 1-384 kHz, more than 8 channels)",
 }
 
 router = APIRouter(responses=AUDIO_RESPONSES)

@@ -133,6 +133,8 @@ def test_audio_formats_and_codecs_we_do_not_decode_are_415(data: bytes, named: s
         (tone(1.0, rate=500), 500, "sample_rate"),
         (tone(0.01, rate=1_000_000), 1_000_000, "sample_rate"),
         (np.array([0.5, np.nan, 0.5], dtype=np.float32), 16_000, "invalid_samples"),
+        (tone(0.049), 16_000, "too_short"),
+        (tone(0.049, rate=8_000), 8_000, "too_short"),
     ],
 )
 def test_audio_that_cannot_be_transcribed_is_422(samples: np.ndarray, rate: int, kind: str) -> None:

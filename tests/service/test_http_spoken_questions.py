@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.service.conftest import LoadModel, Serve
-from tests.support.audio import encode, speech
+from tests.support.audio import encode, speech, tone
 from tests.support.server import encode_image, error_of, noise_image, validation_messages
 
 pytestmark = pytest.mark.anyio
@@ -108,3 +108,18 @@ async def test_a_model_that_cannot_transcribe_is_501(serve: Serve, wav: bytes) -
         assert "MMSERVE_TRANSCRIBE_MODEL" in error_of(response)["message"]
         typed = await client.post("/vqa", files={"image": ("i.png", IMAGE)}, data={"question": "what colour?"})
         assert typed.status_code == 200
+
+
+async def test_the_shortest_audio_the_builtin_model_hears(serve: Serve, tiny_audio_checkpoint_dir: Path) -> None:
+    """Under 50 ms is refused (422) before the model sees it: its log-mel front end failed (a 500) on under
+    13 ms; 50 ms is transcribed, on /transcribe and as a spoken question."""
+    short, shortest = encode(tone(0.009), 16_000), encode(tone(0.05), 16_000)
+    async with serve(model=str(tiny_audio_checkpoint_dir)) as client:
+        refused = await client.post("/transcribe", files={"audio": ("a.wav", short)})
+        assert "the audio is 9 ms long; at least 50 ms is transcribed" in validation_messages(refused)
+        spoken_short = await client.post("/vqa", **spoken(short))
+        assert spoken_short.json()["detail"][0]["loc"] == ["body", "question_audio"]
+        assert spoken_short.json()["detail"][0]["type"] == "too_short"
+        assert (await client.post("/transcribe", files={"audio": ("a.wav", shortest)})).status_code == 200
+        heard = await client.post("/vqa", **spoken(shortest))
+        assert heard.status_code == 200 and heard.json()["heard"], heard.text
