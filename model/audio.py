@@ -40,8 +40,11 @@ def _extractor(sampling_rate: int, n_mels: int, max_seconds: float) -> WhisperFe
 def log_mel(samples: np.ndarray, config: AudioConfig) -> torch.Tensor:
     """Float32 mono samples at `config.sampling_rate` → log-mel features (frames, n_mels), float32."""
     extractor = _extractor(config.sampling_rate, config.n_mels, config.max_seconds)
+    samples = np.asarray(samples, dtype=np.float32)
+    if len(samples) <= extractor.n_fft:  # the STFT's reflection padding needs more samples than a window
+        samples = np.pad(samples, (0, extractor.n_fft + 1 - len(samples)))
     features = extractor(
-        np.asarray(samples, dtype=np.float32), sampling_rate=config.sampling_rate, padding="longest",
+        samples, sampling_rate=config.sampling_rate, padding="longest",
         return_tensors="np",
     )["input_features"][0]  # (n_mels, frames)
     return torch.from_numpy(np.ascontiguousarray(features.T))

@@ -49,11 +49,25 @@ def losses(module: MultimodalTransformer, batch: Batch, text_embeddings: torch.T
     return {**decoder_losses(module, tokens, batch), "contrastive": contrastive, "align": align}
 
 
-def transcript_loss(
-    module: MultimodalTransformer, features: torch.Tensor, lengths: torch.Tensor, seq: torch.Tensor, pad_id: int
-) -> torch.Tensor:
-    """Cross-entropy of the transcripts `seq` (R, T: `[BOS] text [EOS]`, right-padded) read from the audio."""
+def speech_losses(
+    module: MultimodalTransformer,
+    ctc_head: torch.nn.Module,
+    features: torch.Tensor,
+    lengths: torch.Tensor,
+    seq: torch.Tensor,
+    pad_id: int,
+) -> dict[str, torch.Tensor]:
+    """The transcripts `seq` (R, T: `[BOS] text [EOS]`, right-padded) read from the audio: the decoder's
+    cross-entropy (`heard`), and CTC on the audio tokens through `ctc_head` (`ctc`; its blank is the last
+    class), the auxiliary loss of hybrid CTC/attention recognisers, which makes the alignment learn sooner."""
     tokens, valid = module.encode_audio(features, lengths)
     token_loss = token_losses(module, tokens, seq, valid)
     weight = (seq[:, 1:] != pad_id).to(token_loss.dtype)
-    return (token_loss * weight).sum() / weight.sum()
+    heard = (token_loss * weight).sum() / weight.sum()
+    log_probs = F.log_softmax(ctc_head(tokens).float(), dim=-1).transpose(0, 1)  # (N, R, V + 1)
+    text = seq[:, 1:-1]  # without [BOS]; [EOS] and padding are dropped by the lengths below
+    target_lengths = (text != pad_id).sum(1) - 1  # minus [EOS]
+    ctc = F.ctc_loss(
+        log_probs, text, valid.sum(1), target_lengths, blank=log_probs.shape[-1] - 1, zero_infinity=True
+    )
+    return {"heard": heard, "ctc": ctc}

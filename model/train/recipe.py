@@ -35,6 +35,7 @@ class TrainConfig:
     audio_batch_size: int = 64  # utterances a step
     decoder_lr_ratio: float = 1.0  # the decoder's learning rate, as a fraction of `lr` (the audio tower's)
     speech_eval: int = 300  # held-out sentences in each quick check's two sets (training and held-out voices)
+    ctc_weight: float = 0.3  # the auxiliary CTC loss on the audio tokens (its head is for training only)
 
 
 # what the stages after the first share: half the base learning rate, a short warm-up, and full scenes

@@ -172,8 +172,9 @@ def build_pool(folder: Path, size: int, config: AudioConfig, workers: int = 2, s
     made, part, items, seed = 0, 0, [], 0
     with ProcessPoolExecutor(workers) as pool:
         while made < size:
-            chunks = [(list(range(start, start + 100)), config) for start in range(seed, seed + 2000, 100)]
-            seed += 2000
+            span = min(2000, 100 * -(-(size - made) * 5 // 4 // 100))  # seeds this round: a quarter more than needed
+            chunks = [(list(range(start, start + 100)), config) for start in range(seed, seed + span, 100)]
+            seed += span
             for chunk in pool.map(_features, chunks):
                 items += chunk
             while len(items) >= shard or (items and made + len(items) >= size):

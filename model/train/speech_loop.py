@@ -1,12 +1,13 @@
 """The speech stage: an audio tower joins a trained image model, and the shared decoder learns to transcribe.
 
-It starts from the previous stage's weights (`init`), adds a fresh audio tower (the `base+audio` preset),
-and freezes the image encoder and its embedding projection, so image embeddings stay exactly as they were.
-Each step trains on `audio_batch_size` spoken sentences from the pool (`model.train.speech`, synthesised
-once into `run_dir/pool`, read in batches of similar lengths) and replays `batch_size` scenes' captions and
-questions, so the decoder keeps what it knew. The audio tower learns at `lr`, the decoder at
-`lr * decoder_lr_ratio`. Quick checks report the word error rate on held-out sentences, in training voices
-and in held-out voices, and the image metrics.
+It starts from the previous stage's weights (`init`), adds a fresh audio tower (the `base+audio` preset), and
+freezes the image encoder and its embedding projection, so image embeddings stay exactly as they were. Each
+step trains on `audio_batch_size` spoken sentences from the pool (`model.train.speech`, synthesised once into
+`run_dir/pool`, read in batches of similar lengths) and replays `batch_size` scenes' captions and questions,
+so the decoder keeps what it knew. The audio tower learns at `lr`, the decoder at `lr * decoder_lr_ratio`. An
+auxiliary CTC loss on the audio tokens (weight `ctc_weight`, through a linear head that exists only in
+training) makes the alignment of sound to words learn sooner. Quick checks report the word error rate on held-
+out sentences, in training voices and in held-out voices, and the image metrics.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from model.multimodal import BuiltinModel, MultimodalTransformer
 from model.text import TextTower
 from model.tokenizer import BOS, EOS, PAD
 from model.train.data import Batches, to_device, token_id
-from model.train.loop import save_state
-from model.train.objective import decoder_losses, transcript_loss
+from model.train.objective import decoder_losses, speech_losses
 from model.train.recipe import TrainConfig, lr_at
 from model.train.speech import build_pool, eval_utterances, length_batches, load_pool, synthesise
 
@@ -107,6 +107,8 @@ def train_speech(
     assert module.config.audio is not None
     text_tower = TextTower().to(device)
     optimizer = make_optimizer(module, config)
+    ctc_head = torch.nn.Linear(module.config.vision.dim, module.config.decoder.vocab_size + 1).to(device)
+    ctc_optimizer = torch.optim.AdamW(ctc_head.parameters(), lr=config.lr, betas=(0.9, 0.98))
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "train_state.pt"
     start = 0
@@ -114,6 +116,9 @@ def train_speech(
         state = torch.load(state_path, map_location=device, weights_only=False)
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
+        if "ctc_head" in state:  # (a state saved before the CTC loss existed starts the head afresh)
+            ctc_head.load_state_dict(state["ctc_head"])
+            ctc_optimizer.load_state_dict(state["ctc_optimizer"])
         start = state["step"]
         logger.info("resumed from %s at step %d", state_path, start)
 
@@ -140,28 +145,42 @@ def train_speech(
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(config, step) * group["scale"]
+        for group in ctc_optimizer.param_groups:
+            group["lr"] = lr_at(config, step)
         picked = next(order)
         batch_features, lengths = pad_features([features[i].float() for i in picked])
         longest = max(len(rows[i]) for i in picked)
         seq = torch.full((len(picked), longest), ids[PAD], dtype=torch.long)
         for r, i in enumerate(picked):
             seq[r, : len(rows[i])] = torch.tensor(rows[i])
-        heard = transcript_loss(module, batch_features.to(device), lengths.to(device), seq.to(device), ids[PAD])
+        speech = speech_losses(
+            module, ctc_head, batch_features.to(device), lengths.to(device), seq.to(device), ids[PAD]
+        )
         images = to_device(replay(step), device)
         with torch.no_grad():
             _, tokens = module.encode_image(images["pixels"])
         parts = decoder_losses(module, tokens, images)
-        loss = heard + parts["caption"] + parts["answer"]
+        loss = speech["heard"] + config.ctc_weight * speech["ctc"] + parts["caption"] + parts["answer"]
         optimizer.zero_grad(set_to_none=True)
+        ctc_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], 1.0)
         optimizer.step()
+        ctc_optimizer.step()
         if step % 20 == 0:
-            shown = {"heard": heard, **parts}
+            shown = {**speech, **parts}
             progress.set_postfix({k: f"{v.item():.3f}" for k, v in shown.items()}, refresh=False)
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
-            save_state(state_path, module, optimizer, done, config)
+            state = {
+                "module": module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ctc_head": ctc_head.state_dict(),
+                "ctc_optimizer": ctc_optimizer.state_dict(),
+                "step": done,
+                "config": asdict(config),
+            }
+            atomic_write(state_path, lambda tmp: torch.save(state, tmp))  # noqa: B023 (called at once)
         if done % config.eval_every == 0 or done == config.steps:
             module.eval()
             metrics = {

@@ -196,3 +196,11 @@ def test_unknown_languages_are_refused(hearing: BuiltinModel, clips: list[np.nda
 def test_an_empty_list_gives_an_empty_list(hearing: BuiltinModel) -> None:
     assert hearing.transcribe([]) == []
     assert hearing.transcribe([], "en") == []
+
+
+def test_audio_shorter_than_a_window_is_transcribed(hearing: BuiltinModel) -> None:
+    """Under 401 samples (25 ms) the STFT's reflection padding had nothing to reflect: it raised."""
+    for n in (1, 150, 400):
+        features = hearing.prepare_audio(np.full(n, 0.3, np.float32))
+        assert features.shape == (2, 80)  # two 10 ms frames: the samples padded to one window and a sample
+        assert len(hearing.transcribe([np.full(n, 0.3, np.float32)])) == 1
