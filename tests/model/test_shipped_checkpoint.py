@@ -65,3 +65,32 @@ def test_text_and_image_embeddings_share_a_space(shipped) -> None:
     texts = shipped.embed_text([s.caption for s in scenes])
     sims = images @ texts.T
     assert (sims.argmax(1) == torch.arange(10)).float().mean() >= 0.8
+
+
+def test_transcribes_held_out_sentences(shipped) -> None:
+    """Held-out sentences (never spoken in training), in training voices: most transcribed word for word."""
+    from model.evaluate import word_error_rate
+    from model.train.speech import eval_utterances, synthesise
+
+    utterances = eval_utterances(held_out_voice=False, n=24)
+    heard = shipped.transcribe([synthesise(u, 16_000, i) for i, u in enumerate(utterances)])
+    truth = [u.text for u in utterances]
+    assert sum(h == t for h, t in zip(heard, truth, strict=True)) >= 20, list(zip(heard, truth, strict=True))
+    assert word_error_rate(truth, heard) < 0.05
+
+
+def test_hears_a_question_and_answers_it(shipped) -> None:
+    """espeak-ng's default voice (not one of the training voices' settings) asks; the spoken question is answered."""
+    import io
+    import subprocess
+
+    import soundfile as sf
+    import soxr
+
+    wav = subprocess.run(["espeak-ng", "--stdout", "what colour is the square?"], check=True, capture_output=True)
+    samples, rate = sf.read(io.BytesIO(wav.stdout), dtype="float32")
+    [heard] = shipped.transcribe([soxr.resample(samples, rate, 16_000)])
+    assert heard == "what colour is the square?"
+    scene = make_scene(HELD_OUT_SEED_START)  # a small purple square, a small blue diamond and a small blue triangle
+    [square] = [o for o in scene.objects if o.shape == "square"]
+    assert shipped.answer([render(scene)], [heard]) == [square.colour]
