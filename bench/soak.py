@@ -3,7 +3,10 @@
 Starts `python -m service serve` (its own process), computes every expected answer beforehand with the
 same model called in this process (the same inputs, no HTTP), then runs `--concurrency` closed-loop
 clients for `--duration-s` over every endpoint, JSON and multipart, valid inputs and invalid ones
-(truncated image, bytes that are not UTF-8, blank question, empty input list, wrong content type). Counts
+(truncated image, bytes that are not UTF-8, blank question, empty input list, wrong content type); when the
+model hears, also `/transcribe` and spoken questions on `/vqa` (scene sentences spoken by espeak-ng, the
+expected transcript from the model on the samples as the service decodes them), and audio that is not
+audio or is silent. Counts
 lost answers (no response), mismatched ones (a wrong answer or status), late ones (beyond the
 request timeout) and 5xx; the server's resident memory at start, after 1,000 requests and at the end;
 latency percentiles of the valid requests. Prints one JSON object.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import io
 import json
 import random
 import sys
@@ -27,13 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psutil
+import soundfile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from model import load_model
+from model import MultimodalModel, load_model
 from model.scenes import make_scene, render
+from model.train.speech import sentence, synthesise, utterance
+from service.audio import decode_audio
 from tests.support.server import ServerProcess, encode_image
 
 QUESTIONS = ("what colour is the circle?", "what shape is on the left?", "is there a square?", "how many shapes?")
@@ -49,6 +57,7 @@ class Case:
     kwargs: dict[str, Any]
     status: int
     answer: Any = None
+    heard: str | None = None  # a spoken question: what the response must say was heard
 
 
 @dataclass
@@ -97,6 +106,47 @@ def build_cases(model_spec: str, images: int, seed: int) -> list[Case]:
         Case("bad-content-type", "/caption", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415),
         Case("bad-empty-input", "/embed", {"json": {"input": []}}, 422),
     ]
+    if "transcribe" in model.tasks:
+        cases += speech_cases(model, images, seed)
+    return cases
+
+
+def wav(samples: np.ndarray, rate: int) -> bytes:
+    out = io.BytesIO()
+    soundfile.write(out, samples, rate, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def speech_cases(model: MultimodalModel, n: int, seed: int) -> list[Case]:
+    """/transcribe and spoken /vqa: scene sentences spoken by espeak-ng, answers from the model in-process."""
+    assert model.audio is not None
+    rate = model.audio.sampling_rate
+    cases: list[Case] = []
+    for i in range(n):
+        spoken_seed = 30_000_000 + seed * 1000 + i
+        data = wav(synthesise(utterance(spoken_seed, sentence(spoken_seed)), rate, spoken_seed), rate)
+        samples = decode_audio(data, model.audio, model.audio.max_seconds).samples  # as the service decodes it
+        text = model.transcribe([samples])[0]
+        audio = {"audio": ("speech.wav", data, "audio/wav")}
+        cases += [
+            Case("transcribe-form", "/transcribe", {"files": audio}, 200, text),
+            Case("transcribe-json", "/transcribe", {"json": {"audio": base64.b64encode(data).decode()}}, 200, text),
+        ]
+        question_seed = 31_000_000 + seed * 1000 + i
+        scene = make_scene(question_seed)
+        question = f"what colour is the {scene.objects[0].shape}?"
+        said = synthesise(utterance(question_seed, question), rate, question_seed)
+        data = wav(said, rate)
+        heard = model.transcribe([decode_audio(data, model.audio, model.audio.max_seconds).samples])[0]
+        image = render(scene)
+        png = encode_image(image)
+        form = {"image": ("scene.png", png, "image/png"), "question_audio": ("q.wav", data, "audio/wav")}
+        cases.append(Case("vqa-spoken", "/vqa", {"files": form}, 200, model.answer([image], [heard])[0], heard))
+    silence = wav(np.zeros(rate, np.float32), rate)
+    cases += [
+        Case("bad-not-audio", "/transcribe", {"files": {"audio": ("a.wav", b"RIFF" + bytes(60), "audio/wav")}}, 400),
+        Case("bad-silent", "/transcribe", {"files": {"audio": ("s.wav", silence, "audio/wav")}}, 422),
+    ]
     return cases
 
 
@@ -109,7 +159,9 @@ def matches(case: Case, response: httpx.Response) -> bool:
     if case.route == "/caption":
         return bool(body["caption"] == case.answer)
     if case.route == "/vqa":
-        return bool(body["answer"] == case.answer)
+        return bool(body["answer"] == case.answer and body.get("heard") == case.heard)
+    if case.route == "/transcribe":
+        return bool(body["text"] == case.answer)
     got = torch.tensor([item["embedding"] for item in body["data"]])
     return bool(torch.allclose(got, torch.tensor(case.answer), atol=1e-4))
 
