@@ -200,7 +200,8 @@ async def soak(args: argparse.Namespace, server: ServerProcess, cases: list[Case
     assert server.process is not None
     process = psutil.Process(server.process.pid)
     tally = Tally()
-    memory = {"start_mb": rss_mb(process)}
+    memory: dict[str, Any] = {"start_mb": rss_mb(process)}
+    series: list[tuple[int, float]] = []  # (requests so far, RSS MB), once a minute
     stop_at = time.monotonic() + args.duration_s
     limits = httpx.Limits(max_connections=args.concurrency * 2)
     async with httpx.AsyncClient(base_url=server.url, timeout=args.timeout_s * 4, limits=limits) as client:
@@ -211,12 +212,19 @@ async def soak(args: argparse.Namespace, server: ServerProcess, cases: list[Case
                     memory["after_1000_mb"] = rss_mb(process)
                 await asyncio.sleep(0.2)
 
+        async def sample_memory() -> None:  # the RSS every minute, to tell a plateau from a leak
+            while time.monotonic() < stop_at - 1:
+                await asyncio.sleep(min(60.0, max(0.0, stop_at - 1 - time.monotonic())))
+                series.append((tally.requests, rss_mb(process)))
+
         rngs = [random.Random(args.seed * 1000 + i) for i in range(args.concurrency)]
         await asyncio.gather(
             watch_memory(),
+            sample_memory(),
             *(client_loop(client, cases, tally, stop_at, args.timeout_s, rng) for rng in rngs),
         )
     memory["end_mb"] = rss_mb(process)
+    memory["per_minute"] = series
     latencies = sorted(tally.latencies_s)
 
     def percentile(q: float) -> float:
