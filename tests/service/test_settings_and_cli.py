@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from typing import Any
@@ -87,3 +88,15 @@ def test_train_and_evaluate_hand_over_their_arguments(monkeypatch: pytest.Monkey
     monkeypatch.setattr(sys.modules["model"], command, fake, raising=False)
     main([command, "--steps", "10", "--help"])
     assert received == [["--steps", "10", "--help"]]
+
+
+def test_the_app_bounds_onednn_kernel_cache_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each audio length is a new oneDNN kernel; its default cache (1,024) let RSS creep in the soak."""
+    from service.app import create_app
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    create_app(Settings())
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")  # an operator's choice is kept
+    create_app(Settings())
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
