@@ -38,9 +38,8 @@ from model.train.speech import build_pool, eval_utterances, length_batches, load
 logger = logging.getLogger("model.train")
 
 
-def speech_module(config: TrainConfig, init: Path) -> MultimodalTransformer:
-    """The image model of `init` with a fresh audio tower, its image encoder frozen."""
-    trained, _, _ = load_module(init)
+def speech_module(config: TrainConfig, trained: MultimodalTransformer, init: Path) -> MultimodalTransformer:
+    """The image model `trained` (loaded from `init`) with a fresh audio tower, its image encoder frozen."""
     preset = PRESETS[config.preset]
     if preset.audio is None:
         raise ValueError(f"the speech stage needs a preset with an audio tower, not {config.preset!r}")
@@ -102,8 +101,8 @@ def train_speech(
         raise ValueError("the speech stage starts from a trained image model: give --init")
     torch.manual_seed(config.seed)
     device = resolve_device("auto")
-    _, tokenizer, _ = load_module(init)
-    module = speech_module(config, init).to(device)
+    trained, tokenizer, _ = load_module(init)  # read once: the weights and the tokenizer
+    module = speech_module(config, trained, init).to(device)
     assert module.config.audio is not None
     text_tower = TextTower().to(device)
     optimizer = make_optimizer(module, config)
