@@ -1,7 +1,8 @@
 """mmserve's models: the built-in multimodal Transformer and adapters for Hugging Face checkpoints.
 
-The service imports only from here: `load_model`, the `MultimodalModel` protocol and its errors, and
-`resolve_device` (what "auto" means).
+The service imports only from here: `load_model`, the `MultimodalModel` protocol and its errors,
+`resolve_device` (what "auto" means), and `speech_chunks` (a long recording cut at pauses to fit a model's
+window).
 """
 
 from __future__ import annotations
@@ -12,18 +13,22 @@ import torch
 
 from model.api import ALL_TASKS, AudioSpec, ModelLoadError, MultimodalModel, Task, UnsupportedTask
 from model.devices import default_dtype, resolve_device
+from model.speech_chunks import ChunkingConfig, SpeechChunk, speech_chunks
 
 __all__ = [
     "ALL_TASKS",
     "BUILTIN",
     "AudioSpec",
+    "ChunkingConfig",
     "ModelLoadError",
     "MultimodalModel",
+    "SpeechChunk",
     "Task",
     "UnsupportedTask",
     "default_dtype",
     "load_model",
     "resolve_device",
+    "speech_chunks",
 ]
 
 BUILTIN = "builtin"
