@@ -63,6 +63,8 @@ def speech_chunks(
     min_window_s = 2 * config.pad_s + 4 * FRAME_S
     if window_s < min_window_s:
         raise ValueError(f"a window of {window_s:g} s is too short to chunk into (at least {min_window_s:g} s)")
+    if samples.size == 0:
+        return []
     heard = samples if sampling_rate == SAMPLING_RATE else soxr.resample(samples, sampling_rate, SAMPLING_RATE)
     probabilities = speech_probabilities(np.asarray(heard, dtype=np.float32))
     max_frames = int((window_s - 2 * config.pad_s) / FRAME_S)
@@ -121,6 +123,8 @@ def split_long(region: tuple[int, int], smoothed: np.ndarray, max_frames: int) -
 def padded(spans: list[tuple[int, int]], total_samples: int, pad: int) -> list[tuple[int, int]]:
     """Sample ranges, each widened by `pad` samples, never past the middle of the pause to its neighbours."""
     # the furthest each span may reach: the middle of the pause to its neighbour (the recording's ends outside)
+    if not spans:
+        return []
     middles = [(spans[i][1] + spans[i + 1][0]) // 2 for i in range(len(spans) - 1)]
     lows, highs = [0, *middles], [*middles, total_samples]
     edges = zip(spans, lows, highs, strict=True)
