@@ -7,7 +7,9 @@ only then are the samples decoded, block by block and downmixed as they come (me
 track), then resampled with soxr. Runs in the decode pool, never on the event loop.
 
 Answers: 400 for bytes that are not audio, or a corrupt or truncated stream; 413 for audio longer than
-the limit; 415 for audio in a format or codec we do not decode (M4A/AAC, WebM, AIFF, a WAV of AAC, ...);
+the limit (`max_seconds`, and the model's window unless the recording is to be cut at pauses into chunks
+that fit it: `chunked=True`, see `model.speech_chunks`); 415 for audio in a format or codec we do not
+decode (M4A/AAC, WebM, AIFF, a WAV of AAC, ...);
 422 (on the field) for audio that decodes but cannot be transcribed: no samples, silence only (peak
 below -60 dBFS), non-finite samples, shorter than 50 ms (no word is that short, and a log-mel front end
 needs a window's worth of samples: the built-in model's failed on under 13 ms), a sample rate outside
@@ -51,22 +53,25 @@ class DecodedAudio:
     seconds: float  # the duration as sent
 
 
-def decode_audio(data: bytes, spec: AudioSpec, max_seconds: float, field: str = "audio") -> DecodedAudio:
-    """Decode an upload for a model that takes `spec`; at most `max_seconds` (and the model's window)."""
+def decode_audio(
+    data: bytes, spec: AudioSpec, max_seconds: float, field: str = "audio", chunked: bool = False
+) -> DecodedAudio:
+    """Decode an upload for a model that takes `spec`; at most `max_seconds` (and the model's window, unless the
+    recording is to be cut into chunks that fit it: `model.speech_chunks`)."""
     if not data:
         raise InvalidAudio(f"the audio is empty (0 bytes); send {ACCEPTED_TEXT}")
     container = _sniff(data, field)
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as sound:
             rate, channels, declared = sound.samplerate, sound.channels, sound.frames
-            max_frames = _check_header(rate, channels, declared, spec, max_seconds, field)
+            max_frames = _check_header(rate, channels, declared, spec, max_seconds, field, chunked)
             mono = _read_mono(sound, max_frames + 1)
     except soundfile.LibsndfileError as e:
         if e.code == 4:  # SF_ERR_UNSUPPORTED_ENCODING
             raise UnsupportedAudioFormat(f"the {container} audio's encoding is not supported ({e.error_string})") from e
         raise InvalidAudio(f"the {container} audio is corrupt or truncated and cannot be decoded") from e
     if mono.size > max_frames:  # the header understated the length
-        raise _too_long(mono.size / rate, spec, max_seconds)
+        raise _too_long(mono.size / rate, spec, max_seconds, chunked)
     if mono.size + _SLACK_FRAMES < declared or _wav_truncated(data):
         raise InvalidAudio(f"the {container} audio is truncated: it ends before its header says")
     if mono.size == 0:
@@ -81,7 +86,8 @@ def decode_audio(data: bytes, spec: AudioSpec, max_seconds: float, field: str = 
         raise _unprocessable(field, "too_short", message)
     if rate != spec.sampling_rate:
         mono = soxr.resample(mono, rate, spec.sampling_rate).astype(np.float32, copy=False)
-        mono = mono[: math.floor(spec.max_seconds * spec.sampling_rate)]  # a rounded-up last sample at most
+        limit = max_seconds if chunked else min(max_seconds, spec.max_seconds)
+        mono = mono[: math.floor(limit * spec.sampling_rate)]  # a rounded-up last sample at most
     return DecodedAudio(mono, seconds)
 
 
@@ -97,7 +103,9 @@ def language_code(language: str | None, spec: AudioSpec, field: str = "language"
     return code
 
 
-def _check_header(rate: int, channels: int, frames: int, spec: AudioSpec, max_seconds: float, field: str) -> int:
+def _check_header(
+    rate: int, channels: int, frames: int, spec: AudioSpec, max_seconds: float, field: str, chunked: bool
+) -> int:
     """Refuse from the header alone; the most frames to decode."""
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise _unprocessable(
@@ -107,9 +115,9 @@ def _check_header(rate: int, channels: int, frames: int, spec: AudioSpec, max_se
         raise _unprocessable(
             field, "channels", f"the audio has {channels} channels; at most {MAX_CHANNELS} are downmixed to mono"
         )
-    limit = min(max_seconds, spec.max_seconds)
+    limit = max_seconds if chunked else min(max_seconds, spec.max_seconds)
     if frames / rate > limit:
-        raise _too_long(frames / rate, spec, max_seconds)
+        raise _too_long(frames / rate, spec, max_seconds, chunked)
     return math.floor(limit * rate)
 
 
@@ -130,8 +138,8 @@ def _read_mono(sound: soundfile.SoundFile, max_frames: int) -> np.ndarray:
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
 
-def _too_long(seconds: float, spec: AudioSpec, max_seconds: float) -> PayloadTooLarge:
-    if spec.max_seconds <= max_seconds:
+def _too_long(seconds: float, spec: AudioSpec, max_seconds: float, chunked: bool) -> PayloadTooLarge:
+    if spec.max_seconds <= max_seconds and not chunked:
         reason = f"the model's window is {spec.max_seconds:g} s (longer audio is refused, not chunked)"
     else:
         reason = f"the limit is {max_seconds:g} s (MMSERVE_MAX_AUDIO_SECONDS)"
@@ -178,9 +186,7 @@ def _other_audio(head: bytes) -> str | None:
         return "AIFF"
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
         return "AVI video"
-    return {b".snd": "AU", b"caff": "CAF", b"MThd": "MIDI", b"wvpk": "WavPack", b"MAC ": "Monkey's Audio"}.get(
-        head[:4]
-    )
+    return {b".snd": "AU", b"caff": "CAF", b"MThd": "MIDI", b"wvpk": "WavPack", b"MAC ": "Monkey's Audio"}.get(head[:4])
 
 
 def _riff_chunks(data: bytes) -> list[tuple[bytes, int, int]]:

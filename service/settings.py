@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     # Input limits.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)  # one image, before decoding
     max_image_pixels: int = Field(default=40_000_000, ge=1)  # width × height, read from the header
-    max_audio_seconds: float = Field(default=30.0, gt=0)  # one audio upload (and never past the model's window)
+    # one audio recording; one longer than the model's window is cut at pauses into chunks that fit it, where a
+    # route chunks (model.speech_chunks; docs/models.md), and refused past the window where it does not
+    max_audio_seconds: float = Field(default=600.0, gt=0)
     max_text_chars: int = Field(default=2000, ge=1)  # one /embed text
     max_question_chars: int = Field(default=500, ge=1)
     max_embed_inputs: int = Field(default=256, ge=1)  # texts in one /embed call

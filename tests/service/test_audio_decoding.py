@@ -158,6 +158,14 @@ def test_exactly_the_window_is_taken() -> None:
     assert decode(encode(tone(4.0, rate=44_100), 44_100)).samples.size == 4 * 16_000
 
 
+def test_a_recording_to_be_chunked_may_be_longer_than_the_window() -> None:
+    """Past the model's 4 s window, up to the limit alone: the recording is cut at pauses afterwards."""
+    decoded = decode_audio(encode(tone(10.0, rate=44_100), 44_100), SPEC, max_seconds=12.0, chunked=True)
+    assert decoded.samples.size == 10 * 16_000 and decoded.seconds == 10.0
+    with pytest.raises(PayloadTooLarge, match=r"^the audio is 13.0 s long; the limit is 12 s \(MMSERVE_MAX_AUDIO"):
+        decode_audio(encode(tone(13.0), 16_000, "FLAC"), SPEC, max_seconds=12.0, chunked=True)
+
+
 def test_languages_are_codes_the_model_knows() -> None:
     assert language_code(None, SPEC) is None
     assert language_code(" FR ", SPEC) == "fr"
