@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model import speech_chunks
+from model import load_model, speech_chunks
 from model.checkpoint import WEIGHTS_DIR, load_builtin
 from model.evaluate import word_error_rate
 from model.train.speech import eval_sentences
@@ -35,3 +35,12 @@ def test_a_minute_of_speech_is_transcribed_whole(shipped) -> None:  # type: igno
     assert word_error_rate([" ".join(texts)], [heard]) < 0.05, (texts, heard)
     for segment, said in zip(segments, recording.speech, strict=True):
         assert abs(segment.start_s - said.start_s) <= 0.3 and abs(segment.end_s - said.end_s) <= 0.3
+
+
+def test_whispers_window_is_chunked_to_as_well(tiny_whisper_dir) -> None:  # type: ignore[no-untyped-def]
+    """The same chunking fits Whisper's window (4 s for the tiny random one, which refuses longer audio)."""
+    whisper = load_model(str(tiny_whisper_dir), "cpu")
+    recording = long_recording(eval_sentences(40)[:4], pauses_s=[1.0, 1.5, 1.2])
+    chunks = speech_chunks(recording.samples, RATE, whisper.audio.max_seconds)
+    assert len(chunks) >= 4 and all(c.samples.size / RATE <= whisper.audio.max_seconds for c in chunks)
+    assert len(whisper.transcribe([c.samples for c in chunks], language="en")) == len(chunks)
