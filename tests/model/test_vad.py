@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 from model.vad import FRAME_SAMPLES, speech_probabilities
 from tests.support.recordings import long_recording
+
+TEXTS = ["a large red circle", "what colour is the square?", "two small blue triangles", "a green diamond"]
 
 
 def reference_probabilities(samples: np.ndarray) -> np.ndarray:
@@ -51,3 +54,13 @@ def test_one_probability_per_started_frame(size: int) -> None:
     probabilities = speech_probabilities(np.zeros(size, np.float32))
     assert probabilities.shape == (-(-size // FRAME_SAMPLES),) and probabilities.dtype == np.float32
     assert np.all(probabilities < 0.5)
+
+
+def test_threads_share_one_detector() -> None:
+    """The decode pool's threads call it at once: it keeps no state between calls."""
+    recordings = [long_recording([text], pauses_s=[], lead_s=0.5 + i / 10).samples for i, text in enumerate(TEXTS)]
+    alone = [speech_probabilities(samples) for samples in recordings]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(speech_probabilities, recordings * 3))
+    for i, probabilities in enumerate(together):
+        np.testing.assert_allclose(probabilities, alone[i % len(alone)], atol=1e-6)
