@@ -25,6 +25,7 @@ Pure numpy over the probabilities; the detector runs at 16 kHz (other rates are 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,12 +73,14 @@ def speech_chunks(
     regions = [
         piece for region in speech_regions(probabilities, config) for piece in split_long(region, smoothed, max_frames)
     ]
-    spans = [
-        (round(a * FRAME_S * sampling_rate), min(round(b * FRAME_S * sampling_rate), len(samples))) for a, b in regions
-    ]
+    frame = FRAME_S * sampling_rate  # a detector frame in the recording's samples
+    spans = [(round(a * frame), min(round(b * frame), len(samples))) for a, b in regions]
     bounds = padded(spans, len(samples), round(config.pad_s * sampling_rate))
+    most = math.floor(window_s * sampling_rate)  # the frames' rounding to samples never adds one past the window
     return [
-        SpeechChunk(start / sampling_rate, end / sampling_rate, low / sampling_rate, samples[low:high])
+        SpeechChunk(
+            start / sampling_rate, end / sampling_rate, low / sampling_rate, samples[low : min(high, low + most)]
+        )
         for (start, end), (low, high) in zip(spans, bounds, strict=True)
     ]
 
