@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
-from tests.support.audio import speech
+from tests.support.audio import ESPEAK, speech
 
 RATE = 16_000
 NOISE_RMS = 0.003  # about -50 dBFS: a quiet room
@@ -43,6 +43,8 @@ class Recording:
 @functools.cache
 def sentence(text: str, voice: str = "en", speed: int = 160) -> np.ndarray:
     """`text` spoken at RATE, trimmed to its sound (read-only: shared between recordings)."""
+    if ESPEAK is None:  # tests.support.audio's tone sweep has no pauses to find: say so rather than fail oddly
+        raise RuntimeError("long test recordings are espeak-ng speech: apt-get install espeak-ng")
     samples, rate = speech(text, voice, speed)
     samples = soxr.resample(samples, rate, RATE).astype(np.float32)
     loud = np.flatnonzero(np.abs(samples) > _SOUND)
