@@ -2,6 +2,9 @@
 
     python -m bench.long_recording            # a minute and ten minutes, the shipped built-in model, CPU
 
+and clips within the window (≤ 15 s) holding three sentences 0.6 s apart, transcribed whole (as the routes
+do today) and in chunks.
+
 The recordings are the tests' (`tests.support.recordings`): held-out scene sentences read by espeak-ng in a
 training voice, 1–2 s pauses over noise at about -50 dBFS. The chunks are transcribed by the model called
 directly (batches of 16), the limit an HTTP server's transcription can approach. Prints one line per
@@ -16,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from model import speech_chunks
+from model import MultimodalModel, speech_chunks
 from model.checkpoint import WEIGHTS_DIR, load_builtin
 from model.evaluate import word_error_rate
 from model.train.speech import eval_sentences
@@ -69,6 +72,27 @@ def main() -> None:
             f"{chunking_s:.2f} s, transcription {transcribing_s:.1f} s; WER {wer:.4f}; largest time error {timing}",
             flush=True,
         )
+    three_sentence_clips(model)
+
+
+def three_sentence_clips(model: MultimodalModel, clips: int = 8) -> None:
+    """Clips that fit the window, three short sentences each: whole, the model hears one sentence; in chunks, all."""
+    assert model.audio is not None
+    pool = [s for s in eval_sentences(300) if len(s.split()) <= 8]
+    references, whole, chunked = [], [], []
+    for k in range(clips):
+        texts = pool[3 * k : 3 * k + 3]
+        recording = long_recording(texts, pauses_s=[0.6, 0.6], lead_s=0.3, voice=VOICE)
+        assert recording.seconds <= model.audio.max_seconds
+        references.append(" ".join(texts))
+        whole += model.transcribe([recording.samples])
+        chunks = speech_chunks(recording.samples, RATE, model.audio.max_seconds)
+        chunked.append(transcript_text(stitch(chunks, model.transcribe([c.samples for c in chunks]))))
+    print(
+        f"{clips} clips of three sentences within the window: WER transcribed whole "
+        f"{word_error_rate(references, whole):.3f}, in chunks {word_error_rate(references, chunked):.3f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

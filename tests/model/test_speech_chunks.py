@@ -35,11 +35,11 @@ def owner(chunks: list[SpeechChunk], start_s: float, end_s: float) -> list[int]:
 def check_whole_sentences(recording: Recording, chunks: list[SpeechChunk], window_s: float) -> None:
     """Every sentence lies whole inside one chunk; chunks are in order, apart, within the window, and views
     of the recording at their offsets."""
-    for sentence in recording.speech:
-        holders = owner(chunks, sentence.start_s, sentence.end_s)
-        assert len(holders) == 1, f"{sentence} is cut across chunks {holders}"
+    for said in recording.speech:
+        holders = owner(chunks, said.start_s, said.end_s)
+        assert len(holders) == 1, f"{said} is cut across chunks {holders}"
         low, high = sample_span(chunks[holders[0]])
-        assert low <= sentence.start_s and sentence.end_s <= high, f"{sentence} overflows its chunk {low}-{high}"
+        assert low <= said.start_s and said.end_s <= high, f"{said} overflows its chunk {low}-{high}"
     for before, after in itertools.pairwise(chunks):
         assert sample_span(before)[1] <= sample_span(after)[0]
     for chunk in chunks:
@@ -56,9 +56,9 @@ def test_one_chunk_per_sentence_cut_inside_the_pauses() -> None:
     chunks = speech_chunks(recording.samples, RATE, window_s=15.0)
     assert len(chunks) == len(texts)
     check_whole_sentences(recording, chunks, 15.0)
-    for chunk, sentence in zip(chunks, recording.speech, strict=True):
-        assert abs(chunk.start_s - sentence.start_s) <= TOLERANCE_S, (chunk.start_s, sentence)
-        assert abs(chunk.end_s - sentence.end_s) <= TOLERANCE_S, (chunk.end_s, sentence)
+    for chunk, said in zip(chunks, recording.speech, strict=True):
+        assert abs(chunk.start_s - said.start_s) <= TOLERANCE_S, (chunk.start_s, said)
+        assert abs(chunk.end_s - said.end_s) <= TOLERANCE_S, (chunk.end_s, said)
 
 
 def test_ten_minutes_in_pieces_within_the_window_covering_all_speech() -> None:
