@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.browser import WAIT_MS, browser_page, sync_api
+from tests.support.browser import WAIT_MS, browser_page, needs_chromium, sync_api
 from tests.support.server import ServerProcess
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from model.scenes import make_scene, render
-from tests.support.browser import browser_page, sync_api
+from tests.support.browser import browser_page, needs_chromium, sync_api
 from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.slow]
@@ -50,6 +50,7 @@ def test_the_page_and_its_files_need_no_key(server: ServerProcess) -> None:
     assert httpx.post(f"{server.url}/caption").status_code == 401  # the API still needs it
 
 
+@needs_chromium
 def test_caption_answer_and_similarity_in_a_real_browser(
     server: ServerProcess, page: sync_api.Page, tmp_path: Path
 ) -> None:

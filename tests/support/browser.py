@@ -16,6 +16,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in t
 
 CHROMIUM = shutil.which("chromium")
 NO_CHROMIUM = "Debian's chromium is not installed: apt-get install chromium (.ci/run installs it)"
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)  # skips before any fixture starts
 WAIT_MS = 60_000  # for a page's actions and waits: the machine may be busy
 
 
