@@ -19,6 +19,7 @@ from PIL import Image
 from starlette.middleware.cors import CORSMiddleware
 
 from service import openai
+from service.api_docs import install_api_docs
 from service.auth import ApiKeyAuth
 from service.errors import install_error_handlers
 from service.metrics import Metrics
@@ -64,13 +65,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runtime.drain(timeout_s=settings.request_timeout_s)
             logger.info("stopped")
 
-    app = FastAPI(title="mmserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # The API docs are ours (service/api_docs.py): FastAPI's load Swagger UI and ReDoc from a CDN.
+    app = FastAPI(
+        title="mmserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     app.state.started_at = time.time()
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(openai.router)
     install_openapi(app, settings)
+    install_api_docs(app)
     install_playground(app)
     # Middleware, innermost first: the body limit, API keys (a refusal reads no body), CORS (its headers
     # on refusals too, so a browser can read them), request ids and log lines, OpenAI's error shape on /v1.

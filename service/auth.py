@@ -1,11 +1,11 @@
 """API keys: `Authorization: Bearer <key>` on every route but the open ones, compared in constant time.
 
 Off unless keys are configured (`MMSERVE_API_KEYS`, `MMSERVE_API_KEYS_FILE`). The API documentation is
-always open, and so is the playground page (`/` and its files under /static/: they hold no data; its
-requests send the key typed into it); /health, /health/live and /metrics are open unless
-`MMSERVE_PROTECT_HEALTH` is set (load balancers and Prometheus usually call them without credentials).
-A missing or wrong key gets 401 with `WWW-Authenticate: Bearer` (RFC 6750). Keys are kept only as
-SHA-256 digests and never logged.
+always open (its pages and their files under /docs/assets/), and so is the playground page (`/` and its
+files under /static/): they hold no data, and their requests send the key typed into them; /health,
+/health/live and /metrics are open unless `MMSERVE_PROTECT_HEALTH` is set (load balancers and Prometheus
+usually call them without credentials). A missing or wrong key gets 401 with `WWW-Authenticate: Bearer`
+(RFC 6750). Keys are kept only as SHA-256 digests and never logged.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.js
 HEALTH_PATHS = frozenset({"/health", "/health/live", "/metrics"})
 PLAYGROUND_PATH = "/"
 PLAYGROUND_FILES = "/static/"
+DOCS_FILES = "/docs/assets/"
+OPEN_PREFIXES = (PLAYGROUND_FILES, DOCS_FILES)  # static files: no data in them
 
 
 class Unauthorized(ServiceError):
@@ -42,7 +44,7 @@ class ApiKeyAuth:
         self._open = {PLAYGROUND_PATH} | DOCS_PATHS | (frozenset() if protect_health else HEALTH_PATHS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._open or scope["path"].startswith(PLAYGROUND_FILES):
+        if scope["type"] != "http" or scope["path"] in self._open or scope["path"].startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")

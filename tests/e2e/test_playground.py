@@ -16,13 +16,11 @@ import httpx
 import pytest
 
 from model.scenes import make_scene, render
+from tests.support.browser import browser_page, needs_chromium, sync_api
 from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.slow]
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra: pip install '.[test]'")
-
-CHROMIUM = shutil.which("chromium")
 KEY = "sk-playground-test-0123"
 SCENE = make_scene(10_000_003)  # the README's scene: a large orange circle and a small yellow square
 
@@ -37,18 +35,8 @@ def server() -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def page(server: ServerProcess) -> Iterator[sync_api.Page]:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"], headless=True
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1180, "height": 900})
-            page.set_default_timeout(60_000)
-            yield page
-        finally:
-            browser.close()
+    with browser_page(1180, 900) as page:
+        yield page
 
 
 def test_the_page_and_its_files_need_no_key(server: ServerProcess) -> None:
@@ -62,6 +50,7 @@ def test_the_page_and_its_files_need_no_key(server: ServerProcess) -> None:
     assert httpx.post(f"{server.url}/caption").status_code == 401  # the API still needs it
 
 
+@needs_chromium
 def test_caption_answer_and_similarity_in_a_real_browser(
     server: ServerProcess, page: sync_api.Page, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ import torch
 
 from model.checkpoint import WEIGHTS_DIR, load_builtin
 from model.scenes import HELD_OUT_SEED_START, QUESTION_FAMILIES, Question, Scene, ask, ask_any, make_scene, render
+from tests.support.audio import needs_espeak
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,7 @@ def test_text_and_image_embeddings_share_a_space(shipped) -> None:
     assert (sims.argmax(1) == torch.arange(10)).float().mean() >= 0.8
 
 
+@needs_espeak
 def test_transcribes_held_out_sentences(shipped) -> None:
     """Held-out sentences (never spoken in training), in training voices: most transcribed word for word."""
     from model.evaluate import word_error_rate
@@ -79,6 +81,7 @@ def test_transcribes_held_out_sentences(shipped) -> None:
     assert word_error_rate(truth, heard) < 0.05
 
 
+@needs_espeak
 def test_hears_a_question_and_answers_it(shipped) -> None:
     """espeak-ng's default voice (not one of the training voices' settings) asks; the spoken question is answered."""
     import io

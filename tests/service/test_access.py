@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,12 @@ from tests.support.server import error_of
 
 pytestmark = pytest.mark.anyio
 
+DOCS_PAGES = ("/docs", "/redoc")
+
 
 async def test_keys_guard_every_route_but_health_and_docs(serve: Serve) -> None:
     async with serve(api_keys="k1,k2") as client:
-        for route in ("/health", "/health/live", "/metrics", "/docs", "/openapi.json"):
+        for route in ("/health", "/health/live", "/metrics", "/openapi.json", *DOCS_PAGES, "/docs/oauth2-redirect"):
             assert (await client.get(route)).status_code == 200, route
         missing = await client.post("/embed", json={"input": "a"})
         assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer")
@@ -29,6 +32,19 @@ async def test_keys_guard_every_route_but_health_and_docs(serve: Serve) -> None:
             assert ok.status_code == 200, ok.text
         basic = await client.get("/v1/models", headers={"Authorization": "Basic azE6"})
         assert basic.status_code == 401
+
+
+async def test_the_docs_pages_load_only_their_own_open_files(serve: Serve) -> None:
+    async with serve(api_keys="k1") as client:
+        for route in DOCS_PAGES:
+            page = await client.get(route)
+            assert page.headers["content-security-policy"].startswith("default-src 'self'")
+            files = re.findall(r'(?:src|href)="([^"]*)"', page.text)
+            assert files and all(file.startswith("/docs/assets/") for file in files), files
+            for file in files:  # no key needed: they hold no data
+                assert (await client.get(file)).status_code == 200, file
+        for escape in ("/docs/assets/%2e%2e/v1/models", "/docs/assets/%2e%2e/core.py"):
+            assert (await client.get(escape)).status_code == 404, escape
 
 
 async def test_health_can_be_protected_too(serve: Serve, tmp_path: Path) -> None:

@@ -11,9 +11,13 @@ import shutil
 import subprocess
 
 import numpy as np
+import pytest
 import soundfile
 
 ESPEAK = shutil.which("espeak-ng")
+NO_ESPEAK = "espeak-ng is not installed: apt-get install espeak-ng (.ci/run installs it)"
+# For tests that need real speech (what the shipped model hears, speech training), not just audio.
+needs_espeak = pytest.mark.skipif(ESPEAK is None, reason=NO_ESPEAK)
 
 
 def speech(text: str, voice: str = "en", speed: int = 160) -> tuple[np.ndarray, int]:
