@@ -225,7 +225,7 @@ def fault(url: str, kind: str) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            status, headers, body = post_json(f"{url}/embed", {"input": "after the fault"})
+            status, _, body = post_json(f"{url}/embed", {"input": "after the fault"})
         except OSError as e:  # it exited already
             print(f"  POST /faults/{kind}: 202; then /embed: {e!r} (the process has exited)")
             return
