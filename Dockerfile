@@ -81,7 +81,9 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('MMSERVE_PORT', '8000'), timeout=4)"]
 
-# Exec form: mmserve is PID 1 and receives SIGTERM itself; it then stops admitting, finishes the
-# requests it accepted and exits 0 (within MMSERVE_REQUEST_TIMEOUT_S + 5 s).
+# Exec form: mmserve is PID 1 and receives SIGTERM itself; it then stops admitting (503 with `Connection:
+# close` for MMSERVE_DRAIN_GRACE_S), finishes the requests it accepted and exits 0 (within the grace plus
+# MMSERVE_REQUEST_TIMEOUT_S + 5 s). A fatal state (a model that cannot load, a broken device, a dead
+# inference thread) exits non-zero instead (README's exit statuses), so `restart:` policies act on it.
 ENTRYPOINT ["mmserve"]
 CMD ["serve"]

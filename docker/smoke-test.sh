@@ -6,7 +6,10 @@
 #   3. checks that it runs as non-root, hardened (read-only root file system, no-new-privileges, no
 #      capabilities; a write to / fails, /tmp works), then /health, /caption, /vqa and /embed with scenes rendered by
 #      the image's own model.scenes; captions and answers must equal the scenes' truth
-#   4. stops it with SIGTERM: exit code 0, a graceful shutdown in the log, within stop_grace_period
+#   4. stops it with SIGTERM: exit code 0, a graceful shutdown in the log, within stop_grace_period;
+#      then, with fault injection on (docker/compose.faults.yml), breaks the device and kills the inference
+#      thread: each time the process exits (5, 6), compose restarts it (RestartCount goes up) and /health
+#      comes back; and a model that cannot load exits (4) and restarts, never sitting unhealthy
 #   5. adds Prometheus (docker/compose.monitoring.yml, built from Debian's package): its target list must
 #      show mmserve up, and every query of the Grafana dashboard must run (Grafana itself is not started:
 #      its image comes only from a registry)
@@ -40,7 +43,8 @@ export MMSERVE_PUBLISH_PORT
 export MMSERVE_MODELS_DIR=$work/models
 # Generous limits: CI machines share their CPUs, and a starved CPU must not read as a broken container.
 export MMSERVE_REQUEST_TIMEOUT_S=${MMSERVE_REQUEST_TIMEOUT_S:-120}
-export MMSERVE_STOP_GRACE_PERIOD=$((MMSERVE_REQUEST_TIMEOUT_S + 15))s
+# The drain: MMSERVE_DRAIN_GRACE_S (5 s) with the listener open, then up to the request timeout + 5 s.
+export MMSERVE_STOP_GRACE_PERIOD=$((MMSERVE_REQUEST_TIMEOUT_S + 20))s
 export MMSERVE_START_PERIOD=${MMSERVE_START_PERIOD:-600s}
 mkdir -p "$MMSERVE_MODELS_DIR"
 url=http://127.0.0.1:$MMSERVE_PUBLISH_PORT
@@ -58,6 +62,7 @@ single=(docker compose -p mmserve-smoke -f docker-compose.yml -f docker/compose.
 replicas=(docker compose -p mmserve-smoke-replicas -f docker-compose.yml -f docker/compose.replicas.yml
           -f docker/compose.replicas.cpu.yml)
 monitoring=(docker compose -p mmserve-smoke -f docker-compose.yml -f docker/compose.cpu.yml -f docker/compose.monitoring.yml)
+faults=(docker compose -p mmserve-smoke -f docker-compose.yml -f docker/compose.cpu.yml -f docker/compose.faults.yml)
 PROMETHEUS_PUBLISH_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export PROMETHEUS_PUBLISH_PORT
 gpu_replicas=(docker compose -p mmserve-smoke-replicas -f docker-compose.yml -f docker/compose.replicas.yml)
@@ -72,6 +77,7 @@ cleanup() {
   fi
   "${single[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
   "${monitoring[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+  "${faults[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
   "${replicas[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "$work"
   if ((rc == 0)); then
@@ -85,6 +91,7 @@ trap cleanup EXIT
 trap 'exit 143' TERM INT
 
 exit_code() { docker inspect -f '{{.State.ExitCode}}' "$1"; }
+restarts() { docker inspect -f '{{.RestartCount}}' "$1"; }
 
 # Stops a container with SIGTERM (docker stop: SIGKILL only after the grace period) and checks that it
 # drained: exit code 0 and the service's and uvicorn's shutdown lines in its log.
@@ -211,6 +218,43 @@ PYEOF
 
 step "single service: SIGTERM"
 stop_gracefully "$api" api
+"${single[@]}" down -v --remove-orphans >/dev/null 2>&1
+
+step "fatal means exit: a broken device, a dead inference thread (MMSERVE_FAULT_INJECTION, compose.faults.yml)"
+"${faults[@]}" up -d --no-build --wait --wait-timeout 900
+api=$("${faults[@]}" ps -aq api)
+for fault in device inference-thread; do
+  before=$(restarts "$api") t0=$SECONDS
+  "$PY" docker/smoke_client.py fault "$url" "$fault" || fail "the $fault fault was not taken"
+  until (($(restarts "$api") > before)); do
+    ((SECONDS - t0 < 120)) || fail "$fault: no restart within 120 s ($(docker inspect -f '{{.State.Status}}' "$api"))"
+    sleep 1
+  done
+  "$PY" docker/smoke_client.py healthy "$url" --seconds 900 || fail "$fault: /health did not come back"
+  echo "  $fault: the process exited, compose restarted it (RestartCount $before → $(restarts "$api")), /health 200 after $((SECONDS - t0)) s"
+done
+log=$(docker logs "$api" 2>&1)
+for status in 5 6; do
+  grep -q "(exiting with status $status)" <<<"$log" || fail "no exit with status $status in the log"
+done
+grep -E "\(exiting with status [56]\)" <<<"$log" | sed 's/^/    /'
+"${faults[@]}" down -v --remove-orphans >/dev/null 2>&1
+
+step "fatal means exit: a model that cannot load (MMSERVE_MODEL=/models/nonexistent)"
+MMSERVE_MODEL=/models/nonexistent "${single[@]}" up -d --no-build
+api=$("${single[@]}" ps -aq api)
+t0=$SECONDS
+until (($(restarts "$api") >= 2)); do
+  ((SECONDS - t0 < 300)) || fail "a bad model: $(restarts "$api") restarts in 300 s ($(docker inspect -f '{{.State.Status}}' "$api"))"
+  sleep 1
+done
+health=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$api")
+[[ $health != unhealthy ]] || fail "a bad model left the container unhealthy"
+log=$(docker logs "$api" 2>&1)
+grep -q "loading the model failed: cannot load model '/models/nonexistent'" <<<"$log" || fail "no reason in the log"
+grep -q "(exiting with status 4)" <<<"$log" || fail "no exit with status 4 in the log"
+echo "  exited with status 4 and restarted $(restarts "$api") times in $((SECONDS - t0)) s (health: ${health:-none}); the reason:"
+grep -m1 "loading the model failed" <<<"$log" | cut -c1-200 | sed 's/^/    /'
 "${single[@]}" down -v --remove-orphans >/dev/null 2>&1
 
 step "two CPU replicas behind nginx: up --wait"

@@ -3,6 +3,8 @@
     smoke_client.py check URL SCENES [--strict]      /health, /caption, /vqa, /embed: the model's own answers
     smoke_client.py spread URL SCENES --requests N   requests through the balancer reach every replica
     smoke_client.py load URL SCENES --seconds S      a steady stream of requests; every one must succeed
+    smoke_client.py fault URL device|inference-thread  break a server run with MMSERVE_FAULT_INJECTION=true
+    smoke_client.py healthy URL --seconds S          wait until /health answers 200
 
 SCENES is the JSON written by docker/smoke_scenes.py. Each command prints what it saw and exits 1 on
 the first broken expectation (`load`: once the stream ends, if any request failed).
@@ -216,16 +218,60 @@ def load(url: str, scenes: list[dict], seconds: float, concurrency: int) -> None
     expect(not failures, f"{len(failures)} of {total} requests failed")
 
 
+def fault(url: str, kind: str) -> None:
+    """Inject `kind`; the server must take it (202) and then refuse work with 503 as it turns unhealthy."""
+    status, _, body = request(f"{url}/faults/{kind}", b"")
+    expect(status == 202 and body.get("injected") is True, f"POST /faults/{kind}: HTTP {status} {body}")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            status, _, body = post_json(f"{url}/embed", {"input": "after the fault"})
+        except OSError as e:  # it exited already
+            print(f"  POST /faults/{kind}: 202; then /embed: {e!r} (the process has exited)")
+            return
+        if status == 503:
+            print(f"  POST /faults/{kind}: 202; then /embed: 503 {body['error']['message']!r}")
+            return
+        expect(time.monotonic() < deadline, f"/embed after the fault: still HTTP {status}")
+        time.sleep(0.2)
+
+
+def healthy(url: str, seconds: float) -> None:
+    """Poll /health until it answers 200 (connections refused meanwhile are expected: a restart)."""
+    started = time.monotonic()
+    while True:
+        try:
+            status, _, body = request(f"{url}/health")
+        except OSError:
+            status, body = 0, "no answer"
+        if status == 200:
+            print(f"  /health 200 after {time.monotonic() - started:.0f} s")
+            return
+        expect(time.monotonic() - started < seconds, f"/health not 200 within {seconds:.0f} s: {status} {body}")
+        time.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("check", "spread", "load"))
+    parser.add_argument("command", choices=("check", "spread", "load", "fault", "healthy"))
     parser.add_argument("url")
-    parser.add_argument("scenes", help="JSON from docker/smoke_scenes.py")
+    parser.add_argument("scenes", help="JSON from docker/smoke_scenes.py (fault: the fault's kind)", nargs="?")
     parser.add_argument("--strict", action="store_true", help="captions and answers must equal the truth")
     parser.add_argument("--requests", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
+    url = args.url.rstrip("/")
+    try:
+        if args.command == "fault":
+            fault(url, args.scenes)
+            return
+        if args.command == "healthy":
+            healthy(url, args.seconds)
+            return
+    except SmokeFailure as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
     with open(args.scenes) as f:
         reference = json.load(f)
     scenes = reference["scenes"]

@@ -2,7 +2,8 @@
 
 The lifespan starts the runtime (the inference thread loads and warms up the models while /health
 answers 503 "loading"), and on shutdown stops admitting (503 "draining"), lets every accepted request
-finish, and stops the inference thread.
+finish, and stops the inference thread. While draining, or about to exit after a fatal failure, every
+response closes its connection (service.draining).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 from service import openai
 from service.api_docs import install_api_docs
 from service.auth import ApiKeyAuth
+from service.draining import CloseWhenClosing
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, RequestContext
@@ -74,6 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(openai.router)
+    if settings.fault_injection:
+        from service import fault_injection
+
+        app.include_router(fault_injection.router)
+        logger.warning("fault injection is on (MMSERVE_FAULT_INJECTION): POST /faults/* breaks this server")
     install_openapi(app, settings)
     install_api_docs(app)
     install_playground(app)
@@ -93,8 +100,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(RequestContext)  # its request id is on every response, errors included
+    app.add_middleware(CloseWhenClosing, closing=lambda: _closing(app))
     app.add_middleware(openai.OpenAIErrorShape)  # outermost: rewrites every error under /v1/, the 500 too
     return app
+
+
+def _closing(app: FastAPI) -> bool:
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    return runtime is not None and runtime.closing
 
 
 def _configure_pillow(settings: Settings) -> None:

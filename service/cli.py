@@ -2,22 +2,28 @@
 and `caption`, `vqa`, `embed`: a client of a running server (service.client_cli).
 
 `serve` takes its settings from `MMSERVE_*` environment variables; flags override them. It runs one
-uvicorn worker: a second worker would load a second copy of the model onto the same device.
+uvicorn worker: a second worker would load a second copy of the model onto the same device. It binds
+its port before anything loads (a busy port exits at once), and drains on SIGTERM (service.draining);
+its exit statuses are service.exits' `ExitStatus`.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
-from collections.abc import Callable, Sequence
-from types import FrameType
-from typing import Any, get_args
+from collections.abc import Sequence
+from typing import Any, NoReturn, get_args
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.client_cli import add_client_commands
 from service.client_cli import run as run_client
+from service.draining import DrainingServer
+from service.exits import ExitStatus
 from service.logs import configure_logging
 from service.settings import DType, LogLevel, Settings
 
@@ -26,24 +32,17 @@ logger = logging.getLogger(__name__)
 CLIENT_COMMANDS = ("caption", "vqa", "embed")  # against a running server: service.client_cli
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn, telling the app to stop admitting the moment SIGTERM/SIGINT arrives."""
-
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_exit()
-        super().handle_exit(sig, frame)
-
-
 def serve(overrides: dict[str, Any]) -> None:
-    """Run the service until SIGTERM/SIGINT, then drain and exit."""
+    """Run the service until SIGTERM/SIGINT, then drain and exit (statuses: service.exits, README)."""
     from service.app import create_app
 
-    settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    try:
+        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
+        fail(ExitStatus.USAGE, f"invalid settings: {problems}")
     configure_logging(settings.log_level, settings.log_format)
+    listener = listen(settings.host, settings.port)  # before the model loads: a busy port fails in a second
     app = create_app(settings)
 
     def begin_drain() -> None:
@@ -62,7 +61,32 @@ def serve(overrides: dict[str, Any]) -> None:
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
         timeout_keep_alive=settings.keep_alive_s,
     )
-    DrainingServer(config, on_exit=begin_drain).run()
+    logger.info("listening on http://%s:%d", *listener.getsockname()[:2])
+    DrainingServer(config, on_exit=begin_drain, grace_s=settings.drain_grace_s).run(sockets=[listener])
+    runtime = getattr(app.state, "runtime", None)
+    if runtime is not None and runtime.exit_status is not None:  # stopped while unhealthy: say so
+        sys.exit(runtime.exit_status)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The bound listening socket (uvicorn listens on it once the app starts); exits with CANNOT_LISTEN."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart reuses a TIME_WAIT port
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        what = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be listened on ({e.strerror})"
+        fail(ExitStatus.CANNOT_LISTEN, f"{host}:{port} {what} (MMSERVE_HOST, MMSERVE_PORT)")
+    sock.set_inheritable(True)
+    return sock
+
+
+def fail(status: ExitStatus, reason: str) -> NoReturn:
+    """One line on stderr, and exit with `status`."""
+    print(f"mmserve: {reason}", file=sys.stderr)
+    sys.exit(status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -77,7 +77,8 @@ class MMServe:
     """One replica: one mmserve app (model, batchers, inference thread), built on the replica."""
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        self.settings = Settings(**(settings or {}))
+        # Ray replaces a replica whose health check fails (check_health): its process is Ray's, not to exit.
+        self.settings = Settings(**{"exit_on_failure": False, **(settings or {})})
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = create_app(self.settings)

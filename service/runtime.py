@@ -7,6 +7,9 @@ is stuck (the watchdog: a turn ran over `MMSERVE_STEP_TIMEOUT_S`); every admitte
 answered 503 at once. Routes talk only to the runtime: `admit` (503 / 501 / 429, before the body
 is read), `prepare_*` (decoding and the model's preprocessing, in the decode pool), the reservation's
 `submit`, then `wait` for results or `stream` a generation's updates as they are decoded.
+
+A fatal state ends the process (service.exits), so that its supervisor restarts it: at once when loading
+failed, after `MMSERVE_UNHEALTHY_EXIT_AFTER_S` of 503s otherwise (unless `MMSERVE_EXIT_ON_FAILURE=false`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from service.audio import decode_audio
 from service.batching import Batcher, Item, Reservation
 from service.engine import Engine, GenerationInput, TranscriptionInput
 from service.errors import ClientDisconnected, NotReady, Timeout
+from service.exits import ExitStatus, exit_after, one_line
+from service.faults import DeviceBroken
 from service.images import decode_image
 from service.metrics import Metrics
 from service.scheduler import InferenceThread
@@ -64,6 +69,8 @@ class Runtime:
         metrics.watch_queues({task: b.pending for task, b in self.batchers.items()})
         self._engine: Engine | None = None
         self._failed = False
+        self._exit_status: ExitStatus | None = None  # why the service cannot go on (it exits with this)
+        self._exit_lock = threading.Lock()
         self._draining = False
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="mmserve-decode")
         self._thread = InferenceThread(
@@ -79,7 +86,11 @@ class Runtime:
         self._watchdog: Watchdog | None = None
         if settings.step_timeout_s > 0:
             self._watchdog = Watchdog(
-                self._thread.busy_since, settings.step_timeout_s, self._stuck, exit_after=settings.exit_on_stuck
+                self._thread.busy_since,
+                settings.step_timeout_s,
+                self._stuck,
+                exit_after=settings.exit_on_stuck and settings.exit_on_failure,
+                alive=self._thread.is_alive,
             )
         self._device_checked_at = -float("inf")  # the last /health device check (monotonic seconds)
         self._device_check: asyncio.Future[None] | None = None  # one running now
@@ -126,16 +137,56 @@ class Runtime:
     def engine(self) -> Engine | None:
         return self._engine
 
+    @property
+    def inference_thread(self) -> InferenceThread:
+        return self._thread
+
+    @property
+    def closing(self) -> bool:
+        """Draining or about to exit: responses close their connection (the client's next request goes elsewhere)."""
+        return self._draining or self._exit_status is not None
+
     def _ready(self, engine: Engine) -> None:
         self._engine = engine
         logger.info("ready: serving %s", ", ".join(sorted(engine.tasks)))
 
+    @property
+    def exit_status(self) -> ExitStatus | None:
+        """The status the process exits with, once the service cannot go on; None while it can."""
+        return self._exit_status
+
     def _failure(self, error: BaseException) -> None:
+        """The inference thread's end (on that thread): loading failed, the device broke, or the loop died."""
         self._failed = True
+        if self._engine is None:
+            logger.debug("loading the model failed", exc_info=error)  # the traceback, for a bug in a loader
+            self._fatal(ExitStatus.LOAD_FAILED, f"loading the model failed: {one_line(error)}", after_s=0)
+        elif isinstance(error, DeviceBroken):
+            self._fatal(ExitStatus.DEVICE_FAILED, one_line(error))
+        else:
+            self._fatal(ExitStatus.INFERENCE_THREAD_DIED, f"the inference thread died: {one_line(error)}")
+
+    def _fatal(self, status: ExitStatus, reason: str, after_s: float | None = None) -> None:
+        """Unhealthy for good: exit with `status` after `after_s` (default: `unhealthy_exit_after_s`), unless
+        `exit_on_failure` is off. The first fatal state decides the status."""
+        with self._exit_lock:
+            if self._exit_status is not None:
+                return
+            self._exit_status = status
+        if not self.settings.exit_on_failure:
+            logger.critical("%s (staying up, unhealthy: MMSERVE_EXIT_ON_FAILURE=false)", reason)
+            return
+        delay_s = self.settings.unhealthy_exit_after_s if after_s is None else after_s
+        if delay_s > 0:
+            logger.critical("%s (unhealthy: exiting in %g s)", reason, delay_s)
+        exit_after(delay_s, status, reason)
 
     def _stuck(self, running_s: float) -> None:
-        """The watchdog's verdict (on its thread): unhealthy, and every admitted request answered 503 now."""
+        """The watchdog's verdict (on its thread): unhealthy, and every admitted request answered 503 now
+        (the watchdog itself exits, after its grace)."""
         self._failed = True
+        with self._exit_lock:
+            self._exit_status = self._exit_status or ExitStatus.STUCK
         self._thread.abort(
             NotReady(f"the device is stuck (a step has run for {running_s:.0f} s); the server is unhealthy", 1)
         )
@@ -160,6 +211,7 @@ class Runtime:
             logger.error("the device check failed (%r): the server is unhealthy", e)
             self._failed = True
             self._thread.abort(NotReady("the device failed; the server is unhealthy", retry_after_s=1))
+            self._fatal(ExitStatus.DEVICE_FAILED, f"the device check failed: {one_line(e)}")
         self._device_check = None
 
     def _in_flight(self) -> int:

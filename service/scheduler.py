@@ -86,8 +86,7 @@ class InferenceThread(threading.Thread):
             engine = self._load_engine()
             engine.warm_up()
             self._build_generations(engine)
-        except BaseException as e:
-            logger.exception("loading the model failed")
+        except BaseException as e:  # logged, in one line, by on_failure
             self._on_failure(e)
             return
         self._on_ready(engine)
@@ -104,6 +103,8 @@ class InferenceThread(threading.Thread):
             logger.exception("the inference thread died")
             self._on_failure(e)
             self._fail_everything(NotReady("the inference thread stopped; the server is unhealthy", retry_after_s=1))
+        finally:
+            self._busy_since = None  # a dead loop is not a stuck step (the watchdog also sees the thread gone)
         logger.info("inference thread stopped")
 
     def busy_since(self) -> float | None:

@@ -101,6 +101,18 @@ class Settings(BaseSettings):
     # the device is stuck: unhealthy, every request answered 503, then exit (status 3). 0: no watchdog.
     step_timeout_s: float = Field(default=60.0, ge=0)
     exit_on_stuck: bool = True  # false: stay up, unhealthy (for tests that look at the state in-process)
+    # Fatal states end the process, so a supervisor restarts it (service.exits): a model that cannot load
+    # at once; a broken device or a dead inference thread after this long answering 503 (so a load
+    # balancer sees it). false: stay up, unhealthy (for tests that look at the state in-process).
+    exit_on_failure: bool = True
+    unhealthy_exit_after_s: float = Field(default=5.0, ge=0)
+    # SIGTERM: for this long the listener and open connections stay; new requests get 503 with `Connection:
+    # close`, accepted ones finish; then (or once no connection is open) the server stops. Fits, with
+    # request_timeout_s + 5 s of draining, in Kubernetes' grace after its preStop and compose's stop_grace_period.
+    drain_grace_s: float = Field(default=5.0, ge=0)
+    # Tests only: POST /faults/device and /faults/inference-thread break the device or kill the inference
+    # thread (service.fault_injection), so a container's restart can be shown for real. Never in production.
+    fault_injection: bool = False
 
     # http(s) image URLs in /v1/chat/completions: off unless allowed, then only to the listed hosts (never to
     # loopback, link-local or private addresses), at most `max_upload_bytes`, within `image_url_timeout_s`.

@@ -5,6 +5,8 @@ will not finish (a hung kernel, a lost device, a deadlocked driver). Then the se
 (`/health` and `/health/live` answer 503, so an orchestrator restarts it), every admitted request is
 answered 503 instead of waiting for its timeout, and, after a short grace for those answers to go out,
 the process exits with `EXIT_STUCK` (unless `MMSERVE_EXIT_ON_STUCK=false`, for tests in one process).
+A loop that died is not stuck: the watchdog stops watching once the thread is gone (the runtime's failure
+handler answers and exits then, with its own status).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from service.exits import ExitStatus
+
 logger = logging.getLogger(__name__)
 
-EXIT_STUCK = 3  # the process's exit status when the device is stuck
+EXIT_STUCK = ExitStatus.STUCK  # 3, the process's exit status when the device is stuck
 EXIT_GRACE_S = 2.0  # between answering everyone 503 and exiting
 
 
@@ -31,12 +35,14 @@ class Watchdog(threading.Thread):
         timeout_s: float,
         on_stuck: Callable[[float], None],
         exit_after: bool,
+        alive: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__(name="mmserve-watchdog", daemon=True)
         self._busy_since = busy_since
         self._timeout_s = timeout_s
         self._on_stuck = on_stuck
         self._exit_after = exit_after
+        self._alive = alive  # whether the watched thread still runs
         self._stopped = threading.Event()
 
     def stop(self) -> None:
@@ -45,6 +51,8 @@ class Watchdog(threading.Thread):
     def run(self) -> None:
         interval = min(1.0, self._timeout_s / 4)
         while not self._stopped.wait(interval):
+            if not self._alive():
+                return
             since = self._busy_since()
             if since is None or (running_s := time.monotonic() - since) <= self._timeout_s:
                 continue

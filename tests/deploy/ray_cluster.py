@@ -33,7 +33,13 @@ class LocalRayCluster:
         self._log = tempfile.NamedTemporaryFile(prefix="ray-nodes-", suffix=".log", delete=False)  # noqa: SIM115
         self._nodes: list[subprocess.Popen[bytes]] = []
         # The workers import `service` from this checkout, whatever the environment has installed.
-        self._env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+        # As deploy/ray/rayservice.yaml: a proxy spreads requests over every replica, not its own node's first.
+        self._env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
+        }
 
     def start(self) -> LocalRayCluster:
         common = [f"--num-cpus={self._cpus}", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]

@@ -41,3 +41,12 @@ def test_the_rayservice_serves_the_serve_config() -> None:
     workers = ray_service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     max_replicas = serve_config()["applications"][0]["deployments"][0]["autoscaling_config"]["max_replicas"]
     assert sum(group["maxReplicas"] for group in workers) == max_replicas  # one GPU worker per replica
+
+
+def test_every_proxy_spreads_over_every_replica() -> None:
+    cluster = yaml.safe_load(RAY_SERVICE.read_text())["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {variable["name"]: variable["value"] for variable in container.get("env", [])}
+            assert env.get("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING") == "0", container["name"]

@@ -1,7 +1,8 @@
 """mmserve on a real local Ray cluster (a head and a second node, `ray start`), deployed from deploy/ray/serve.yaml.
 
 Two replicas, one per node; a load of distinct requests whose answers must equal a single server's;
-one replica's process killed during the load; a burst beyond Ray's bounded queue. Slow: ~1-2 minutes.
+one replica's process killed during the load; a burst beyond Ray's bounded queue; a replica whose
+inference thread dies (fault injection) is replaced. Slow: ~1-2 minutes.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def config_for_this_machine(tiny_checkpoint_dir: Path, http_port: int) -> dict[s
     config["proxy_location"] = "HeadOnly"  # both nodes share one address here
     config["http_options"] = {"host": "127.0.0.1", "port": http_port}
     app = config["applications"][0]
-    app["args"].update(model=str(tiny_checkpoint_dir), device="cpu", torch_threads=1)
+    # fault_injection: the dead-inference-thread test's POST /faults/inference-thread (off in serve.yaml)
+    app["args"].update(model=str(tiny_checkpoint_dir), device="cpu", torch_threads=1, fault_injection=True)
     deployment = app["deployments"][0]
     deployment["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 0}  # one CPU per node: one replica per node
     deployment["autoscaling_config"].update(min_replicas=2, initial_replicas=2, max_replicas=2)
@@ -163,7 +165,9 @@ def test_replicas_answer_as_one_server_does(ray_url: str, reference_answers: dic
     wrong = [i for i, r in results.items() if not same_answer(answer(r), reference_answers[i])]  # type: ignore[union-attr]
     assert not wrong, wrong
     replicas = Counter(r.headers[REPLICA_HEADER] for r in results.values())  # type: ignore[union-attr]
+    print(f"\nrequests by replica, one proxy (HeadOnly): {dict(replicas)}")
     assert len(replicas) == 2, replicas
+    assert min(replicas.values()) >= len(results) // 5, replicas  # spread by load, not all on the proxy's node
     health = httpx.get(f"{ray_url}/health", headers={"X-Request-ID": "mine"})
     assert health.json()["status"] == "ok"
     assert health.headers["X-Request-ID"] == "mine"
@@ -213,3 +217,40 @@ def test_a_burst_beyond_rays_queue_gets_429_with_retry_after(ray_url: str) -> No
     assert set(statuses) == {200, 429}, statuses  # admitted requests are answered; the rest refused at once
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.headers["Retry-After"] == "1"
+
+
+def test_a_replica_whose_inference_thread_dies_answers_503_and_is_replaced(ray_url: str) -> None:
+    from ray import serve
+
+    injected = httpx.post(f"{ray_url}/faults/inference-thread", timeout=30)
+    assert injected.status_code == 202 and injected.json()["injected"] is True, injected.text
+    victim = injected.headers[REPLICA_HEADER]
+    victim_pid = int(victim.rsplit("@", 1)[1])
+    # Its requests get mmserve's JSON 503 with Retry-After (not Ray's bare 500) until Ray's health check
+    # (every 5 s) fails and Ray stops the replica and starts another.
+    statuses: Counter[int] = Counter()
+    deadline = time.monotonic() + 180
+    with httpx.Client(timeout=60) as client:
+        while alive(victim_pid):
+            assert time.monotonic() < deadline, "the replica with a dead inference thread was not stopped"
+            response = client.post(f"{ray_url}/embed", json={"input": "while it dies"})
+            statuses[response.status_code] += 1
+            if response.status_code == 503:
+                assert response.json()["error"]["message"] == "the server is unhealthy"
+                assert response.headers["Retry-After"] == "1"
+            else:
+                assert response.status_code == 200, response.text
+            time.sleep(0.1)
+    print(f"\nwhile replica {victim} was unhealthy: {dict(statuses)}")
+    wait_for_replicas(serve, 2)
+    with httpx.Client(timeout=60) as client:
+        answered = [client.post(f"{ray_url}/embed", json={"input": f"after {i}"}) for i in range(12)]
+    assert all(r.status_code == 200 for r in answered), [r.text for r in answered]
+    assert victim not in {r.headers[REPLICA_HEADER] for r in answered}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
