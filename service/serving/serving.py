@@ -7,24 +7,29 @@ decode pool (decoding, the model's preprocessing: 400, 413, 415, 422), submissio
 the deadline, 499 when the client leaves) or streaming (`Stream`), and the request's metrics and timings,
 recorded once, when the request (or its stream) really ends. Results and updates are typed (`types`).
 
-Every method goes through the same private core: `_call` (the request's record and its counting),
-`_admit` (room in a task's batcher), `_prepare` (work in the decode pool, several at once, timed),
-`_run` (submit prepared payloads, wait for all their outputs) and `_stream` (submit one, then iterate its
-updates). A new kind of work is one more pair of methods on that core. For text-to-image (`images` /
-`images_stream`, prompt → PNG images with progress updates): read an ask, `_admit` its task, `_prepare`
-its payload (the prompt's encoding), then `_run` (whole images) or `_stream` with a `convert` that turns
-each denoising step's update into a typed progress update and the item's result into the last one;
-the scheduler delivers step updates through the item's `on_update` sink as it does for tokens.
+Every method is built from the same private core (`service.serving.core.Core`): `_call` (the request's
+record, counted once), `_admit` (room in a task's batcher), `_read` (the route's parsing, under the
+deadline), `_prepare` (work in the decode pool, several at once, timed), `_run_submitted` (wait for the
+submitted items' outputs) and `_stream` (iterate one item's updates). Each kind has a whole method, a
+streamed one and an `_as_asked` one (the request's body says which).
+
+Extension point, for text-to-image next (`images` / `images_stream`: prompt → PNG images, with progress):
+a pair of methods (or a mixin in its own module that `Serving` inherits) doing
+    async with self._call("images", client) as call, with self._admit("images") as slot:
+        ask = await self._read(call, read); [payload] = await self._prepare(call, lambda e: e.prepare_...(ask))
+        item = slot.submit(payload, call.deadline, sink(updates) if streamed else None)
+then `await self._run_submitted(call, [item])` for the whole images, or `await self._stream(call, item,
+updates, convert)`, where `convert` turns each denoising step's update into a typed progress update
+(not last) and the item's result (the finished images) into the last one. The scheduler delivers step
+updates through the item's `on_update` sink, as it does tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import ExitStack, asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
@@ -33,12 +38,12 @@ from model.api import Update
 from service.audio import decode_audio, language_code
 from service.batching import Item, Reservation
 from service.engine import Engine, Generated
-from service.errors import InvalidImage, Timeout
+from service.errors import InvalidImage
 from service.images import decode_image
-from service.runtime import Runtime
 from service.schemas import check_question
-from service.serving.call import Call, Disconnected, ended_status
-from service.serving.stream import Convert, Stream, sink
+from service.serving.call import Call, Disconnected
+from service.serving.core import Core
+from service.serving.stream import Stream, sink
 from service.serving.types import (
     EmbedAsk,
     Embeddings,
@@ -50,27 +55,13 @@ from service.serving.types import (
     TranscriptionAsk,
 )
 
-T = TypeVar("T")
-U = TypeVar("U")
-
 SPOKEN_FIELD = "question_audio"
 
 
-class Serving:
+class Serving(Core):
     """Generate (captions, answers), embed (texts, images), transcribe: whole or streamed."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.settings = runtime.settings
-
     # What routes ask besides the work itself.
-    def model_name(self, task: Task) -> str:
-        return self.runtime.model_name(task)
-
-    def serves(self, task: Task) -> bool:
-        engine = self.runtime.engine
-        return engine is not None and task in engine.tasks
-
     def max_new_tokens(self, task: Task, asked: int | None) -> int:
         """The tokens a caption or an answer may take: what was asked, bounded by the server's limit."""
         if task == "vqa":
@@ -79,10 +70,6 @@ class Serving:
 
     def prompt_tokens(self, task: Task, question: str | None) -> int:
         return self.runtime.ensure_ready().prompt_tokens(task, question)
-
-    async def in_pool(self, work: Callable[[], T]) -> T:
-        """Run `work` in the decode pool (off the event loop and the inference thread)."""
-        return await self.runtime.in_pool(work)
 
     # Captions and answers.
     async def generate(self, read: Read[GenerationAsk], client: Disconnected, task: Task | None = None) -> Generation:
@@ -192,68 +179,6 @@ class Serving:
                 return TextUpdate(update.delta, done), update.finished
 
             return await self._stream(call, item, updates, convert)
-
-    # The core every method goes through.
-    @asynccontextmanager
-    async def _call(self, task: Task, client: Disconnected) -> AsyncIterator[Call]:
-        """The request's record; counted with its outcome when it ends (by its stream, for a stream)."""
-        call = Call(task, self.runtime.metrics, self.settings.request_timeout_s, client)
-        try:
-            yield call
-        except BaseException as e:
-            call.end(ended_status(e))
-            raise
-        if not call.streaming:
-            call.end(200)
-
-    @contextmanager
-    def _admit(self, task: Task, count: int = 1) -> Iterator[Reservation[Any, Any]]:
-        """Room for `count` items of `task`, if the service takes them now (else 503, 501 or 429)."""
-        self.runtime.ensure_ready().check_supported(task)
-        with self.runtime.batchers[task].reserve(count) as reservation:
-            yield reservation
-
-    async def _read(self, call: Call, read: Read[T]) -> T:
-        """The route's parsing of the request, under its deadline (504)."""
-        try:
-            async with asyncio.timeout(call.left_s()):
-                return await read()
-        except TimeoutError as e:
-            raise Timeout("reading and decoding the request took longer than the request timeout") from e
-
-    async def _prepare(self, call: Call, *works: Callable[[Engine], Any]) -> list[Any]:
-        """Run each work on the engine in the decode pool, all at once, under the deadline; the first error
-        raises (and the results of the others are dropped). Adds the time taken to the call's decode time."""
-        engine = self.runtime.ensure_ready()
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(call.left_s()):
-                results = await asyncio.gather(*(self.in_pool(functools.partial(w, engine)) for w in works))
-        except TimeoutError as e:
-            raise Timeout("reading and decoding the request took longer than the request timeout") from e
-        finally:
-            call.decode_s += time.monotonic() - started
-        return list(results)
-
-    async def _run_submitted(self, call: Call, items: Sequence[Item[Any, Any]]) -> list[Any]:
-        """The items' outputs in order; on a timeout (504), a disconnect (499) or a failure the rest are dropped."""
-        waiters = [asyncio.wrap_future(item.future) for item in items]
-        for waiter in waiters:  # mark late failures as seen: their request has already been answered
-            waiter.add_done_callback(lambda w: w.cancelled() or w.exception())
-        try:
-            await call.until(waiters)
-            return [waiter.result() for waiter in waiters]
-        finally:
-            for item in items:  # a no-op for finished items; queued ones are skipped, running ones dropped
-                if not item.future.done():
-                    item.abandon()
-
-    async def _stream(
-        self, call: Call, item: Item[Any, Any], updates: asyncio.Queue[Any], convert: Convert[U]
-    ) -> Stream[U]:
-        stream = Stream(call, item, updates, convert)
-        await stream.start()
-        return stream
 
     # Generation's and transcription's own steps.
     async def _submit_generation(
