@@ -72,6 +72,8 @@ class Call:
                 for waiter in done:
                     waiter.result()  # raises the waiter's error
         finally:
+            if watcher.done() and not watcher.cancelled():
+                watcher.exception()  # seen (a receive that failed means the client is gone, nothing to log)
             watcher.cancel()
             for waiter in pending:
                 waiter.cancel()
