@@ -1,15 +1,22 @@
 """Logging: text or JSON lines, and one line per HTTP request.
 
 The request line carries only fixed fields (time, request id, method, route, task, status, durations,
-batch size, client address): never a body, an image, a text or a header, so never a key. Routes leave
-the task and the timings on a `RequestRecord`; `observe()` hands that record to the line through a
-context variable, set by the middleware for each request.
+batch size, client address): never a body, an image, a text or a header, so never a key. Serving leaves
+the task and the timings on its record of the request (`service.serving.call.Call`), handed to the line
+through a context variable set by the middleware for each request.
+
+Lines are formatted where they are logged and written to stderr by a thread of their own (a
+`QueueHandler` and its `QueueListener`): a slow reader of stderr never blocks the event loop. If the
+queue fills (stderr stalled for `LOG_QUEUE_LINES` lines), further lines are dropped, not waited for.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -17,6 +24,7 @@ from typing import Any, Protocol
 
 ACCESS_LOGGER = "mmserve.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_QUEUE_LINES = 10_000
 
 
 class _Timings(Protocol):
@@ -97,10 +105,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """A queue handler that drops a line when the queue is full instead of blocking or reporting an error."""
+
+    dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            DroppingQueueHandler.dropped += 1
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
 def configure_logging(level: str, log_format: str) -> None:
-    """The root logger: text (`asctime level name: message`) or JSON lines, on stderr."""
-    handler = logging.StreamHandler()
+    """The root logger: text (`asctime level name: message`) or JSON lines, written to stderr by a thread."""
+    global _listener
+    _stop_listener()
+    lines: queue.Queue[logging.LogRecord] = queue.Queue(LOG_QUEUE_LINES)
+    handler = DroppingQueueHandler(lines)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(logging.Formatter("%(message)s"))  # formatted already, by the queue handler
+    _listener = logging.handlers.QueueListener(lines, stderr)
+    _listener.start()
+    atexit.unregister(_stop_listener)
+    atexit.register(_stop_listener)  # what is queued is written before the process exits
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def _stop_listener() -> None:
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None

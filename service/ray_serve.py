@@ -6,7 +6,9 @@
 `build_app` is a Ray Serve application builder: its arguments are mmserve settings (the names of
 `service.settings.Settings`; anything not given comes from `MMSERVE_*` in the replica's environment, e.g.
 the serve config's `runtime_env.env_vars`). Each replica builds the app with `create_app` and so has its
-own model and inference thread; Ray's proxy spreads requests over the replicas.
+own model and inference thread; Ray's proxy spreads requests over the replicas. A request takes the same
+way through a replica as through `mmserve serve`: a route parses it, the serving layer (`service.serving`)
+runs its life (admission, preparation, the answer or the stream, its metrics), the route formats it.
 
 What mmserve promises holds through Ray because of three things done here:
 - readiness: Ray runs the app's lifespan at replica start-up; this wraps it to return only once the model

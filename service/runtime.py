@@ -4,9 +4,8 @@ States: `loading` (the inference thread is loading and warming up the models) �
 (shutdown: nothing new is admitted, what was accepted finishes) ; `unhealthy` when loading failed, the
 inference thread died, the device failed (a sticky error in a batch, or in `/health`'s device check) or
 is stuck (the watchdog: a turn ran over `MMSERVE_STEP_TIMEOUT_S`); every admitted request is then
-answered 503 at once. Routes talk only to the runtime: `admit` (503 / 501 / 429, before the body
-is read), `prepare_*` (decoding and the model's preprocessing, in the decode pool), the reservation's
-`submit`, then `wait` for results or `stream` a generation's updates as they are decoded.
+answered 503 at once. Requests reach it only through `service.serving`, which admits them into
+`batchers`, prepares their inputs with `in_pool` (the decode pool) and submits them.
 
 A fatal state ends the process (service.exits), so that its supervisor restarts it: at once when loading
 failed, after `MMSERVE_UNHEALTHY_EXIT_AFTER_S` of 503s otherwise (unless `MMSERVE_EXIT_ON_FAILURE=false`).
@@ -18,21 +17,17 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from model import ALL_TASKS, Task
-from model.api import Update
-from service.audio import decode_audio
-from service.batching import Batcher, Item, Reservation
-from service.engine import Engine, GenerationInput, TranscriptionInput
-from service.errors import ClientDisconnected, NotReady, Timeout
+from service.batching import Batcher
+from service.engine import Engine
+from service.errors import NotReady
 from service.exits import ExitStatus, exit_after, one_line
 from service.faults import DeviceBroken
-from service.images import decode_image
 from service.metrics import Metrics
 from service.scheduler import InferenceThread
 from service.settings import Settings
@@ -217,15 +212,7 @@ class Runtime:
     def _in_flight(self) -> int:
         return sum(b.in_flight() for b in self.batchers.values())
 
-    # What routes use.
-    @contextmanager
-    def admit(self, task: Task, count: int = 1) -> Iterator[Reservation[Any, Any]]:
-        """Room for `count` items of `task`, if the service takes them now (else 503, 501 or 429)."""
-        engine = self.ensure_ready()
-        engine.check_supported(task)
-        with self.batchers[task].reserve(count) as reservation:
-            yield reservation
-
+    # What serving uses.
     def ensure_ready(self) -> Engine:
         """The engine, when the service takes requests (else 503 with the reason)."""
         state = self.state
@@ -241,118 +228,6 @@ class Runtime:
     def model_name(self, task: Task) -> str:
         return self._engine.model_name(task) if self._engine else ""
 
-    # Preprocessing, in the decode pool (off the event loop and off the inference thread).
-    async def prepare_generation(
-        self, task: Task, data: bytes, question: str | None = None, max_new_tokens: int | None = None
-    ) -> GenerationInput:
-        """Image bytes → the model's input for a caption or an answer."""
-        engine = self.ensure_ready()
-        max_pixels = self.settings.max_image_pixels
-        return await self._in_pool(
-            lambda: engine.prepare_generation(task, decode_image(data, max_pixels), question, max_new_tokens)
-        )
-
-    async def prepare_transcription(
-        self, task: Task, data: bytes, language: str | None = None, field: str = "audio"
-    ) -> tuple[TranscriptionInput, float]:
-        """Audio bytes → the model's input, and the audio's duration in seconds (`field` names it in a 422)."""
-        engine = self.ensure_ready()
-        spec, max_seconds = engine.audio_spec(task), self.settings.max_audio_seconds
-
-        def prepare() -> tuple[TranscriptionInput, float]:
-            audio = decode_audio(data, spec, max_seconds, field)
-            return engine.prepare_transcription(task, audio.samples, language), audio.seconds
-
-        return await self._in_pool(prepare)
-
-    async def prepare_image(self, task: Task, data: bytes) -> Any:
-        """Image bytes → the model's input for an image embedding."""
-        engine = self.ensure_ready()
-        max_pixels = self.settings.max_image_pixels
-        return await self._in_pool(lambda: engine.prepare_image(task, decode_image(data, max_pixels)))
-
-    async def prepare_texts(self, task: Task, texts: Sequence[str]) -> list[Any]:
-        """Texts → the model's inputs (token ids)."""
-        engine = self.ensure_ready()
-        return await self._in_pool(lambda: [engine.prepare_text(task, text) for text in texts])
-
-    async def _in_pool(self, work: Callable[[], T]) -> T:
+    async def in_pool(self, work: Callable[[], T]) -> T:
+        """Run `work` in the decode pool (off the event loop and off the inference thread)."""
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, work)
-
-    # Results.
-    async def wait(
-        self, items: Sequence[Item[Any, Any]], deadline: float, disconnected: Callable[[], Awaitable[None]]
-    ) -> list[Any]:
-        """The items' outputs in order; on a timeout (504), a disconnect or a failure the rest are dropped."""
-        waiters = [asyncio.wrap_future(item.future) for item in items]
-        for waiter in waiters:  # mark late failures as seen: their request has already been answered
-            waiter.add_done_callback(lambda w: w.cancelled() or w.exception())
-        watcher = asyncio.ensure_future(disconnected())
-        pending: set[asyncio.Future[Any]] = set(waiters)
-        try:
-            while pending:
-                done, pending = await asyncio.wait(
-                    pending | {watcher},
-                    timeout=max(0.0, deadline - time.monotonic()),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if watcher in done:
-                    raise ClientDisconnected("the client disconnected")
-                if not done:
-                    raise self._timeout()
-                pending.discard(watcher)
-                for waiter in done:
-                    waiter.result()  # raises the item's error
-            return [waiter.result() for waiter in waiters]
-        finally:
-            watcher.cancel()
-            for item in items:  # a no-op for finished items; queued ones are skipped, running ones dropped
-                if not item.future.done():
-                    item.abandon()
-
-    def stream_sink(self) -> tuple[asyncio.Queue[Any], Callable[[Update], None]]:
-        """A queue on this event loop, and the sink the inference thread calls with each update."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-
-        def sink(update: Update) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, update)
-
-        return queue, sink
-
-    async def stream(
-        self, item: Item[Any, Any], updates: asyncio.Queue[Any], deadline: float
-    ) -> AsyncGenerator[Update]:
-        """A generation's updates as they are decoded, the last one finished; its error, or 504, if it fails.
-
-        The item's future is queued behind its updates when it is done, so its error (or, for a model
-        that generates whole batches, its only result) comes in order. Leaving early (the client went
-        away: the response's task is cancelled) drops the sequence.
-        """
-        loop = asyncio.get_running_loop()
-        item.future.add_done_callback(lambda future: loop.call_soon_threadsafe(updates.put_nowait, future))
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                        entry = await updates.get()
-                except TimeoutError:
-                    raise self._timeout() from None
-                if isinstance(entry, Update):
-                    yield entry
-                    if entry.finished:
-                        return
-                    continue
-                if entry.cancelled():
-                    raise ClientDisconnected("the client disconnected")
-                if (error := entry.exception()) is not None:
-                    raise error
-                result = entry.result()  # generated as a whole (no step-wise updates came)
-                yield Update(result.text, True, result.finish_reason, result.text, result.tokens)
-                return
-        finally:
-            if not item.future.done():
-                item.abandon()
-
-    def _timeout(self) -> Timeout:
-        return Timeout(f"the request did not complete within {self.settings.request_timeout_s:g} s")

@@ -201,7 +201,7 @@ class EmbedImageParams(RequestModel):
     """A multipart /embed call carries only its `image` file."""
 
 
-class TranscribeParams(RequestModel):
+class TranscribeParams(StreamParam):
     language: str | None = Field(
         default=None,
         min_length=2,

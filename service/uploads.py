@@ -3,13 +3,18 @@
 Each image endpoint (and /transcribe, with `audio` for `image`) takes either `multipart/form-data` (a file
 field `image` plus plain fields) or `application/json` (a base64 `image` plus the same fields). Both end
 in the same pydantic models, so a malformed field reads the same either way: FastAPI's 422 shape.
-Nothing here decodes pixels or samples.
+Nothing here decodes pixels or samples. A JSON body over `JSON_ON_LOOP_BYTES` (a base64 image or audio) is
+checked, parsed and base64-decoded off the event loop (`offload`: the decode pool, from serving), so a
+13 MB body never holds the loop; a repeated form field is kept whole when its field is a list (the
+`openai` package sends `timestamp_granularities[]` once per value).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, get_args, get_origin
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -20,8 +25,21 @@ from service.errors import PayloadTooLarge, UnsupportedMediaType
 from service.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 MAX_FORM_FIELDS = 16
+JSON_ON_LOOP_BYTES = 64 * 1024  # larger JSON bodies are parsed (and their base64 decoded) off the event loop
+
+
+class Offload(Protocol):
+    """Runs a function off the event loop (serving's `in_pool`: the decode pool)."""
+
+    def __call__(self, work: Callable[[], T], /) -> Awaitable[T]: ...
+
+
+def to_thread(work: Callable[[], T]) -> Awaitable[T]:
+    """The default `Offload`: asyncio's thread pool."""
+    return asyncio.to_thread(work)
 
 
 class BodyKind(StrEnum):
@@ -51,9 +69,16 @@ def missing(field: str, message: str = "Field required") -> RequestValidationErr
     return RequestValidationError([{"type": "missing", "loc": ("body", field), "msg": message, "input": None}])
 
 
-async def read_json(request: Request, model: type[M], settings: Settings) -> M:
-    """The JSON body validated against `model` (the settings give the limits)."""
+async def read_json(request: Request, model: type[M], settings: Settings, offload: Offload = to_thread) -> M:
+    """The JSON body validated against `model` (the settings give the limits); a large one off the loop."""
     body = await request.body()
+    if len(body) > JSON_ON_LOOP_BYTES:
+        return await offload(lambda: parse_json(body, model, settings))
+    return parse_json(body, model, settings)
+
+
+def parse_json(body: bytes, model: type[M], settings: Settings) -> M:
+    """A JSON body (UTF-8, 422 otherwise) validated against `model`, its base64 fields decoded."""
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -65,11 +90,13 @@ async def read_json(request: Request, model: type[M], settings: Settings) -> M:
         raise validation_error(e) from e
 
 
-async def read_json_body(request: Request, model: type[M], settings: Settings, hint: str) -> M:
+async def read_json_body(
+    request: Request, model: type[M], settings: Settings, hint: str, offload: Offload = to_thread
+) -> M:
     """A body that must be JSON (415 otherwise, saying `hint`), validated against `model`."""
     if body_kind(request) is not BodyKind.JSON:
         raise UnsupportedMediaType(f"send application/json: {hint}")
-    return await read_json(request, model, settings)
+    return await read_json(request, model, settings, offload)
 
 
 async def read_form(
@@ -86,7 +113,13 @@ async def read_form(
     form = await request.form(max_files=1 + len(optional_files), max_fields=MAX_FORM_FIELDS)
     try:
         data = await _read_file(form, file_field, settings)
-        fields: dict[str, Any] = {key: value for key, value in form.multi_items() if key != file_field}
+        lists = _list_fields(params)
+        fields: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if key in lists:
+                fields.setdefault(key, []).append(value)
+            elif key != file_field:
+                fields[key] = value
         for name in optional_files:
             if name in fields:
                 fields[name] = await _read_file(form, name, settings)
@@ -96,6 +129,16 @@ async def read_form(
             raise validation_error(e) from e
     finally:
         await form.close()
+
+
+def _list_fields(params: type[BaseModel]) -> set[str]:
+    """The names (aliases) of `params`' fields that take a list: a repeated form field gives all its values."""
+    names = set()
+    for name, field in params.model_fields.items():
+        types = [field.annotation, *get_args(field.annotation)]
+        if any(get_origin(t) is list or t is list for t in types):
+            names.add(field.alias or name)
+    return names
 
 
 async def _read_file(form: FormData, name: str, settings: Settings) -> bytes:
@@ -118,12 +161,13 @@ async def read_image_request(
     settings: Settings,
     file_field: str = "image",
     optional_files: tuple[str, ...] = (),
+    offload: Offload = to_thread,
 ) -> tuple[bytes, M]:
     """File bytes and fields from either body kind; `json_model` is `params` plus the base64 `file_field`
     (and base64 `optional_files`)."""
     if kind is BodyKind.MULTIPART:
         return await read_form(request, params, settings, file_field, optional_files)
-    body = await read_json(request, json_model, settings)
+    body = await read_json(request, json_model, settings, offload)
     data: bytes = getattr(body, file_field)
     for name in (file_field, *optional_files):
         if (value := getattr(body, name)) is not None:

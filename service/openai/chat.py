@@ -9,22 +9,19 @@ refused by name. `stop` strings cut the text (held back while streaming until th
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from model import Task
-from model.api import Update
-from service.engine import Engine, Generated
-from service.errors import InvalidImage, ServiceError
+from service.errors import ServiceError
 from service.openai.chat_schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -38,13 +35,11 @@ from service.openai.chat_schemas import (
 from service.openai.errors import InvalidRequest, ModelNotFound, UnsupportedParameter, openai_type
 from service.openai.image_urls import image_bytes
 from service.openai.stops import StopScanner, cut_at_stop
-from service.routes.common import RuntimeDep, before_deadline, disconnect_waiter, json_body, observe, timings
-from service.routes.streaming import first_update
-from service.runtime import Runtime
+from service.routes.common import ServingDep, disconnect_waiter, json_body
+from service.routes.streaming import EventStream, stream_error
+from service.serving import Generation, GenerationAsk, Serving, Stream, TextUpdate
 from service.settings import Settings
 from service.uploads import read_json_body
-
-logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -64,16 +59,17 @@ class Turn:
         return "vqa" if self.question else "caption"
 
 
-@dataclass
 class Completion:
     """One request's identity and limits, shared by the whole answer and the streamed chunks."""
 
-    id: str
-    created: int
-    model: str
-    stops: list[str]
-    limit: int
-    prompt_tokens: int
+    def __init__(self, body: ChatCompletionRequest, turn: Turn, limit: int, serving: Serving) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = body.model
+        self.stops = body.stops()
+        self.limit = limit
+        self.prompt_tokens = serving.prompt_tokens(turn.task, turn.question)
+        self.include_usage = body.stream_options is not None and body.stream_options.include_usage
 
     def usage(self, completion_tokens: int) -> dict[str, int]:
         total = self.prompt_tokens + completion_tokens
@@ -92,52 +88,28 @@ class Completion:
     responses={200: {"content": _CHUNKS, "description": "JSON, or server-sent chunks with `stream`"}},
     openapi_extra=json_body(ChatCompletionRequest),
 )
-async def create_chat_completion(request: Request, runtime: RuntimeDep) -> Response:
+async def create_chat_completion(request: Request, serving: ServingDep) -> Response:
     """A caption or an answer about the last user message's image, in OpenAI's chat shapes (streamed or whole)."""
-    async with observe(runtime, "caption") as record:
-        engine = runtime.ensure_ready()
-        async with before_deadline(record):
-            body = await read_json_body(
-                request, ChatCompletionRequest, runtime.settings, "images go in the messages as data URLs"
-            )
+    completion: Completion | None = None
+
+    async def read() -> GenerationAsk:
+        nonlocal completion
+        hint = "images go in the messages as data URLs"
+        body = await read_json_body(request, ChatCompletionRequest, serving.settings, hint, serving.in_pool)
         if (refused := body.unsupported()) is not None:
-            name, why = refused
-            raise UnsupportedParameter(f"{name} is not supported: {why}", param=name)
-        turn = read_turn(body.messages, runtime.settings)
-        record.task = turn.task
-        _check_model(runtime, engine, body.model, turn.task)
-        completion = Completion(
-            id=f"chatcmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
-            model=body.model,
-            stops=body.stops(),
-            limit=_limit(body, turn.task, runtime.settings),
-            prompt_tokens=engine.prompt_tokens(turn.task, turn.question),
-        )
-        with runtime.admit(turn.task) as slot:
-            async with before_deadline(record):
-                data = await image_bytes(turn.url, turn.param, runtime.settings)
-                started = time.monotonic()
-                try:
-                    payload = await runtime.prepare_generation(
-                        turn.task, data, question=turn.question, max_new_tokens=completion.limit
-                    )
-                except InvalidImage as e:
-                    raise InvalidImage(f"{turn.param}: {e.message}", param=turn.param) from e
-                record.decode_s = time.monotonic() - started
-            sink = runtime.stream_sink() if body.stream else None
-            item = slot.submit(payload, record.deadline, sink[1] if sink else None)
-        if sink is None:
-            [generated] = await runtime.wait([item], record.deadline, disconnect_waiter(request))
-            timings(record, [item])
-            return Response(orjson.dumps(_whole(completion, generated)), media_type="application/json")
-        updates = runtime.stream(item, sink[0], record.deadline)
-        first = await first_update(updates, disconnect_waiter(request))  # errors so far keep their status
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        chunks = _chunks(completion, first, updates, include_usage, lambda: timings(record, [item]))
-        return StreamingResponse(
-            chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
+            raise UnsupportedParameter(f"{refused[0]} is not supported: {refused[1]}", param=refused[0])
+        turn = read_turn(body.messages, serving.settings)
+        _check_model(serving, body.model, turn.task)
+        asked = body.max_completion_tokens or body.max_tokens
+        completion = Completion(body, turn, serving.max_new_tokens(turn.task, asked), serving)
+        data = await image_bytes(turn.url, turn.param, serving.settings, offload=serving.in_pool)
+        return GenerationAsk(turn.task, data, turn.question, None, completion.limit, turn.param, body.stream)
+
+    result = await serving.generate_as_asked(read, disconnect_waiter(request))
+    assert completion is not None
+    if isinstance(result, Generation):
+        return Response(orjson.dumps(_whole(completion, result)), media_type="application/json")
+    return EventStream(_chunks(completion, result), result)
 
 
 def read_turn(messages: list[Message], settings: Settings) -> Turn:
@@ -173,28 +145,20 @@ def read_turn(messages: list[Message], settings: Settings) -> Turn:
     return Turn(image.image_url.url, f"{param}[{j}].image_url.url", question or None)
 
 
-def _check_model(runtime: Runtime, engine: Engine, model: str, task: Task) -> None:
+def _check_model(serving: Serving, model: str, task: Task) -> None:
     """404 for a model not served here; 400 for a served one that does not do this request's task."""
-    served = {runtime.model_name(t) for t in ("caption", "vqa") if t in engine.tasks}
+    served = {serving.model_name(t) for t in ("caption", "vqa") if serving.serves(t)}
     if model not in served:
         names = " or ".join(sorted(served)) or "none"
         raise ModelNotFound(f"the model {model!r} is not served here for chat completions; use {names}")
-    if model != runtime.model_name(task):
+    if model != serving.model_name(task):
         kind = "answers questions" if task == "vqa" else "writes captions"
         raise UnsupportedParameter(
-            f"the model {model!r} does not do this request; {runtime.model_name(task)} {kind} here", param="model"
+            f"the model {model!r} does not do this request; {serving.model_name(task)} {kind} here", param="model"
         )
 
 
-def _limit(body: ChatCompletionRequest, task: Task, settings: Settings) -> int:
-    """The tokens to generate at most: what was asked, capped at the server's limit for the task."""
-    asked = body.max_completion_tokens or body.max_tokens
-    if task == "vqa":
-        return min(asked or settings.vqa_max_new_tokens, settings.vqa_max_new_tokens)
-    return min(asked or settings.default_max_new_tokens, settings.max_new_tokens_limit)
-
-
-def _whole(completion: Completion, generated: Generated) -> dict[str, Any]:
+def _whole(completion: Completion, generated: Generation) -> dict[str, Any]:
     text, stopped = cut_at_stop(generated.text, completion.stops)
     reason = "stop" if stopped else completion.finish_reason(generated.finish_reason, generated.tokens)
     body = ChatCompletion(
@@ -207,14 +171,12 @@ def _whole(completion: Completion, generated: Generated) -> dict[str, Any]:
     return body.model_dump()
 
 
-def _chunk(completion: Completion, delta: dict[str, Any], reason: str | None, include_usage: bool) -> bytes:
+def _chunk(completion: Completion, delta: dict[str, Any], reason: str | None) -> bytes:
     choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
-    return _data(_chunk_body(completion, [choice], None, include_usage))
+    return _data(_chunk_body(completion, [choice], None))
 
 
-def _chunk_body(
-    completion: Completion, choices: list[dict[str, Any]], usage: dict[str, int] | None, include_usage: bool
-) -> dict[str, Any]:
+def _chunk_body(completion: Completion, choices: list[dict[str, Any]], usage: dict[str, int] | None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": completion.id,
         "object": "chat.completion.chunk",
@@ -223,7 +185,7 @@ def _chunk_body(
         "system_fingerprint": None,
         "choices": choices,
     }
-    if include_usage:
+    if completion.include_usage:
         body["usage"] = usage
     return body
 
@@ -232,44 +194,31 @@ def _data(body: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-async def _chunks(
-    completion: Completion,
-    first: Update,
-    updates: AsyncGenerator[Update],
-    include_usage: bool,
-    record_timings: Callable[[], object],
-) -> AsyncIterator[bytes]:
+async def _chunks(completion: Completion, stream: Stream[TextUpdate[Generation]]) -> AsyncIterator[bytes]:
     """The role delta, content deltas as they decode (stop strings held back), the finish, usage, [DONE].
 
-    A stop string ends the stream early: closing `updates` drops the sequence, so its decoding stops.
+    A stop string ends the stream early: finishing it drops the sequence, so its decoding stops.
     """
     scanner = StopScanner(completion.stops)
-    update = first
     try:
-        yield _chunk(completion, {"role": "assistant", "content": ""}, None, include_usage)
-        while True:
+        yield _chunk(completion, {"role": "assistant", "content": ""}, None)
+        async for update in stream:
             text = scanner.feed(update.delta) if update.delta else ""
-            if scanner.stopped or update.finished:
+            if scanner.stopped or update.done:
                 text += scanner.flush()
             if text:
-                yield _chunk(completion, {"content": text}, None, include_usage)
-            if scanner.stopped or update.finished:
+                yield _chunk(completion, {"content": text}, None)
+            if scanner.stopped or update.done:
                 break
-            update = await anext(updates)
-        reason = "stop" if scanner.stopped else completion.finish_reason(update.finish_reason, update.tokens)
-        yield _chunk(completion, {}, reason, include_usage)
-        record_timings()
-        if include_usage:
-            yield _data(_chunk_body(completion, [], completion.usage(update.tokens), include_usage))
+        stream.finish()
+        tokens = update.done.tokens if update.done else 0
+        said = update.done.finish_reason if update.done else None
+        reason = "stop" if scanner.stopped else completion.finish_reason(said, tokens)
+        yield _chunk(completion, {}, reason)
+        if completion.include_usage:
+            yield _data(_chunk_body(completion, [], completion.usage(tokens)))
         yield b"data: [DONE]\n\n"
-    except ServiceError as e:
-        yield _data(_stream_error(e.status_code, e.error_type, e.message))
-    except Exception:
-        logger.exception("a streamed chat completion failed")
-        yield _data(_stream_error(500, "internal_error", "internal server error"))
-    finally:
-        await updates.aclose()
-
-
-def _stream_error(status: int, code: str, message: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": openai_type(status), "param": None, "code": code}}
+    except Exception as e:
+        error, status = stream_error(e), e.status_code if isinstance(e, ServiceError) else 500
+        body = {"message": error["message"], "type": openai_type(status), "param": None, "code": error["type"]}
+        yield _data({"error": body})

@@ -7,37 +7,21 @@ little-endian float32 bytes, which the `openai` package asks for by default and 
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from service.batching import Item
 from service.errors import InvalidImage
 from service.openai.errors import ModelNotFound, UnsupportedParameter
-from service.openai.schemas import (
-    CreateEmbeddingResponse,
-    Embedding,
-    EmbeddingRequest,
-    ImageInput,
-    OpenAIErrorResponse,
-    Usage,
-)
-from service.routes.common import (
-    ERROR_RESPONSES,
-    RequestRecord,
-    RuntimeDep,
-    before_deadline,
-    disconnect_waiter,
-    json_body,
-    observe,
-    timings,
-)
-from service.runtime import Runtime
+from service.openai.schemas import CreateEmbeddingResponse, EmbeddingRequest, ImageInput, OpenAIErrorResponse
+from service.routes.common import ERROR_RESPONSES, ServingDep, disconnect_waiter, json_body
 from service.schemas import _decode_base64
+from service.serving import EmbedAsk, Embeddings, Serving
+from service.settings import Settings
 from service.uploads import check_size, read_json_body
 
 router = APIRouter()
@@ -55,50 +39,30 @@ OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=OPENAI_ERROR_RESPONSES,
     openapi_extra=json_body(EmbeddingRequest),
 )
-async def create_embeddings(request: Request, runtime: RuntimeDep) -> CreateEmbeddingResponse:
+async def create_embeddings(request: Request, serving: ServingDep) -> Response:
     """Embed texts and images (data URLs) in one space, in OpenAI's request and response shapes."""
-    async with observe(runtime, "embed_text") as record:
-        engine = runtime.ensure_ready()
-        async with before_deadline(record):
-            body = await read_json_body(request, EmbeddingRequest, runtime.settings, "images go in input as data URLs")
-        _check_supported(runtime, body)
-        items = body.items()
-        texts = {i: item for i, item in enumerate(items) if isinstance(item, str)}
-        images = {i: item for i, item in enumerate(items) if isinstance(item, ImageInput)}
-        if not texts:
-            record.task = "embed_image"
-        with ExitStack() as stack:  # admission for both kinds first, then decoding, then queueing
-            text_slots = stack.enter_context(runtime.admit("embed_text", len(texts))) if texts else None
-            image_slots = stack.enter_context(runtime.admit("embed_image", len(images))) if images else None
-            async with before_deadline(record):
-                decoded = {i: await _decode(runtime, record, i, item) for i, item in images.items()}
-                prepared = dict(
-                    zip(texts, await runtime.prepare_texts("embed_text", list(texts.values())), strict=True)
-                )
-            queued: dict[int, Item[Any, Any]] = {}
-            if text_slots is not None:
-                queued.update({i: text_slots.submit(ids, record.deadline) for i, ids in prepared.items()})
-            if image_slots is not None:
-                queued.update({i: image_slots.submit(image, record.deadline) for i, image in decoded.items()})
-        order = sorted(queued)
-        vectors = await runtime.wait([queued[i] for i in order], record.deadline, disconnect_waiter(request))
-        tokens = sum(await asyncio.to_thread(engine.count_tokens, list(texts.values())))
-        timings(record, [queued[i] for i in order])  # kept on the record for the request log
-        return CreateEmbeddingResponse(
-            data=[
-                Embedding(index=i, embedding=_encoded(vector, body.encoding_format))
-                for i, vector in zip(order, vectors, strict=True)
-            ],
-            model=body.model,
-            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
-        )
+    body: EmbeddingRequest | None = None
+
+    async def read() -> EmbedAsk:
+        nonlocal body
+        hint = "images go in input as data URLs"
+        body = parsed = await read_json_body(request, EmbeddingRequest, serving.settings, hint, serving.in_pool)
+        _check_supported(serving, parsed)
+        inputs = await serving.in_pool(lambda: _inputs(parsed.items(), serving.settings))  # base64 off the loop
+        return EmbedAsk(inputs, image_param="input[{}].image_url.url")
+
+    embedded = await serving.embed(read, disconnect_waiter(request))
+    assert body is not None
+    model, encoding = body.model, body.encoding_format
+    content = await serving.in_pool(lambda: _response(embedded, model, encoding))  # orjson, off the loop
+    return Response(content, media_type="application/json")
 
 
-def _check_supported(runtime: Runtime, body: EmbeddingRequest) -> None:
+def _check_supported(serving: Serving, body: EmbeddingRequest) -> None:
     """400 for what mmserve does not do; 404 for a model it does not serve."""
     if body.dimensions is not None:
         raise UnsupportedParameter(
-            f"dimensions is not supported: the served embedding model ({runtime.model_name('embed_text')}) gives "
+            f"dimensions is not supported: the served embedding model ({serving.model_name('embed_text')}) gives "
             "fixed-size embeddings and was not trained to be truncated; leave dimensions out",
             param="dimensions",
         )
@@ -112,25 +76,46 @@ def _check_supported(runtime: Runtime, body: EmbeddingRequest) -> None:
                 "image URLs are not fetched: send the image as a data URL (data:image/png;base64,...)",
                 param=f"input[{i}].image_url.url",
             )
-    served = {runtime.model_name("embed_text"), runtime.model_name("embed_image")}
+    served = {serving.model_name("embed_text"), serving.model_name("embed_image")}
     if body.model not in served:
         raise ModelNotFound(f"the model {body.model!r} is not served here; use {' or '.join(sorted(served))}")
 
 
-async def _decode(runtime: Runtime, record: RequestRecord, index: int, item: ImageInput) -> Any:
-    param = f"input[{index}].image_url.url"
-    try:
-        data = _decode_base64(item.image_url.url)
-    except ValueError as e:
-        raise InvalidImage(f"{param}: {e}", param=param) from e
-    check_size(data, runtime.settings)
-    try:
-        return await runtime.prepare_image("embed_image", data)
-    except InvalidImage as e:
-        raise InvalidImage(f"{param}: {e.message}", param=param) from e
+def _inputs(items: list[Any], settings: Settings) -> list[str | bytes]:
+    """The texts as they are, the images' data URLs decoded (400 when not base64, 413 over the limit)."""
+    inputs: list[str | bytes] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            inputs.append(item)
+            continue
+        param = f"input[{i}].image_url.url"
+        try:
+            data = _decode_base64(item.image_url.url)
+        except ValueError as e:
+            raise InvalidImage(f"{param}: {e}", param=param) from e
+        check_size(data, settings)
+        inputs.append(data)
+    return inputs
 
 
-def _encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+def _response(embedded: Embeddings, model: str, encoding_format: str) -> bytes:
+    """OpenAI's response body, serialised by orjson (called in the decode pool: vectors can be many)."""
+    tokens = embedded.text_tokens
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _encoded(vector, encoding_format)}
+                for i, vector in enumerate(embedded.vectors)
+            ],
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+def _encoded(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
     if encoding_format == "float":
-        return vector.tolist()  # type: ignore[no-any-return]
+        return np.asarray(vector, dtype=np.float32)
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")

@@ -21,6 +21,7 @@ from service.errors import InvalidImage, PayloadTooLarge, ServiceError
 from service.openai.errors import UnsupportedParameter
 from service.schemas import _decode_base64
 from service.settings import Settings
+from service.uploads import Offload, to_thread
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -40,17 +41,16 @@ class ImageURLFailed(ServiceError):
 
 
 async def image_bytes(
-    url: str, param: str, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    url: str,
+    param: str,
+    settings: Settings,
+    transport: httpx.AsyncBaseTransport | None = None,
+    offload: Offload = to_thread,
 ) -> bytes:
-    """The image's bytes: a data URL decoded, or an allowed http(s) URL fetched (400/413 otherwise)."""
+    """The image's bytes: a data URL decoded (off the event loop), or an allowed http(s) URL fetched (400/413
+    otherwise)."""
     if url.startswith("data:"):
-        try:
-            data = _decode_base64(url)
-        except ValueError as e:
-            raise InvalidImage(f"{param}: {e}", param=param) from e
-        if len(data) > settings.max_upload_bytes:
-            raise PayloadTooLarge(f"{param}: the image is larger than the limit of {settings.max_upload_bytes} bytes")
-        return data
+        return await offload(lambda: data_url_bytes(url, param, settings))
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise UnsupportedParameter(
@@ -74,6 +74,17 @@ async def image_bytes(
         raise ImageURLFailed(
             f"{param}: fetching the image took longer than {settings.image_url_timeout_s:g} s", param=param
         ) from e
+
+
+def data_url_bytes(url: str, param: str, settings: Settings) -> bytes:
+    """A data URL's bytes (400 when it is not base64, 413 over the upload limit)."""
+    try:
+        data = _decode_base64(url)
+    except ValueError as e:
+        raise InvalidImage(f"{param}: {e}", param=param) from e
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"{param}: the image is larger than the limit of {settings.max_upload_bytes} bytes")
+    return data
 
 
 async def public_address(host: str, port: int, param: str) -> IPAddress:

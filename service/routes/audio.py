@@ -1,28 +1,22 @@
-"""POST /transcribe: speech to text, over the transcribe queue (whole batches; the model is Whisper).
+"""POST /transcribe: speech to text, whole or streamed (`stream`: `token` events, then `done`, as /caption).
 
-The steps and their order are the image routes': readiness (503) and task support (501), content type
-(415), admission (429), reading and validating the fields (422, 413), then decoding the audio and its
+Serving runs the request (`Serving.transcribe_as_asked`): readiness (503) and task support (501),
+admission (429), then this route's reading of the fields (415, 422, 413), decoding the audio and its
 features off the event loop (400, 413, 415, 422: see `service.audio`), queueing, and the answer (504).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from service.audio import language_code
-from service.routes.common import (
-    ERROR_RESPONSES,
-    RuntimeDep,
-    before_deadline,
-    disconnect_waiter,
-    observe,
-    request_body,
-    timings,
-)
+from service.routes.common import ERROR_RESPONSES, ServingDep, disconnect_waiter, request_body
+from service.routes.streaming import token_events
 from service.schemas import ErrorResponse, TranscribeJSON, TranscribeParams, TranscribeResponse
+from service.serving import Transcript, TranscriptionAsk
 from service.uploads import body_kind, read_image_request
 
 AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -47,27 +41,29 @@ router = APIRouter(responses=AUDIO_RESPONSES)
 @router.post(
     "/transcribe",
     response_model=TranscribeResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events with `stream`"}},
     openapi_extra=request_body(TranscribeJSON, TranscribeParams, "audio"),
 )
-async def transcribe(request: Request, runtime: RuntimeDep) -> TranscribeResponse:
+async def transcribe(request: Request, serving: ServingDep) -> Response:
     """Transcribe speech: a multipart file field `audio` (and `language`), or JSON with a base64 `audio`."""
-    async with observe(runtime, "transcribe") as record:
-        kind = body_kind(request, "audio")
-        with runtime.admit("transcribe") as slot:
-            async with before_deadline(record):
-                data, params = await read_image_request(
-                    request, kind, TranscribeParams, TranscribeJSON, runtime.settings, "audio"
-                )
-                language = language_code(params.language, runtime.ensure_ready().audio_spec("transcribe"))
-                started = time.monotonic()
-                payload, seconds = await runtime.prepare_transcription("transcribe", data, language)
-                record.decode_s = time.monotonic() - started
-            item = slot.submit(payload, record.deadline)
-        [result] = await runtime.wait([item], record.deadline, disconnect_waiter(request))
+
+    async def read() -> TranscriptionAsk:
+        data, params = await read_image_request(
+            request, body_kind(request, "audio"), TranscribeParams, TranscribeJSON, serving.settings, "audio",
+            offload=serving.in_pool,
+        )  # fmt: skip
+        return TranscriptionAsk(data, params.language, stream=params.stream)
+
+    def reply(transcript: Transcript) -> dict[str, Any]:
         return TranscribeResponse(
-            text=result.text,
-            model=runtime.model_name("transcribe"),
-            language=language,
-            duration=round(seconds, 3),
-            timings=timings(record, [item]),
-        )
+            text=transcript.text,
+            model=transcript.model,
+            language=transcript.language,
+            duration=transcript.duration_s,
+            timings=transcript.timings,
+        ).model_dump()
+
+    result = await serving.transcribe_as_asked(read, disconnect_waiter(request))
+    if isinstance(result, Transcript):
+        return Response(orjson.dumps(reply(result)), media_type="application/json")
+    return token_events(result, reply)

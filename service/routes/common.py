@@ -1,22 +1,15 @@
-"""What the task routes share: the runtime dependency, request metrics, deadlines, timings, OpenAPI bits."""
+"""What the task routes share: the serving dependency, the client's disconnect waiter, OpenAPI bits."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from pydantic import BaseModel
 
-from model import Task
-from service.batching import Item
-from service.errors import Timeout, status_of
-from service.logs import attach as attach_to_request_log
 from service.runtime import Runtime
-from service.schemas import ErrorResponse, Timings, ValidationErrorResponse
+from service.schemas import ErrorResponse, ValidationErrorResponse
+from service.serving import Disconnected, Serving
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -24,47 +17,20 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
+def get_serving(request: Request) -> Serving:
+    """The app's serving layer (made on first use for the runtime its lifespan started)."""
+    state = request.app.state
+    serving: Serving | None = getattr(state, "serving", None)
+    if serving is None or serving.runtime is not state.runtime:
+        serving = state.serving = Serving(state.runtime)
+    return serving
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
-class RequestRecord:
-    """One request's task label (known late for /embed), start time and deadline."""
-
-    def __init__(self, task: Task, timeout_s: float) -> None:
-        self.task = task
-        self.started = time.monotonic()
-        self.deadline = self.started + timeout_s
-        self.decode_s = 0.0
-        self.timings: Timings | None = None  # set by `timings()`, read by the request's log line
-
-
-@asynccontextmanager
-async def observe(runtime: Runtime, task: Task) -> AsyncIterator[RequestRecord]:
-    """Count the request and time it, whatever its outcome."""
-    record = RequestRecord(task, runtime.settings.request_timeout_s)
-    attach_to_request_log(record)
-    status = 200
-    try:
-        yield record
-    except BaseException as e:
-        status = status_of(e)
-        raise
-    finally:
-        runtime.metrics.requests.labels(record.task, str(status)).inc()
-        runtime.metrics.request_duration.labels(record.task).observe(time.monotonic() - record.started)
-
-
-@asynccontextmanager
-async def before_deadline(record: RequestRecord) -> AsyncIterator[None]:
-    """504 when reading and decoding the input outlive the request's deadline."""
-    try:
-        async with asyncio.timeout(record.deadline - time.monotonic()):
-            yield
-    except TimeoutError as e:
-        raise Timeout("reading and decoding the request took longer than the request timeout") from e
-
-
-def disconnect_waiter(request: Request) -> Callable[[], Awaitable[None]]:
+def disconnect_waiter(request: Request) -> Disconnected:
     """A coroutine function that returns when the client disconnects (call it after reading the body)."""
 
     async def wait() -> None:
@@ -72,21 +38,6 @@ def disconnect_waiter(request: Request) -> Callable[[], Awaitable[None]]:
             pass
 
     return wait
-
-
-def timings(record: RequestRecord, items: Sequence[Item[Any, Any]], earlier: Sequence[Item[Any, Any]] = ()) -> Timings:
-    """The response's timings; with several items, the slowest of each phase. `earlier`: the items of a step
-    that ran before (a spoken question's transcription), whose queue and inference times add to these."""
-    queue_s = max(item.queue_s for item in items) + sum(item.queue_s for item in earlier)
-    inference_s = max(item.inference_s for item in items) + sum(item.inference_s for item in earlier)
-    record.timings = Timings(
-        queue_ms=round(queue_s * 1000, 3),
-        inference_ms=round(inference_s * 1000, 3),
-        decode_ms=round(record.decode_s * 1000, 3),
-        total_ms=round((time.monotonic() - record.started) * 1000, 3),
-        batch_size=max(item.batch_size for item in items),
-    )
-    return record.timings
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # type: ignore[assignment]  # (the union's key types)

@@ -1,40 +1,26 @@
-"""The inference endpoints: /caption, /vqa, /embed.
+"""The inference endpoints: /caption, /vqa, /embed. Each parses its request and formats serving's answer.
 
-Each route runs the same steps in the same order: readiness (503) and task support (501), content
-type (415), admission (429, before the body is read; for JSON /embed just after, as the body says
-which task it is), reading and validating the fields (422, 413), decoding and preparing the input off
-the event loop (400, 413), queueing, and waiting for the answer (504), or streaming it (`stream=true`).
-/caption and /vqa share one handler; they differ only in their fields and the name of the answer.
+Serving (`service.serving`) runs the request's life: readiness (503) and task support (501), admission
+(429, before the body is read; for JSON /embed just after, as the body says which task it is), then the
+route's reading of the body here (415, 422, 413), decoding and preparing the input off the event loop (400,
+413), queueing, and the answer (504), or its tokens as server-sent events (`stream=true`). /caption and
+/vqa share one handler; they differ only in their fields and the name of the answer.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from model import Task
-from service.batching import Item
-from service.routes.common import (
-    ERROR_RESPONSES,
-    RequestRecord,
-    RuntimeDep,
-    before_deadline,
-    disconnect_waiter,
-    observe,
-    request_body,
-    timings,
-)
+from service.routes.common import ERROR_RESPONSES, ServingDep, disconnect_waiter, request_body
 from service.routes.hearing import FIELD as QUESTION_AUDIO
-from service.routes.hearing import SPOKEN_RESPONSES, hear_question
-from service.routes.streaming import event_stream, first_update
-from service.runtime import Runtime
+from service.routes.hearing import SPOKEN_RESPONSES
+from service.routes.streaming import token_events
 from service.schemas import (
     CaptionJSON,
     CaptionParams,
@@ -47,6 +33,7 @@ from service.schemas import (
     VqaParams,
     VqaResponse,
 )
+from service.serving import EmbedAsk, Embeddings, Generation, GenerationAsk, Serving
 from service.uploads import BodyKind, body_kind, check_size, read_form, read_image_request, read_json
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -60,7 +47,6 @@ _SSE_EVENT = {  # one server-sent event: `token` ({"index", "text"}), then `done
     },
 }
 _SSE = {"text/event-stream": {"schema": _SSE_EVENT}}
-_INLINE_TOKENIZE_CHARS = 4096  # texts shorter than this in all are tokenised on the event loop (faster than a hop)
 
 
 @dataclass(frozen=True)
@@ -85,9 +71,9 @@ VQA = GenerationRoute("vqa", VqaParams, VqaJSON, VqaResponse, "answer", audio_fi
     responses={200: {"content": _SSE, "description": "JSON, or server-sent events with `stream`"}},
     openapi_extra=request_body(CaptionJSON, CaptionParams),
 )
-async def caption(request: Request, runtime: RuntimeDep) -> Response:
+async def caption(request: Request, serving: ServingDep) -> Response:
     """Caption one image: a multipart file field `image`, or JSON with a base64 `image`."""
-    return await generate(request, runtime, CAPTION)
+    return await generate(request, serving, CAPTION)
 
 
 @router.post(
@@ -96,61 +82,31 @@ async def caption(request: Request, runtime: RuntimeDep) -> Response:
     responses={**SPOKEN_RESPONSES, 200: {"content": _SSE, "description": "JSON, or server-sent events with `stream`"}},
     openapi_extra=request_body(VqaJSON, VqaParams),
 )
-async def vqa(request: Request, runtime: RuntimeDep) -> Response:
+async def vqa(request: Request, serving: ServingDep) -> Response:
     """Answer a question about one image: multipart `image` + `question` (or a `question_audio` file), or JSON."""
-    return await generate(request, runtime, VQA)
+    return await generate(request, serving, VQA)
 
 
-async def generate(request: Request, runtime: Runtime, route: GenerationRoute) -> Response:
-    """Caption or answer: admit, read, prepare, queue; then the answer, or its tokens as they come."""
-    async with observe(runtime, route.task) as record:
-        kind = body_kind(request)
-        with runtime.admit(route.task) as slot:
-            async with before_deadline(record):
-                data, params = await read_image_request(
-                    request, kind, route.params, route.json_model, runtime.settings, optional_files=route.audio_fields
-                )
-            question, heard, hearing = getattr(params, "question", None), None, []
-            if (spoken := getattr(params, "question_audio", None)) is not None:
-                heard, heard_item = await hear_question(request, runtime, record, spoken)
-                question, hearing = heard, [heard_item]
-            async with before_deadline(record):
-                started = time.monotonic()
-                payload = await runtime.prepare_generation(
-                    route.task, data, question=question, max_new_tokens=_max_new_tokens(route, params, runtime)
-                )
-                record.decode_s += time.monotonic() - started
-            sink = runtime.stream_sink() if params.stream else None
-            item = slot.submit(payload, record.deadline, sink[1] if sink else None)
-        model = runtime.model_name(route.task)
+async def generate(request: Request, serving: Serving, route: GenerationRoute) -> Response:
+    """Caption or answer: the fields read, serving's answer as JSON, or its tokens as they come."""
 
-        def reply(text: str) -> dict[str, Any]:
-            body: dict[str, Any] = {
-                route.answer_field: text,
-                "model": model,
-                "timings": timings(record, [item], hearing),
-            }
-            if route.task == "vqa":
-                body["heard"] = heard
-            return route.response.model_validate(body).model_dump()
+    async def read() -> GenerationAsk:
+        data, params = await read_image_request(
+            request, body_kind(request), route.params, route.json_model, serving.settings,
+            optional_files=route.audio_fields, offload=serving.in_pool,
+        )  # fmt: skip
+        question, spoken = getattr(params, "question", None), getattr(params, QUESTION_AUDIO, None)
+        limit = getattr(params, "max_new_tokens", None)
+        return GenerationAsk(route.task, data, question, spoken, limit, stream=params.stream)
 
-        if sink is None:
-            [generated] = await runtime.wait([item], record.deadline, disconnect_waiter(request))
-            return _json(_dumps(reply(generated.text)))
-        updates = runtime.stream(item, sink[0], record.deadline)
-        first = await first_update(updates, disconnect_waiter(request))  # errors so far keep their status
-        return StreamingResponse(
-            event_stream(first, updates, reply),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    def reply(generated: Generation) -> dict[str, Any]:
+        body = {route.answer_field: generated.text, "model": generated.model, "timings": generated.timings}
+        return route.response.model_validate({**body, "heard": generated.heard}).model_dump()
 
-
-def _max_new_tokens(route: GenerationRoute, params: StreamParam, runtime: Runtime) -> int | None:
-    """A caption's limit (asked, or the default); answers have the server's (`vqa_max_new_tokens`)."""
-    if route.task == "vqa":
-        return None
-    return getattr(params, "max_new_tokens", None) or runtime.settings.default_max_new_tokens
+    result = await serving.generate_as_asked(read, disconnect_waiter(request), route.task)
+    if isinstance(result, Generation):
+        return _json(_dumps(reply(result)))
+    return token_events(result, reply)
 
 
 @router.post(
@@ -158,60 +114,30 @@ def _max_new_tokens(route: GenerationRoute, params: StreamParam, runtime: Runtim
     response_model=EmbedResponse,
     openapi_extra=request_body(EmbedJSON, EmbedImageParams),
 )
-async def embed(request: Request, runtime: RuntimeDep) -> Response:
+async def embed(request: Request, serving: ServingDep) -> Response:
     """Embed texts (JSON `input`: a text or a list) or one image (multipart or JSON `image`), in one space."""
-    async with observe(runtime, "embed_text") as record:
-        runtime.ensure_ready()
-        kind = body_kind(request)
-        if kind is BodyKind.MULTIPART:
-            record.task = "embed_image"
-            with runtime.admit("embed_image") as slot:
-                async with before_deadline(record):
-                    data, _ = await read_form(request, EmbedImageParams, runtime.settings)
-                    items = [slot.submit(await _prepare_image(runtime, record, data), record.deadline)]
-            return await _embed(request, runtime, record, items)
-        # A JSON body must be read to know the task and the number of texts, so admission comes after.
-        async with before_deadline(record):
-            body = await read_json(request, EmbedJSON, runtime.settings)
+
+    async def read() -> EmbedAsk:
+        if body_kind(request) is BodyKind.MULTIPART:
+            data, _ = await read_form(request, EmbedImageParams, serving.settings)
+            return EmbedAsk([data])
+        body = await read_json(request, EmbedJSON, serving.settings, serving.in_pool)
         if body.image is not None:
-            record.task = "embed_image"
-            check_size(body.image, runtime.settings)
-            with runtime.admit("embed_image") as slot:
-                async with before_deadline(record):
-                    items = [slot.submit(await _prepare_image(runtime, record, body.image), record.deadline)]
-            return await _embed(request, runtime, record, items)
-        texts = body.texts()
-        with runtime.admit("embed_text", len(texts)) as slots:
-            if sum(map(len, texts)) < _INLINE_TOKENIZE_CHARS:
-                payloads = [runtime.ensure_ready().prepare_text("embed_text", text) for text in texts]
-            else:
-                async with before_deadline(record):
-                    payloads = await runtime.prepare_texts("embed_text", texts)
-            items = [slots.submit(payload, record.deadline) for payload in payloads]
-        return await _embed(request, runtime, record, items)
+            check_size(body.image, serving.settings)
+            return EmbedAsk([body.image])
+        return EmbedAsk(body.texts())
+
+    embedded = await serving.embed(read, disconnect_waiter(request))
+    return _json(await serving.in_pool(lambda: _dumps(_embed_body(embedded))))
 
 
-async def _prepare_image(runtime: Runtime, record: RequestRecord, data: bytes) -> Any:
-    started = time.monotonic()
-    prepared = await runtime.prepare_image("embed_image", data)
-    record.decode_s = time.monotonic() - started
-    return prepared
-
-
-async def _embed(
-    request: Request, runtime: Runtime, record: RequestRecord, items: Sequence[Item[Any, Any]]
-) -> Response:
-    """Wait for the vectors and answer them, encoded by orjson straight from numpy (off the loop when large)."""
-    vectors = await runtime.wait(items, record.deadline, disconnect_waiter(request))
-    body = {
-        "data": [{"index": i, "embedding": vector} for i, vector in enumerate(vectors)],
-        "model": runtime.model_name(record.task),
-        "dim": len(vectors[0]),
-        "timings": timings(record, items).model_dump(),
+def _embed_body(embedded: Embeddings) -> dict[str, Any]:
+    return {
+        "data": [{"index": i, "embedding": vector} for i, vector in enumerate(embedded.vectors)],
+        "model": embedded.model,
+        "dim": len(embedded.vectors[0]),
+        "timings": embedded.timings.model_dump(),
     }
-    if len(vectors) > 16:
-        return _json(await asyncio.to_thread(_dumps, body))
-    return _json(_dumps(body))
 
 
 def _json(content: bytes) -> Response:

@@ -123,7 +123,7 @@ async def test_an_input_that_does_not_fit_alone_gets_507_and_the_others_their_an
     serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     async with serve(embed_text_max_wait_ms=60_000, embed_text_max_batch_size=3) as client:
-        huge = (await client.app.state.runtime.prepare_texts("embed_text", ["huge"]))[0]  # type: ignore[attr-defined]
+        huge = client.app.state.runtime.ensure_ready().prepare_text("embed_text", "huge")  # type: ignore[attr-defined]
 
         def huge_never_fits(task: str, payloads: Sequence[Any]) -> None:
             if huge in payloads:

@@ -123,3 +123,25 @@ async def test_the_shortest_audio_the_builtin_model_hears(serve: Serve, tiny_aud
         assert (await client.post("/transcribe", files={"audio": ("a.wav", shortest)})).status_code == 200
         heard = await client.post("/vqa", **spoken(shortest))
         assert heard.status_code == 200 and heard.json()["heard"], heard.text
+
+
+async def test_a_bad_image_is_a_400_before_anything_is_transcribed(
+    serve: Serve, load_once: LoadModel, tiny_audio_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch, wav: bytes
+) -> None:
+    """The image is decoded while the audio is prepared, and its 400 comes before the question is transcribed."""
+    model = load_once(str(tiny_audio_checkpoint_dir), torch.device("cpu"), None)
+    heard: list[int] = []
+
+    def transcribe(audios: Sequence[Any], language: Any = None) -> list[str]:
+        heard.append(len(audios))
+        return ["what colour is it?"] * len(audios)
+
+    monkeypatch.setattr(model, "transcribe", transcribe)
+    async with serve(model=str(tiny_audio_checkpoint_dir)) as client:
+        heard.clear()  # the warm-up's
+        files = {"image": ("i.png", b"not an image", "image/png"), "question_audio": ("q.wav", wav, "audio/wav")}
+        response = await client.post("/vqa", files=files)
+        assert response.status_code == 400 and error_of(response)["type"] == "invalid_image"
+        assert heard == []
+        assert (await client.post("/vqa", **spoken(wav))).status_code == 200
+        assert heard == [1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import service.engine
 from model import MultimodalModel, load_model
 from model.api import PreparedImage
 from service.errors import ClientDisconnected
+from service.serving import GenerationAsk, Serving, given
 from tests.service.conftest import wait_for_status
 from tests.support.server import encode_image, error_of, noise_image, solid_image
 
@@ -122,17 +122,15 @@ async def test_504_and_the_expired_item_is_never_computed(serve) -> None:  # typ
 async def test_disconnected_client_item_is_dropped(serve) -> None:  # type: ignore[no-untyped-def]
     async with serve(caption_max_wait_ms=1000) as client:
         runtime = client.app.state.runtime
-        payload = await runtime.prepare_generation("caption", encode_image(noise_image(0)), max_new_tokens=3)
-        with runtime.admit("caption") as slot:
-            item = slot.submit(payload, time.monotonic() + 30)
+        serving = Serving(runtime)
 
         async def gone() -> None:
             return None
 
+        ask = GenerationAsk("caption", encode_image(noise_image(0)), max_new_tokens=3)
         with pytest.raises(ClientDisconnected):
-            await runtime.wait([item], time.monotonic() + 30, gone)
-        assert item.future.cancelled()
-        assert runtime.batchers["caption"].in_flight() == 0
+            await serving.generate(given(ask), gone, "caption")
+        assert runtime.batchers["caption"].in_flight() == 0  # its item was cancelled in the queue
 
 
 async def test_a_failing_item_fails_alone_with_500_logged_once(
