@@ -1,0 +1,109 @@
+"""The built-in text-to-image generator's folder format, and its loader.
+
+A diffusers-style folder (`model/weights/generator/` ships one):
+- `model_index.json`: `"_class_name": "MmserveTextToImage"`, `"text_encoder": "builtin-minilm"` (the frozen
+  all-MiniLM-L6-v2 of `model.text`: its token states, 384-d, condition the UNet's cross-attention),
+  `"sample_size"` (the UNet's side, pixels or latents), `"output_size"` (the side of the images served: the
+  decoded images are upsampled to it), `"vae"` (null: the UNet denoises pixels in [-1, 1]; "vae": a
+  latent model with a `vae/` AutoencoderKL), `"default_steps"`, `"default_guidance_scale"`,
+  `"uncond_prompt"` (what guidance contrasts with, "" by default), and optionally `"max_text_tokens"`
+  (prompts are truncated and padded to this many MiniLM tokens, [CLS] and [SEP] included; 32 by default),
+  `"text_attention_mask"` (true by default: padding tokens are masked out of the cross-attention) and
+  `"upsample"` (the interpolation to `output_size`, "bicubic" by default);
+- `unet/` (an `UNet2DConditionModel`, `cross_attention_dim` 384) and `scheduler/` (any diffusers scheduler),
+  each loadable with diffusers' `from_pretrained(folder, subfolder=...)`; `vae/` when named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+
+from model.api import ModelLoadError
+from model.checkpoint import WEIGHTS_DIR
+from model.devices import default_dtype
+from model.diffusion import DiffusionParts
+from model.image_generator import DiffusionGenerator
+from model.text import TextTower
+
+GENERATOR_DIR = WEIGHTS_DIR / "generator"
+CLASS_NAME = "MmserveTextToImage"
+TEXT_ENCODER = "builtin-minilm"
+DEFAULT_MAX_TEXT_TOKENS = 32
+
+
+def is_builtin_generator(path: str | os.PathLike[str]) -> bool:
+    try:
+        index = json.loads((Path(path) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(index, dict) and index.get("_class_name") == CLASS_NAME
+
+
+def load_builtin_generator(
+    path: Path, device: torch.device, dtype: torch.dtype | None, text_tower: TextTower | None = None
+) -> DiffusionGenerator:
+    """The generator folder at `path` on `device`; `text_tower`: a MiniLM tower already loaded, to share."""
+    index: dict[str, Any] = json.loads((path / "model_index.json").read_text())
+    if index.get("text_encoder", TEXT_ENCODER) != TEXT_ENCODER:
+        raise ModelLoadError(f"{path}: text encoder {index.get('text_encoder')!r}; only {TEXT_ENCODER!r} is known")
+    dtype = dtype or default_dtype(device)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", dtype=dtype)
+        scheduler_class = json.loads((path / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+        scheduler = getattr(diffusers, scheduler_class).from_pretrained(str(path), subfolder="scheduler")
+        vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", dtype=dtype) if index.get("vae") else None
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise ModelLoadError(f"{path}: the generator could not be loaded: {e}") from e
+    unet.to(device).eval()
+    if vae is not None:
+        vae.to(device).eval()
+    tower = text_tower or TextTower()
+    tower.to(device)
+    max_tokens = int(index.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS))
+    masked = bool(index.get("text_attention_mask", True))
+
+    def encode_text(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return minilm_token_states(tower, prompts, max_tokens, dtype, masked)
+
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+    made = int(index["sample_size"]) * vae_scale
+    output = int(index.get("output_size", made))
+    if output % made:
+        raise ModelLoadError(f"{path}: output_size {output} is not a multiple of the decoded size {made}")
+    parts = DiffusionParts(
+        unet=unet,
+        scheduler=scheduler,
+        vae=vae,
+        encode_text=encode_text,
+        uncond_prompt=str(index.get("uncond_prompt", "")),
+        image_processor=VaeImageProcessor(vae_scale_factor=vae_scale),
+        upscale=output // made,
+        upsample_mode=str(index.get("upsample", "bicubic")),
+    )
+    steps, guidance = int(index["default_steps"]), float(index["default_guidance_scale"])
+    name = "builtin-generator" if path.resolve() == GENERATOR_DIR.resolve() else path.name
+    return DiffusionGenerator(name, parts, [(output, output)], steps, guidance)
+
+
+def minilm_token_states(
+    tower: TextTower, prompts: list[str], max_tokens: int, dtype: torch.dtype, masked: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompts → MiniLM's last hidden states (n, max_tokens, 384), padded, and their (n, max_tokens) mask."""
+    device = next(tower.encoder.parameters()).device
+    ids = torch.full((len(prompts), max_tokens), tower.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), max_tokens, dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        row = tower.tokenizer(prompt, truncation=True, max_length=max_tokens)["input_ids"]
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    states = tower.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (n, L, 384)
+    return states.to(dtype), (mask if masked else None)
