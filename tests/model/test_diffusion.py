@@ -89,7 +89,7 @@ def test_filter_drops_rows_and_frees_them(generator: DiffusionGenerator) -> None
 
 
 def test_folders_that_are_not_generators_are_refused(tmp_path: Path, tiny_generator_dir: Path) -> None:
-    with pytest.raises(ModelLoadError, match="no model_index.json"):
+    with pytest.raises(ModelLoadError, match=r"no model_index\.json"):
         load_image_generator(tmp_path, torch.device("cpu"), None)
     other = tmp_path / "other"
     shutil.copytree(tiny_generator_dir, other)
