@@ -21,15 +21,15 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import InvalidStateError
-from typing import Any
 
 from model import Task
 from model.api import DenoisingState, ImageGenerator, ImageSpec, ImageUpdate
 from service.batching import Item
 from service.engine import GeneratedImage
 from service.errors import NotReady, OutOfMemory
-from service.faults import BatchCap, DeviceBroken, free_device_memory, is_device_broken, is_out_of_memory, run_split
+from service.faults import BatchCap, DeviceBroken, run_split
 from service.metrics import Metrics
+from service.running import RunningRows, deliver
 
 logger = logging.getLogger(__name__)
 
@@ -37,26 +37,22 @@ TASK: Task = "text_to_image"
 ImageItem = Item[ImageSpec, GeneratedImage]
 
 
-class Denoising:
+class Denoising(RunningRows[DenoisingState]):
     """The running images of one text-to-image model."""
 
+    what = "images"
+
     def __init__(self, model: ImageGenerator, capacity: int, metrics: Metrics) -> None:
+        super().__init__(lambda: model.new_state(capacity))
         self.model = model
         self.capacity = capacity
         self.metrics = metrics
-        self.state: DenoisingState = model.new_state(capacity)
-        self.items: list[ImageItem] = []  # row i's request
         self.cap = BatchCap(capacity, metrics.batch_cap.labels("denoise_step").set)  # running images
-        self.rejoining: list[tuple[Task, ImageItem]] = []  # put back after out-of-memory, oldest first
-        self.delivered: dict[ImageItem, int] = {}  # steps each stream has been told of (not sent twice on a rerun)
         metrics.running_images.set_function(lambda: len(self))
-
-    def __len__(self) -> int:
-        return len(self.items) + len(self.rejoining)
 
     def free_for(self, task: Task) -> int:
         """How many more images may join now."""
-        return max(0, min(self.state.free, self.cap.limit - len(self.items)))
+        return max(0, min(self.capacity - len(self.items), self.cap.limit - len(self.items)))
 
     def rejoin(self) -> None:
         """Let images put back after an out-of-memory step join again, oldest first, as room allows."""
@@ -75,10 +71,10 @@ class Denoising:
             self.cap.out_of_memory(len(self.items) + size)
 
         try:
-            run_split(items, lambda part: self._join(part, started), _fail, out_of_memory, TASK)
+            run_split(items, lambda part: self._join(part, started), lambda item, e: item.fail(e), out_of_memory, TASK)
         except DeviceBroken:
             for item in items:
-                _fail(item, NotReady("the device failed; the server is unhealthy", retry_after_s=1))
+                item.fail(NotReady("the device failed; the server is unhealthy", retry_after_s=1))
             raise
 
     def _join(self, items: Sequence[ImageItem], started: float) -> None:
@@ -91,28 +87,6 @@ class Denoising:
         self.metrics.batch_size.labels(TASK).observe(len(items))
         self.items += items
 
-    def step(self) -> None:
-        """One denoising step for every running image; the finished ones answer and leave."""
-        if not self.items:
-            return
-        try:
-            updates = self.state.step()
-        except Exception as e:
-            if is_device_broken(e):
-                self.fail_all(NotReady("the device failed; the server is unhealthy", retry_after_s=1))
-                raise DeviceBroken(f"the device failed: {e}") from e
-            if not is_out_of_memory(e):  # the state may be inconsistent now: fail its images, start afresh
-                logger.exception("a denoising step failed; failing its %d images", len(self.items))
-                self.fail_all(e)
-                self.state = self.model.new_state(self.capacity)
-                return
-        else:
-            self._stepped(updates)
-            return
-        # Out of memory, outside the except block (its traceback no longer holds the step's tensors).
-        self._put_back_all()
-        free_device_memory()
-
     def _put_back_all(self) -> None:
         """Every running image leaves the state, to start again (`rejoin`), and the cap is halved; an image
         that ran alone fails (507)."""
@@ -121,7 +95,7 @@ class Denoising:
         self.metrics.out_of_memory.labels("denoise_step").inc()
         self.cap.out_of_memory(running)
         if running == 1:  # it ran alone: it will never fit
-            _fail(self.items[0], OutOfMemory("the image does not fit in the device's memory, even alone"))
+            self.items[0].fail(OutOfMemory("the image does not fit in the device's memory, even alone"))
             self.delivered.pop(self.items[0], None)
         else:
             self.rejoining = [*((TASK, item) for item in self.items), *self.rejoining]
@@ -129,6 +103,7 @@ class Denoising:
         self.state.filter([])
 
     def _stepped(self, updates: Sequence[ImageUpdate]) -> None:
+        """Each row's update to its stream (progress not sent twice after a rerun); finished images answered."""
         self.cap.fitted()
         self.metrics.denoise_steps.inc()
         self.metrics.batch_size.labels("denoise_step").observe(len(updates))
@@ -139,7 +114,7 @@ class Denoising:
             if not item.first_token_at:
                 item.first_token_at = now  # its first step: what a stream shows first
             if item.on_update is not None and (update.finished or update.step > self.delivered.get(item, 0)):
-                _deliver(item, update)
+                deliver(item, update)
                 self.delivered[item] = update.step
             if update.finished:
                 assert update.image is not None
@@ -153,47 +128,3 @@ class Denoising:
                 keep.append(row)
         if len(keep) < len(self.items):
             self._filter(keep)
-
-    def drop_gone(self, now: float) -> None:
-        """Drop the images nobody waits for any more (client gone, deadline passed): they compute no more."""
-        keep = []
-        for row, item in enumerate(self.items):
-            reason = item.gone(now)
-            if reason is None:
-                keep.append(row)
-            else:
-                _fail(item, reason)
-        if len(keep) < len(self.items):
-            self._filter(keep)
-        rejoining = []
-        for task, item in self.rejoining:
-            if (reason := item.gone(now)) is None:
-                rejoining.append((task, item))
-            else:
-                _fail(item, reason)
-                self.delivered.pop(item, None)
-        self.rejoining = rejoining
-
-    def fail_all(self, error: BaseException) -> None:
-        """Answer every running and rejoining image with `error`; the state's rows are left to the caller."""
-        for item in [*self.items, *(item for _, item in self.rejoining)]:
-            _fail(item, error)
-        self.items, self.rejoining, self.delivered = [], [], {}
-
-    def _filter(self, keep: list[int]) -> None:
-        self.state.filter(keep)
-        self.items = [self.items[i] for i in keep]
-        alive = {*self.items, *(item for _, item in self.rejoining)}
-        self.delivered = {item: n for item, n in self.delivered.items() if item in alive}
-
-
-def _deliver(item: Item[Any, Any], update: ImageUpdate) -> None:
-    assert item.on_update is not None
-    try:
-        item.on_update(update)
-    except Exception:  # a sink that fails (its event loop closed) must not stop the others
-        logger.debug("a stream sink failed", exc_info=True)
-
-
-def _fail(item: Item[Any, Any], error: BaseException) -> None:
-    item.fail(error)

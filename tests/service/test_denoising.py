@@ -243,3 +243,31 @@ async def test_the_runtime_serves_images_on_its_inference_thread(
             assert np.abs(pixels(result.image) - alone[spec]).max() <= 1
     finally:
         await runtime.drain(30)
+
+
+def test_a_step_out_of_memory_starts_the_images_again_and_they_come_out_the_same(
+    engine: Engine, generator: DiffusionGenerator, alone: dict[ImageSpec, np.ndarray]
+) -> None:
+    loop = Loop(engine)
+    assert loop.denoising is not None
+    state = loop.denoising.state
+    counting_step = state.step
+    failures = [3]  # the third step runs out of memory (a real allocation failure of the CPU allocator)
+
+    def step() -> list[ImageUpdate]:
+        failures[0] -= 1
+        if failures[0] == 0:
+            torch.empty(1 << 60, dtype=torch.uint8)
+        return counting_step()
+
+    state.step = step  # type: ignore[method-assign]
+    first, _, third = specs_of(generator)
+    updates: list[ImageUpdate] = []
+    items = [loop.submit("text_to_image", first, sink=updates.append), loop.submit("text_to_image", third)]
+    while loop.busy():
+        loop.turn()
+    for spec, item in zip((first, third), items, strict=True):
+        assert np.abs(pixels(item.future.result().image) - alone[spec]).max() <= 1
+    assert loop.metric("mmserve_oom_total") == 1
+    assert loop.denoising.cap.limit == 1  # halved, growing back slowly
+    assert [u.step for u in updates] == [1, 2, 3, 4, 5, 6]  # progress never went back, nor came twice
