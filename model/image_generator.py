@@ -58,6 +58,8 @@ class DiffusionGenerator:
             raise UnsupportedImageSize(width, height, self.sizes)
         steps = self.default_steps if steps is None else steps
         guidance = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        if steps < 1 or preview_every < 0 or guidance < 0:  # the service's request schemas refuse these first
+            raise ValueError(f"steps ({steps}) must be >= 1, guidance_scale ({guidance}) and preview_every >= 0")
         return ImageSpec(prompt, seed, steps, guidance, width, height, preview_every)
 
     def unconditional(self) -> tuple[torch.Tensor, Any]:

@@ -327,6 +327,8 @@ def _load_generator(
     from model.builtin_generator import GENERATOR_DIR, is_builtin_generator
 
     spec = settings.generate_model
+    if spec == "none":
+        return None
     if spec is None and not (GENERATOR_DIR / "model_index.json").is_file():
         logger.info("no text-to-image model: the built-in generator's weights are not installed")
         return None

@@ -140,7 +140,7 @@ class InferenceThread(threading.Thread):
 
     def running(self) -> int:
         """Sequences decoding now, or waiting to be prefilled again after an out-of-memory step (the metric)."""
-        return sum(len(g) for g in self._states)
+        return sum(len(g) for g in self._states if not isinstance(g, Denoising))  # images: their own gauge
 
     # The loop.
     def _build_generations(self, engine: Engine) -> None:

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     # audio tower); or a Whisper checkpoint. /vqa's spoken questions are heard by this model too.
     transcribe_model: str | None = None
     # text to image: None serves the built-in generator when `model/weights/generator/` exists (else the task is
-    # not served); or a local diffusers Stable Diffusion folder, or a folder of the built-in generator's format.
+    # not served); or a local diffusers Stable Diffusion folder, or a folder of the built-in generator's format;
+    # "none": not served.
     generate_model: str | None = None
     device: str = "auto"  # "auto": CUDA when available, else CPU (with a warning); or "cpu", "cuda:1", ...
     dtype: DType = "auto"  # "auto": the model's choice (fp32 on CPU, bf16/fp16 on CUDA)

@@ -271,3 +271,22 @@ def test_a_step_out_of_memory_starts_the_images_again_and_they_come_out_the_same
     assert loop.metric("mmserve_oom_total") == 1
     assert loop.denoising.cap.limit == 1  # halved, growing back slowly
     assert [u.step for u in updates] == [1, 2, 3, 4, 5, 6]  # progress never went back, nor came twice
+
+
+def test_which_generator_the_settings_load(tiny_generator_dir: Path, tmp_path: Path, text_tower) -> None:  # type: ignore[no-untyped-def]
+    from model import ModelLoadError
+    from service.engine import _load_generator
+    from service.errors import NotImplementedTask
+
+    cpu = torch.device("cpu")
+    assert _load_generator(Settings(generate_model="none"), cpu, None, []) is None
+    loaded = _load_generator(Settings(generate_model=str(tiny_generator_dir)), cpu, None, [])
+    assert loaded is not None and loaded.sizes == ((32, 32),)
+    with pytest.raises(ModelLoadError, match="not a text-to-image model folder"):
+        _load_generator(Settings(generate_model=str(tmp_path)), cpu, None, [])
+    without = Engine({}, generator=None)
+    assert "text_to_image" not in without.tasks
+    with pytest.raises(NotImplementedTask, match="MMSERVE_GENERATE_MODEL"):
+        without.check_supported("text_to_image")
+    with pytest.raises(ValueError, match="must be >= 1"):
+        loaded.image_spec("a red circle", 0, steps=0)
