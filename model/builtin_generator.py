@@ -1,17 +1,17 @@
 """The built-in text-to-image generator's folder format, and its loader.
 
-A diffusers-style folder (`model/weights/generator/` ships one):
+A diffusers-style folder (`model/weights/generator/`, written by `mmserve train --stage generate`; its
+reference sampling loop is `model.text_to_image`):
 - `model_index.json`: `"_class_name": "MmserveTextToImage"`, `"text_encoder": "builtin-minilm"` (the frozen
-  all-MiniLM-L6-v2 of `model.text`: its token states, 384-d, condition the UNet's cross-attention),
-  `"sample_size"` (the UNet's side, pixels or latents), `"output_size"` (the side of the images served: the
-  decoded images are upsampled to it), `"vae"` (null: the UNet denoises pixels in [-1, 1]; "vae": a
-  latent model with a `vae/` AutoencoderKL), `"default_steps"`, `"default_guidance_scale"`,
-  `"uncond_prompt"` (what guidance contrasts with, "" by default), and optionally `"max_text_tokens"`
-  (prompts are truncated and padded to this many MiniLM tokens, [CLS] and [SEP] included; 32 by default),
-  `"text_attention_mask"` (true by default: padding tokens are masked out of the cross-attention) and
-  `"upsample"` (the interpolation to `output_size`, "bicubic" by default);
-- `unet/` (an `UNet2DConditionModel`, `cross_attention_dim` 384) and `scheduler/` (any diffusers scheduler),
-  each loadable with diffusers' `from_pretrained(folder, subfolder=...)`; `vae/` when named.
+  all-MiniLM-L6-v2 of `model.text`: its last hidden states, 384-d, condition the UNet's cross-attention;
+  prompts keep their first `"text_max_tokens"`, [CLS] and [SEP] included, and with
+  `"encoder_attention_mask"` their mask goes to the cross-attention), `"sample_size"` (the UNet's side),
+  `"pixel_shuffle"` (the image is denoised folded space-to-depth by this factor: 3·f² channels),
+  `"output_size"` (the image's side), `"vae"` (null: pixels in [-1, 1]; "vae": a latent model with a
+  `vae/` AutoencoderKL), `"default_steps"`, `"default_guidance_scale"`, `"uncond_prompt"` ("");
+- `unet/` (an `UNet2DConditionModel`, `cross_attention_dim` 384) and `scheduler/` (any diffusers scheduler;
+  flow matching for ours), each loadable with `from_pretrained(folder, subfolder=...)`; `vae/` when named.
+Guidance is v_uncond + g·(v_cond - v_uncond) for every g but 1 (so g < 1 leans towards the unconditional).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from model.text import TextTower
 GENERATOR_DIR = WEIGHTS_DIR / "generator"
 CLASS_NAME = "MmserveTextToImage"
 TEXT_ENCODER = "builtin-minilm"
-DEFAULT_MAX_TEXT_TOKENS = 32
+DEFAULT_MAX_TEXT_TOKENS = 64
 
 
 def is_builtin_generator(path: str | os.PathLike[str]) -> bool:
@@ -67,17 +67,17 @@ def load_builtin_generator(
         vae.to(device).eval()
     tower = text_tower or TextTower()
     tower.to(device)
-    max_tokens = int(index.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS))
-    masked = bool(index.get("text_attention_mask", True))
+    max_tokens = int(index.get("text_max_tokens", DEFAULT_MAX_TEXT_TOKENS))
+    masked = bool(index.get("encoder_attention_mask", True))
 
     def encode_text(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         return minilm_token_states(tower, prompts, max_tokens, dtype, masked)
 
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
-    made = int(index["sample_size"]) * vae_scale
-    output = int(index.get("output_size", made))
-    if output % made:
-        raise ModelLoadError(f"{path}: output_size {output} is not a multiple of the decoded size {made}")
+    fold = int(index.get("pixel_shuffle", 1))
+    output = int(index["sample_size"]) * vae_scale * fold
+    if int(index.get("output_size", output)) != output:
+        raise ModelLoadError(f"{path}: output_size {index['output_size']} is not sample_size·pixel_shuffle, {output}")
     parts = DiffusionParts(
         unet=unet,
         scheduler=scheduler,
@@ -85,8 +85,8 @@ def load_builtin_generator(
         encode_text=encode_text,
         uncond_prompt=str(index.get("uncond_prompt", "")),
         image_processor=VaeImageProcessor(vae_scale_factor=vae_scale),
-        upscale=output // made,
-        upsample_mode=str(index.get("upsample", "bicubic")),
+        pixel_shuffle=fold,
+        guide_below_one=True,
     )
     steps, guidance = int(index["default_steps"]), float(index["default_guidance_scale"])
     name = "builtin-generator" if path.resolve() == GENERATOR_DIR.resolve() else path.name
@@ -96,14 +96,16 @@ def load_builtin_generator(
 def minilm_token_states(
     tower: TextTower, prompts: list[str], max_tokens: int, dtype: torch.dtype, masked: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Prompts → MiniLM's last hidden states (n, max_tokens, 384), padded, and their (n, max_tokens) mask."""
+    """Prompts → MiniLM's last hidden states (n, T, 384), right-padded to the longest, and their (n, T) mask
+    (without the mask, padded to `max_tokens`: every prompt the same length, padding included)."""
     device = next(tower.encoder.parameters()).device
-    ids = torch.full((len(prompts), max_tokens), tower.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), max_tokens, dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        row = tower.tokenizer(prompt, truncation=True, max_length=max_tokens)["input_ids"]
+    rows = [tower.tokenizer(prompt, truncation=True, max_length=max_tokens)["input_ids"] for prompt in prompts]
+    width = max(len(row) for row in rows) if masked else max_tokens
+    ids = torch.full((len(rows), width), tower.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
     ids, mask = ids.to(device), mask.to(device)
-    states = tower.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (n, L, 384)
+    states = tower.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (n, T, 384)
     return states.to(dtype), (mask if masked else None)

@@ -41,8 +41,12 @@ class DiffusionParts:
     encode_text: TextEncoder  # prompts → their text states (and a mask for the UNet's cross-attention, or None)
     uncond_prompt: str  # what classifier-free guidance contrasts with ("" as diffusers' pipelines do)
     image_processor: VaeImageProcessor  # [-1, 1] tensors → PIL images, as the pipeline post-processes them
-    upscale: int = 1  # the UNet's images are upsampled this many times after decoding (pixel models)
-    upsample_mode: str = "bicubic"
+    # Pixel models may denoise images folded space-to-depth (`F.pixel_unshuffle` by this factor: 3·f² channels
+    # at 1/f the side); decoding unfolds them (`F.pixel_shuffle`). 1: not folded.
+    pixel_shuffle: int = 1
+    # Classifier-free guidance runs when guidance_scale > 1 (diffusers' pipelines); with `guide_below_one`
+    # whenever it is not 1 (a scale below one then leans towards the unconditional prediction).
+    guide_below_one: bool = False
     eta: float = 0.0  # DDIM's eta, as the pipeline's default
 
     @property
@@ -54,8 +58,14 @@ class DiffusionParts:
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         """(C, h, w) of the tensor the UNet denoises for an image of `width` × `height`."""
-        factor = self.vae_scale * self.upscale
+        factor = self.vae_scale * self.pixel_shuffle
         return (self.unet.config.in_channels, height // factor, width // factor)
+
+    def guides(self, guidance_scale: float) -> bool:
+        """Whether a row runs classifier-free guidance (its unconditional pass)."""
+        if self.unet.config.time_cond_proj_dim is not None:  # guidance embedded in the UNet (as the pipeline)
+            return False
+        return guidance_scale != 1 if self.guide_below_one else guidance_scale > 1
 
 
 @dataclass
@@ -117,12 +127,14 @@ class DenoiseState:
             generator = torch.Generator().manual_seed(spec.seed)
             shape = (1, *self.parts.latent_shape(spec.width, spec.height))
             noise = randn_tensor(shape, generator=generator, device=self._device, dtype=states.dtype)
-            text, mask = states[i : i + 1], None if masks is None else masks[i : i + 1]
-            if guides(self.parts.unet, spec.guidance_scale):
+            text, mask = states[i : i + 1], None
+            if masks is not None:  # right-padded to the longest of this join: keep the row's own tokens
+                length = int(masks[i].sum())
+                text, mask = states[i : i + 1, :length], masks[i : i + 1, :length]
+            if self.parts.guides(spec.guidance_scale):
                 uncond_states, uncond_mask = self._uncond()
-                text = torch.cat([uncond_states, text])
-                mask = None if mask is None else torch.cat([uncond_mask, mask])
-            latents = noise * scheduler.init_noise_sigma
+                text, mask = stack_text([uncond_states, text], [uncond_mask, mask])
+            latents = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching has none: 1
             self._rows.append(_Row(spec, scheduler, generator, latents, text, mask))
 
     @torch.inference_mode()
@@ -155,11 +167,11 @@ class DenoiseState:
             timesteps.append(t.reshape(1).expand(sample.shape[0]))
             texts.append(row.text)
             masks.append(row.mask)
-        mask = None if any(m is None for m in masks) else torch.cat(masks)  # type: ignore[arg-type]
+        text, mask = stack_text(texts, masks)
         predicted = self.parts.unet(
             torch.cat(samples),  # (B, C, h, w): B = the rows, twice for guided ones
             torch.cat(timesteps),  # (B,): each row's own timestep
-            encoder_hidden_states=torch.cat(texts),  # (B, L, D)
+            encoder_hidden_states=text,  # (B, L, D)
             encoder_attention_mask=mask,
             return_dict=False,
         )[0]
@@ -200,15 +212,23 @@ class DenoiseState:
         return kwargs
 
     def _decode(self, latents: list[torch.Tensor]) -> list[Image.Image]:
-        """Denoised tensors → PIL images: the VAE's decoder where there is one, upsampled where asked."""
+        """Denoised tensors → PIL images: the VAE's decoder where there is one, unfolded where folded."""
         if not latents:
             return []
         return decode_images(self.parts, torch.cat(latents))
 
 
-def guides(unet: Any, guidance_scale: float) -> bool:
-    """Whether a row runs classifier-free guidance (as `do_classifier_free_guidance` decides it)."""
-    return guidance_scale > 1 and unet.config.time_cond_proj_dim is None  # as the pipeline decides
+def stack_text(texts: list[torch.Tensor], masks: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows' text states (k, L_i, D) → (B, L, D), and their masks → (B, L): right-padded to the longest when
+    lengths differ, the padding masked out (a model with a mask; CLIP pads every prompt to one length)."""
+    length = max(text.shape[1] for text in texts)
+    if all(mask is not None for mask in masks):
+        padded = [F.pad(text, (0, 0, 0, length - text.shape[1])) for text in texts]
+        padded_masks = [F.pad(mask, (0, length - mask.shape[1])) for mask in masks if mask is not None]
+        return torch.cat(padded), torch.cat(padded_masks)
+    if any(text.shape[1] != length for text in texts):
+        raise ValueError("text states of different lengths need their masks")
+    return torch.cat(texts), None
 
 
 def decode_images(parts: DiffusionParts, latents: torch.Tensor) -> list[Image.Image]:
@@ -218,9 +238,8 @@ def decode_images(parts: DiffusionParts, latents: torch.Tensor) -> list[Image.Im
     if vae is not None:
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         images = vae.decode(latents / vae.config.scaling_factor + shift, return_dict=False)[0]
-    if parts.upscale != 1:
-        size = (images.shape[-2] * parts.upscale, images.shape[-1] * parts.upscale)
-        images = F.interpolate(images.float(), size=size, mode=parts.upsample_mode)
+    if parts.pixel_shuffle > 1:
+        images = F.pixel_shuffle(images.float(), parts.pixel_shuffle)  # (n, 3·f², h, w) → (n, 3, h·f, w·f)
     pil: Any = parts.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * images.shape[0])
     return list(pil)  # typed as one image, but a list of them for a batch
 

@@ -60,7 +60,7 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_generator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random built-in text-to-image generator folder (pixels, DDPM, upsampled 2×)."""
+    """A tiny random built-in text-to-image generator folder (pixels folded 2×2, flow matching)."""
     from tests.support.diffusion_checkpoints import build_builtin_generator
 
     return build_builtin_generator(tmp_path_factory.mktemp("tiny-generator"))

@@ -4,7 +4,7 @@
 spirit of diffusers' own tests (a 2-block UNet with cross-attention, a 2-block AutoencoderKL, a 2-layer CLIP
 text encoder) and a CLIP tokenizer whose vocabulary is the printable characters (no merges), so nothing
 is downloaded. `build_builtin_generator` writes the built-in generator's format (`model.builtin_generator`):
-a tiny pixel UNet conditioned on MiniLM's 384-d token states, upsampled 2× after.
+a tiny pixel UNet conditioned on MiniLM's 384-d token states, flow matching.
 
     python -m tests.support.diffusion_checkpoints /tmp/tiny-t2i    # builds both under that folder
 """
@@ -20,7 +20,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
-    DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler,
     SchedulerMixin,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -111,23 +111,27 @@ def build_stable_diffusion(out_dir: Path, seed: int = 0, scheduler: SchedulerMix
 
 
 def build_builtin_generator(out_dir: Path, seed: int = 0, default_steps: int = 4) -> Path:
-    """A tiny random built-in generator: a 16×16 pixel UNet on MiniLM token states, served at 32×32."""
+    """A tiny random built-in generator in the format `mmserve train --stage generate` writes: a 16×16 UNet on
+    MiniLM token states, denoising 32×32 images folded space-to-depth (2×2: 12 channels), flow matching."""
     torch.manual_seed(seed)
-    unet = _tiny_unet(3, 16, 384)
+    unet = _tiny_unet(12, 16, 384)
     _widen(unet, 0.1)
     out_dir.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out_dir / "unet")
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").save_pretrained(out_dir / "scheduler")
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0).save_pretrained(out_dir / "scheduler")
     index = {
         "_class_name": "MmserveTextToImage",
         "text_encoder": "builtin-minilm",
         "sample_size": 16,
+        "pixel_shuffle": 2,
         "output_size": 32,
         "vae": None,
         "default_steps": default_steps,
         "default_guidance_scale": 3.0,
         "uncond_prompt": "",
-        "max_text_tokens": 16,
+        "text_max_tokens": 16,
+        "encoder_attention_mask": True,
+        "prediction": "flow",
     }
     (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
     return out_dir
