@@ -96,7 +96,7 @@ class DenoiseState:
         self.capacity = capacity
         self._uncond = uncond
         parameter = next(parts.unet.parameters())
-        self._device, self._dtype = parameter.device, parameter.dtype
+        self._device = parameter.device
         step = inspect.signature(parts.scheduler.step).parameters
         self._takes_generator, self._takes_eta = "generator" in step, "eta" in step
         self._rows: list[_Row] = []
