@@ -4,8 +4,9 @@ A diffusers-style folder (`model/weights/generator/`, written by `mmserve train 
 reference sampling loop is `model.text_to_image`):
 - `model_index.json`: `"_class_name": "MmserveTextToImage"`, `"text_encoder": "builtin-minilm"` (the frozen
   all-MiniLM-L6-v2 of `model.text`: its last hidden states, 384-d, condition the UNet's cross-attention;
-  prompts keep their first `"text_max_tokens"`, [CLS] and [SEP] included, and with
-  `"encoder_attention_mask"` their mask goes to the cross-attention), `"sample_size"` (the UNet's side),
+  prompts keep their first `"max_text_tokens"`, [CLS] and [SEP] included, and with
+  `"text_attention_mask"` their mask goes to the cross-attention as `encoder_attention_mask`; the names
+  `"text_max_tokens"` and `"encoder_attention_mask"` are read too), `"sample_size"` (the UNet's side),
   `"pixel_shuffle"` (the image is denoised folded space-to-depth by this factor: 3·f² channels),
   `"output_size"` (the image's side), `"vae"` (null: pixels in [-1, 1]; "vae": a latent model with a
   `vae/` AutoencoderKL), `"default_steps"`, `"default_guidance_scale"`, `"uncond_prompt"` ("");
@@ -67,8 +68,8 @@ def load_builtin_generator(
         vae.to(device).eval()
     tower = text_tower or TextTower()
     tower.to(device)
-    max_tokens = int(index.get("text_max_tokens", DEFAULT_MAX_TEXT_TOKENS))
-    masked = bool(index.get("encoder_attention_mask", True))
+    max_tokens = int(_either(index, "max_text_tokens", "text_max_tokens", DEFAULT_MAX_TEXT_TOKENS))
+    masked = bool(_either(index, "text_attention_mask", "encoder_attention_mask", True))
 
     def encode_text(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         return minilm_token_states(tower, prompts, max_tokens, dtype, masked)
@@ -109,3 +110,8 @@ def minilm_token_states(
     ids, mask = ids.to(device), mask.to(device)
     states = tower.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (n, T, 384)
     return states.to(dtype), (mask if masked else None)
+
+
+def _either(index: dict[str, Any], key: str, older: str, default: Any) -> Any:
+    """A field of `model_index.json` under its name, or the name early generator folders gave it."""
+    return index.get(key, index.get(older, default))

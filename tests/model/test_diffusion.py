@@ -118,7 +118,7 @@ def reference_image(folder: Path, tower, prompt: str, seed: int, steps: int, sca
     fold, size = index["pixel_shuffle"], index["sample_size"]
     with torch.inference_mode():
         rows = [
-            tower.tokenizer(p, truncation=True, max_length=index["text_max_tokens"])["input_ids"] for p in (prompt, "")
+            tower.tokenizer(p, truncation=True, max_length=index["max_text_tokens"])["input_ids"] for p in (prompt, "")
         ]
         ids = torch.zeros(2, max(map(len, rows)), dtype=torch.long)
         mask = torch.zeros_like(ids)

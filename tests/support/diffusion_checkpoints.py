@@ -129,8 +129,8 @@ def build_builtin_generator(out_dir: Path, seed: int = 0, default_steps: int = 4
         "default_steps": default_steps,
         "default_guidance_scale": 3.0,
         "uncond_prompt": "",
-        "text_max_tokens": 16,
-        "encoder_attention_mask": True,
+        "max_text_tokens": 16,
+        "text_attention_mask": True,
         "prediction": "flow",
     }
     (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
