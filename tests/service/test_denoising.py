@@ -290,3 +290,22 @@ def test_which_generator_the_settings_load(tiny_generator_dir: Path, tmp_path: P
         without.check_supported("text_to_image")
     with pytest.raises(ValueError, match="must be >= 1"):
         loaded.image_spec("a red circle", 0, steps=0)
+
+
+def test_captions_decode_and_images_denoise_in_the_same_turns(
+    engine: Engine, generator: DiffusionGenerator, alone: dict[ImageSpec, np.ndarray], tiny_model: MultimodalModel
+) -> None:
+    from tests.support.server import noise_image
+
+    loop = Loop(engine)
+    spec = specs_of(generator)[0]  # 6 steps
+    image = loop.submit("text_to_image", spec)
+    caption = loop.submit("caption", engine.prepare_generation("caption", noise_image(1), max_new_tokens=3))
+    turns = 0
+    while loop.busy():
+        loop.turn()
+        turns += 1
+    assert turns == 6 and loop.rows == [1] * 6  # the image stepped every turn, the caption decoding beside it
+    assert caption.future.result().text == tiny_model.caption([noise_image(1)], 3)[0]
+    assert caption.finished_at < image.finished_at  # answered when done, not when the image was
+    assert np.abs(pixels(image.future.result().image) - alone[spec]).max() <= 1
