@@ -1,8 +1,9 @@
-"""mmserve's models: the built-in multimodal Transformer and adapters for Hugging Face checkpoints.
+"""mmserve's models: the built-in multimodal Transformer and adapters for Hugging Face checkpoints, and
+text-to-image generators (the built-in one, and Stable Diffusion folders).
 
-The service imports only from here: `load_model`, the `MultimodalModel` protocol and its errors,
-`resolve_device` (what "auto" means), and `speech_chunks` (a long recording cut at pauses to fit a model's
-window).
+The service imports only from here: `load_model`, `load_image_generator`, the protocols of `model.api` and
+their errors, `resolve_device` (what "auto" means), and `speech_chunks` (a long recording cut at pauses to
+fit a model's window).
 """
 
 from __future__ import annotations
@@ -11,21 +12,33 @@ from pathlib import Path
 
 import torch
 
-from model.api import ALL_TASKS, AudioSpec, ModelLoadError, MultimodalModel, Task, UnsupportedTask
+from model.api import (
+    ALL_TASKS,
+    UNDERSTANDING_TASKS,
+    AudioSpec,
+    ImageGenerator,
+    ModelLoadError,
+    MultimodalModel,
+    Task,
+    UnsupportedTask,
+)
 from model.devices import default_dtype, resolve_device
 from model.speech_chunks import ChunkingConfig, SpeechChunk, speech_chunks
 
 __all__ = [
     "ALL_TASKS",
     "BUILTIN",
+    "UNDERSTANDING_TASKS",
     "AudioSpec",
     "ChunkingConfig",
+    "ImageGenerator",
     "ModelLoadError",
     "MultimodalModel",
     "SpeechChunk",
     "Task",
     "UnsupportedTask",
     "default_dtype",
+    "load_image_generator",
     "load_model",
     "resolve_device",
     "speech_chunks",
@@ -51,3 +64,16 @@ def load_model(
     from model.hf import load_hf_model  # transformers-backed adapters (BLIP, CLIP, ST, VLMs, Whisper)
 
     return load_hf_model(str(path_or_name), device, dtype)
+
+
+def load_image_generator(
+    path_or_name: str | Path = BUILTIN,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    **options: object,
+) -> ImageGenerator:
+    """Load a text-to-image model onto `device`: "builtin" (`model/weights/generator/`), a folder of the built-in
+    generator's format, or a local diffusers Stable Diffusion folder. Raises `ModelLoadError`."""
+    from model.image_generator import load_image_generator as load  # diffusers is imported only when needed
+
+    return load(path_or_name, resolve_device(device), dtype, **options)

@@ -18,6 +18,9 @@ Conventions, for every implementation:
 
 A model that can decode step by step (the built-in one) also implements `StepwiseGenerator`: the service
 then batches its captions and answers continuously (sequences join and leave between decoding steps).
+
+Text-to-image is served by an `ImageGenerator` (`model.image_generator`), a model of its own: each image is
+one row of a `DenoisingState`, advanced one denoising step at a time (`ImageSpec` in, `ImageUpdate` out).
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-Task = Literal["caption", "vqa", "embed_text", "embed_image", "transcribe"]
-ALL_TASKS: frozenset[Task] = frozenset(("caption", "vqa", "embed_text", "embed_image", "transcribe"))
+Task = Literal["caption", "vqa", "embed_text", "embed_image", "transcribe", "text_to_image"]
+# What a `MultimodalModel` may do; text-to-image is an `ImageGenerator`'s (a model of its own).
+UNDERSTANDING_TASKS: frozenset[Task] = frozenset(("caption", "vqa", "embed_text", "embed_image", "transcribe"))
+ALL_TASKS: frozenset[Task] = UNDERSTANDING_TASKS | {"text_to_image"}
 
 
 class UnsupportedTask(Exception):
@@ -164,3 +169,92 @@ class StepwiseGenerator(Protocol):
         ...
 
     def new_state(self, capacity: int) -> GenerationState: ...
+
+
+# -- Text to image ------------------------------------------------------------------------------------------
+
+
+class UnsupportedImageSize(ValueError):
+    """A size the image generator cannot make; `sizes` lists the (width, height) pairs it can."""
+
+    def __init__(self, width: int, height: int, sizes: Sequence[tuple[int, int]]) -> None:
+        self.sizes = tuple(sizes)
+        listed = ", ".join(f"{w}x{h}" for w, h in self.sizes)
+        super().__init__(f"this model cannot make {width}x{height} images; it makes {listed}")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image to generate (one row of a `DenoisingState`), as validated by `ImageGenerator.image_spec`."""
+
+    prompt: str
+    seed: int  # its own torch.Generator: the same image alone or batched
+    steps: int  # num_inference_steps, as a diffusers pipeline takes it
+    guidance_scale: float  # classifier-free guidance; <= 1: none (the unconditional pass is skipped)
+    width: int
+    height: int
+    preview_every: int = 0  # a preview (the current estimate of the clean image) every k steps; 0: none
+
+
+@dataclass(frozen=True)
+class ImageUpdate:
+    """What one denoising step did to one image: `step` of `steps` done; the image once finished."""
+
+    step: int
+    steps: int  # the row's denoising steps (UNet calls) in all: len(scheduler.timesteps)
+    finished: bool = False
+    image: Image.Image | None = None  # the finished image
+    preview: Image.Image | None = None  # the model's current estimate of the clean image, when one was due
+
+
+class DenoisingState(Protocol):
+    """Images denoising together, as rows (in order of arrival); each row has its own timestep and guidance."""
+
+    capacity: int
+
+    def __len__(self) -> int: ...
+
+    @property
+    def free(self) -> int: ...
+
+    def join(self, specs: Sequence[ImageSpec]) -> None:
+        """Append rows: their prompts encoded, their initial noise drawn from their own seeds."""
+        ...
+
+    def step(self) -> list[ImageUpdate]:
+        """One denoising step for every row (one batched UNet call); finished rows come decoded."""
+        ...
+
+    def filter(self, keep: Sequence[int]) -> None:
+        """Keep the rows `keep` (ascending): they become rows 0, 1, ... in that order."""
+        ...
+
+
+@runtime_checkable
+class ImageGenerator(Protocol):
+    """A text-to-image model: the built-in generator, or a diffusers Stable Diffusion folder."""
+
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    sizes: tuple[tuple[int, int], ...]  # (width, height) pairs it makes; the first is its default
+    default_steps: int
+    default_guidance_scale: float
+
+    def image_spec(
+        self,
+        prompt: str,
+        seed: int,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        size: tuple[int, int] | None = None,
+        preview_every: int = 0,
+    ) -> ImageSpec:
+        """One image's spec, the model's defaults filled in; `UnsupportedImageSize` for a size it cannot make."""
+        ...
+
+    def new_state(self, capacity: int) -> DenoisingState: ...
+
+    def generate(self, specs: Sequence[ImageSpec]) -> list[Image.Image]:
+        """Whole images, run together to the end (the same images as row by row)."""
+        ...

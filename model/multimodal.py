@@ -25,7 +25,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 from torch import nn
 
-from model.api import ALL_TASKS, AudioSpec, PreparedImage, Task, UnsupportedTask
+from model.api import UNDERSTANDING_TASKS, AudioSpec, PreparedImage, Task, UnsupportedTask
 from model.audio import AudioEncoder, log_mel, pad_features
 from model.config import ModelConfig
 from model.decoder import Decoder
@@ -96,7 +96,7 @@ class BuiltinModel:
         vision = module.config.vision
         self._context_len = 1 + (vision.image_size // vision.patch_size) ** 2  # CLS + patches
         heard = module.config.audio
-        self.tasks: frozenset[Task] = ALL_TASKS if heard else ALL_TASKS - {"transcribe"}
+        self.tasks: frozenset[Task] = UNDERSTANDING_TASKS if heard else UNDERSTANDING_TASKS - {"transcribe"}
         self.audio: AudioSpec | None = (
             AudioSpec(heard.sampling_rate, heard.max_seconds, self.LANGUAGES) if heard else None
         )

@@ -2,7 +2,9 @@
 
 Each task maps to a model object (`MMSERVE_CAPTION_MODEL`, `MMSERVE_VQA_MODEL`, `MMSERVE_EMBED_MODEL`,
 `MMSERVE_TRANSCRIBE_MODEL`, each defaulting to `MMSERVE_MODEL`); a model named by several tasks is loaded
-once. A task whose model cannot do it is not served (501); transcriptions run as whole batches. The
+once. A task whose model cannot do it is not served (501); transcriptions run as whole batches. Text to
+image has a model of its own, an `ImageGenerator` (`MMSERVE_GENERATE_MODEL`; by default the built-in
+generator when its weights are installed, else the task is not served). The
 engine knows no HTTP and no asyncio. `prepare_*` run in the decode pool (model-sized tensors are what
 cross the queue); `run` and the generation states are the inference thread's alone, under
 `torch.inference_mode()`.
@@ -11,8 +13,9 @@ cross the queue); `run` and the generation states are the inference thread's alo
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +23,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model import ALL_TASKS, AudioSpec, MultimodalModel, Task, load_model, resolve_device
-from model.api import StepwiseGenerator
-from service.errors import NotImplementedTask
+from model import (
+    UNDERSTANDING_TASKS,
+    AudioSpec,
+    MultimodalModel,
+    Task,
+    load_image_generator,
+    load_model,
+    resolve_device,
+)
+from model.api import ImageGenerator, ImageSpec, StepwiseGenerator, UnsupportedImageSize
+from service.errors import NotImplementedTask, UnsupportedSize
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -67,15 +78,37 @@ class Generated:
     tokens: int = 0  # generated tokens (0 when not counted)
 
 
+@dataclass(frozen=True)
+class GeneratedImage:
+    """A finished text-to-image request's image, and what made it (the seed reproduces it)."""
+
+    image: Image.Image
+    seed: int
+    steps: int
+    guidance_scale: float
+
+    @staticmethod
+    def of(spec: ImageSpec, image: Image.Image) -> GeneratedImage:
+        return GeneratedImage(image, spec.seed, spec.steps, spec.guidance_scale)
+
+
+MAX_SEED = 2**31 - 1  # a seed drawn for a request that names none
+
+
 class Engine:
     """Models by task, and one batched call per task."""
 
     def __init__(
-        self, models: Mapping[Task, MultimodalModel], vqa_max_new_tokens: int = 16, continuous: bool = True
+        self,
+        models: Mapping[Task, MultimodalModel],
+        vqa_max_new_tokens: int = 16,
+        continuous: bool = True,
+        generator: ImageGenerator | None = None,
     ) -> None:
         self._models = dict(models)
         self._vqa_max_new_tokens = vqa_max_new_tokens
         self._continuous = continuous
+        self._generator = generator
 
     @classmethod
     def load(cls, settings: Settings) -> Engine:
@@ -86,7 +119,7 @@ class Engine:
             torch.set_num_threads(settings.torch_threads)
         loaded: dict[str, MultimodalModel] = {}
         models: dict[Task, MultimodalModel] = {}
-        for task in sorted(ALL_TASKS):
+        for task in sorted(UNDERSTANDING_TASKS):
             spec = settings.model_for(task)
             if spec not in loaded:
                 started = time.monotonic()
@@ -100,29 +133,40 @@ class Engine:
                     time.monotonic() - started,
                 )
             models[task] = loaded[spec]
-        return cls(models, settings.vqa_max_new_tokens, continuous=settings.scheduler == "continuous")
+        generator = _load_generator(settings, device, dtype, loaded.values())
+        return cls(models, settings.vqa_max_new_tokens, settings.scheduler == "continuous", generator)
 
     # What the service reports.
     @property
     def tasks(self) -> frozenset[Task]:
         """The tasks some loaded model can do."""
-        return frozenset(task for task, model in self._models.items() if task in model.tasks)
+        tasks = frozenset(task for task, model in self._models.items() if task in model.tasks)
+        return tasks | {"text_to_image"} if self._generator is not None else tasks
 
     def model_name(self, task: Task) -> str:
+        if task == "text_to_image":
+            return self._generator.name if self._generator is not None else ""
         return self._models[task].name
 
     def describe(self) -> dict[str, Any]:
         """Model names, device and dtype, for /health."""
-        distinct = list({id(m): m for m in self._models.values()}.values())
+        distinct: list[MultimodalModel | ImageGenerator] = list({id(m): m for m in self._models.values()}.values())
+        if self._generator is not None:
+            distinct.append(self._generator)
         return {
             "model": ",".join(m.name for m in distinct),
-            "models": {task: self._models[task].name for task in sorted(self.tasks)},
+            "models": {task: self.model_name(task) for task in sorted(self.tasks)},
             "device": str(distinct[0].device),
             "dtype": str(distinct[0].dtype).removeprefix("torch."),
         }
 
     def check_supported(self, task: Task) -> None:
         """Raise `NotImplementedTask` (501) when the model for `task` cannot do it."""
+        if task == "text_to_image" and self._generator is None:
+            raise NotImplementedTask(
+                "no text-to-image model is loaded: install the built-in generator's weights "
+                "(model/weights/generator/) or name a Stable Diffusion folder with MMSERVE_GENERATE_MODEL"
+            )
         if task not in self.tasks:
             name = self._models[task].name if task in self._models else "none"
             raise NotImplementedTask(
@@ -138,7 +182,35 @@ class Engine:
             return model
         return None
 
+    def denoiser(self) -> ImageGenerator | None:
+        """The text-to-image model, when its images are denoised step by step (continuous batching)."""
+        return self._generator if self._continuous else None
+
+    def image_sizes(self) -> tuple[tuple[int, int], ...]:
+        """The (width, height) pairs the text-to-image model makes, its default first (none: no model)."""
+        return self._generator.sizes if self._generator is not None else ()
+
     # Preprocessing (the decode pool; thread-safe).
+    def prepare_image_generation(
+        self,
+        prompt: str,
+        seed: int | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        size: tuple[int, int] | None = None,
+        preview_every: int = 0,
+    ) -> ImageSpec:
+        """One image to generate (the model's defaults where None; a random seed when none is named);
+        `UnsupportedSize` (400, listing the sizes the model makes) for a size it cannot make."""
+        if self._generator is None:
+            self.check_supported("text_to_image")
+        assert self._generator is not None
+        seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
+        try:
+            return self._generator.image_spec(prompt, seed, steps, guidance_scale, size, preview_every)
+        except UnsupportedImageSize as e:
+            raise UnsupportedSize(str(e), param="size") from e
+
     def prepare_generation(
         self, task: Task, image: Image.Image, question: str | None = None, max_new_tokens: int | None = None
     ) -> GenerationInput:
@@ -204,6 +276,10 @@ class Engine:
                         [p.audio for p in payloads], [p.language for p in payloads]
                     )
                     outputs = [Generated(text) for text in texts]
+                case "text_to_image":  # whole-request batching: every image run to its end together
+                    assert self._generator is not None
+                    images = self._generator.generate(list(payloads))
+                    outputs = [GeneratedImage.of(spec, image) for spec, image in zip(payloads, images, strict=True)]
                 case _:
                     raise ValueError(f"unknown task {task!r}")
         if len(outputs) != len(payloads):
@@ -212,7 +288,10 @@ class Engine:
 
     def check_device(self) -> None:
         """A tiny computation on each model's device, read back: raises what a broken device raises."""
-        for device in {str(model.device) for model in self._models.values()}:
+        devices = {str(model.device) for model in self._models.values()}
+        if self._generator is not None:
+            devices.add(str(self._generator.device))
+        for device in devices:
             x = torch.arange(4, dtype=torch.float32, device=device)
             if float((x * 2).sum()) != 12.0:
                 raise RuntimeError(f"the device check on {device} computed a wrong result")
@@ -233,7 +312,32 @@ class Engine:
                 rate = self.audio_spec(task).sampling_rate
                 tone = (0.1 * np.sin(np.arange(rate) * 2 * np.pi * 440 / rate)).astype(np.float32)
                 batch = [self.prepare_transcription(task, tone, None)] * 2
+            elif task == "text_to_image":  # two steps, one image guided and one not
+                batch = [self.prepare_image_generation("a warm-up", 0, 2, g) for g in (1.0, 3.0)]
             else:
                 batch = [self.prepare_image(task, image)] * 2
             self.run(task, batch)
             logger.info("warmed up %s in %.2f s", task, time.monotonic() - started)
+
+
+def _load_generator(
+    settings: Settings, device: torch.device, dtype: torch.dtype | None, loaded: Iterable[MultimodalModel]
+) -> ImageGenerator | None:
+    """The text-to-image model: `MMSERVE_GENERATE_MODEL`, else the built-in generator if installed, else None."""
+    from model.builtin_generator import GENERATOR_DIR, is_builtin_generator
+
+    spec = settings.generate_model
+    if spec == "none":
+        return None
+    if spec is None and not (GENERATOR_DIR / "model_index.json").is_file():
+        logger.info("no text-to-image model: the built-in generator's weights are not installed")
+        return None
+    path = spec or "builtin"
+    options: dict[str, Any] = {}
+    if path == "builtin" or is_builtin_generator(path):  # share the MiniLM tower a built-in model has loaded
+        towers = [getattr(model, "text_tower", None) for model in loaded]
+        options["text_tower"] = next((tower for tower in towers if tower is not None), None)
+    started = time.monotonic()
+    generator = load_image_generator(path, device, dtype, **options)
+    logger.info("loaded %s (%s) for text_to_image in %.1f s", generator.name, path, time.monotonic() - started)
+    return generator

@@ -88,6 +88,13 @@ class Timeout(ServiceError):
     error_type = "timeout"
 
 
+class UnsupportedSize(ServiceError):
+    """An image size the text-to-image model cannot make; the message lists those it can."""
+
+    status_code = 400
+    error_type = "unsupported_size"
+
+
 class NotImplementedTask(ServiceError):
     status_code = 501
     error_type = "not_implemented"

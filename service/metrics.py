@@ -59,6 +59,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Text to image (denoising steps batched continuously).
+        self.denoise_steps = Counter("mmserve_denoise_steps", "Denoising steps run", registry=self.registry)
+        self.running_images = Gauge("mmserve_running_images", "Images denoising now", registry=self.registry)
+        self.images_generated = Counter("mmserve_images_generated", "Images generated", registry=self.registry)
+        self.image_duration = Histogram(
+            "mmserve_image_duration_seconds",
+            "Time one image took from joining the running images to its decoded result",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.encoder_cache = Counter(
             "mmserve_encoder_cache_lookups",
             "Image encodings looked up in the encoder cache, by result (hit or miss)",

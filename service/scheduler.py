@@ -7,7 +7,8 @@ then turns the loop. Each turn:
 3. runs one batch of another task that is due (embeddings; captions and answers of models that cannot
    decode step by step, or of every model when `MMSERVE_SCHEDULER=static`), the one whose oldest item
    has waited longest;
-4. runs one decoding step for every running sequence; the finished ones answer at once.
+4. runs one decoding step for every running sequence, and one denoising step for every running image
+   (`service.denoising`); the finished ones answer at once.
 So nothing waits for a whole generation: an embedding waits at most one step and its own batch. When
 the device is idle, whatever is queued runs now (`max_wait_ms`, by default 0, is an opt-in wait for
 batch-mates). A batch that raises is retried item by item, so one bad item fails alone; one that runs out
@@ -26,10 +27,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import InvalidStateError
-from typing import Any
+from typing import Any, Protocol
 
 from model import Task
 from service.batching import Batcher, Item
+from service.denoising import Denoising
 from service.encoder_cache import EncoderCache
 from service.engine import Engine
 from service.errors import NotReady
@@ -38,6 +40,22 @@ from service.generation import Generation
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+
+class Running(Protocol):
+    """What the loop steps: rows that join between steps and leave when done (`Generation`, `Denoising`)."""
+
+    @property
+    def items(self) -> Sequence[Item[Any, Any]]: ...  # row i's request
+    @property
+    def rejoining(self) -> Sequence[tuple[Task, Item[Any, Any]]]: ...  # put back after out-of-memory
+    def __len__(self) -> int: ...
+    def free_for(self, task: Task) -> int: ...
+    def admit(self, task: Task, items: Sequence[Item[Any, Any]]) -> None: ...
+    def rejoin(self) -> None: ...
+    def step(self) -> None: ...
+    def drop_gone(self, now: float) -> None: ...
+    def fail_all(self, error: BaseException) -> None: ...
 
 
 class InferenceThread(threading.Thread):
@@ -61,8 +79,8 @@ class InferenceThread(threading.Thread):
         self._on_ready = on_ready
         self._on_failure = on_failure
         self._cache = EncoderCache(encoder_cache_bytes, metrics.count_encoder_lookup)
-        self._generations: dict[Task, Generation] = {}  # the stepwise tasks, and the state each decodes in
-        self._states: list[Generation] = []  # the same, each state once (captions and answers may share one)
+        self._generations: Mapping[Task, Running] = {}  # the stepwise tasks, and the state each steps in
+        self._states: list[Running] = []  # the same, each state once (captions and answers may share one)
         self._caps = {t: BatchCap(b.max_batch_size, metrics.batch_cap.labels(t).set) for t, b in batchers.items()}
         self._taken: list[Item[Any, Any]] = []  # the items taken this turn (answered 503 if the loop dies)
         self._busy_since: float | None = None  # when the current turn started; None between turns
@@ -86,6 +104,7 @@ class InferenceThread(threading.Thread):
             engine = self._load_engine()
             engine.warm_up()
             self._build_generations(engine)
+            self._build_denoising(engine)
         except BaseException as e:  # logged, in one line, by on_failure
             self._on_failure(e)
             return
@@ -122,7 +141,7 @@ class InferenceThread(threading.Thread):
 
     def running(self) -> int:
         """Sequences decoding now, or waiting to be prefilled again after an out-of-memory step (the metric)."""
-        return sum(len(g) for g in self._states)
+        return sum(len(g) for g in self._states if not isinstance(g, Denoising))  # images: their own gauge
 
     # The loop.
     def _build_generations(self, engine: Engine) -> None:
@@ -139,6 +158,15 @@ class InferenceThread(threading.Thread):
                 by_model[id(model)] = Generation(model, limits, self._cache, self._metrics)
             generations[task] = by_model[id(model)]
         self._generations, self._states = generations, list(by_model.values())
+
+    def _build_denoising(self, engine: Engine) -> None:
+        """Images denoise step by step, as one more running state (unless whole requests run as batches)."""
+        model = engine.denoiser()
+        if model is not None and "text_to_image" in engine.tasks:
+            capacity = self._batchers["text_to_image"].max_batch_size
+            denoising = Denoising(model, capacity, self._metrics)
+            self._generations = {**self._generations, "text_to_image": denoising}
+            self._states = [*self._states, denoising]
 
     def _wait_for_work(self) -> bool:
         """Block until there is something to do; False once stopping and nothing is left."""

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # speech to text: None serves it with `model` (a built-in checkpoint transcribes once its weights have the
     # audio tower); or a Whisper checkpoint. /vqa's spoken questions are heard by this model too.
     transcribe_model: str | None = None
+    # text to image: None serves the built-in generator when `model/weights/generator/` exists (else the task is
+    # not served); or a local diffusers Stable Diffusion folder, or a folder of the built-in generator's format;
+    # "none": not served.
+    generate_model: str | None = None
     device: str = "auto"  # "auto": CUDA when available, else CPU (with a warning); or "cpu", "cuda:1", ...
     dtype: DType = "auto"  # "auto": the model's choice (fp32 on CPU, bf16/fp16 on CUDA)
     torch_threads: int | None = Field(default=None, ge=1)  # CPU intra-op threads; None: torch's default
@@ -64,7 +68,8 @@ class Settings(BaseSettings):
     cors_origins: str = ""  # comma-separated origins a browser may call from ("*": any); empty: CORS off
 
     # Batching. "continuous": captions and answers join and leave the running batch between decoding
-    # steps (for models that decode step by step); "static": whole batches, each run to its longest row.
+    # steps (for models that decode step by step), images between denoising steps; "static": whole batches,
+    # each run to its longest row (its most steps).
     scheduler: Scheduler = "continuous"
     # Per task: the largest batch (for continuous generation: the most sequences running at once), and
     # how long the oldest request may wait for batch-mates when the device is idle (0: run it now).
@@ -78,6 +83,9 @@ class Settings(BaseSettings):
     embed_image_max_wait_ms: float = Field(default=0.0, ge=0)
     transcribe_max_batch_size: int = Field(default=8, ge=1)
     transcribe_max_wait_ms: float = Field(default=0.0, ge=0)
+    # text to image: the most images denoising at once (each image is one row of every denoising step)
+    text_to_image_max_batch_size: int = Field(default=8, ge=1)
+    text_to_image_max_wait_ms: float = Field(default=0.0, ge=0)
     encoder_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)  # image encodings kept for reuse; 0: off
     queue_capacity: int = Field(default=1024, ge=1)  # admitted, unfinished items per task; beyond it: 429
 
@@ -158,6 +166,8 @@ class Settings(BaseSettings):
 
     def model_for(self, task: Task) -> str:
         """Which model serves `task`: its own setting, else `model`."""
+        if task == "text_to_image":
+            return self.generate_model or "builtin"
         per_task = {
             "caption": self.caption_model,
             "vqa": self.vqa_model,

@@ -48,3 +48,19 @@ def tiny_model(tiny_checkpoint_dir: Path, text_tower):  # type: ignore[no-untype
     from model.checkpoint import load_builtin
 
     return load_builtin(tiny_checkpoint_dir, "cpu", text_tower=text_tower)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Stable Diffusion pipeline folder (DDIM), built once per session."""
+    from tests.support.diffusion_checkpoints import build_stable_diffusion
+
+    return build_stable_diffusion(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random built-in text-to-image generator folder (pixels folded 2×2, flow matching)."""
+    from tests.support.diffusion_checkpoints import build_builtin_generator
+
+    return build_builtin_generator(tmp_path_factory.mktemp("tiny-generator"))

@@ -18,7 +18,8 @@ import pytest
 import soxr
 import torch
 
-from model import ALL_TASKS, load_model
+from model import load_model
+from model.api import UNDERSTANDING_TASKS
 from model.checkpoint import load_builtin, load_module, save_checkpoint
 from model.generate import DecodeState, SequenceSpec, greedy_decode
 from model.multimodal import BuiltinModel
@@ -79,7 +80,7 @@ def test_the_clips_have_odd_and_even_frame_counts(hearing: BuiltinModel, clips: 
 
 
 def test_tasks_and_audio_spec(hearing: BuiltinModel) -> None:
-    assert hearing.tasks == ALL_TASKS
+    assert hearing.tasks == UNDERSTANDING_TASKS
     assert hearing.audio is not None
     assert (hearing.audio.sampling_rate, hearing.audio.max_seconds) == (16_000, 10.0)
     assert hearing.audio.languages == frozenset({"en"})
@@ -157,7 +158,7 @@ def test_a_checkpoint_with_the_tower_saves_and_loads_strictly(
     module, _, name = load_module(tmp_path)  # strict: every key present, none extra
     assert name == "resaved" and module.config == hearing.config and module.audio is not None
     reloaded = load_builtin(tmp_path, "cpu", text_tower=text_tower)
-    assert reloaded.tasks == ALL_TASKS
+    assert reloaded.tasks == UNDERSTANDING_TASKS
     assert reloaded.transcribe(clips[:2]) == hearing.transcribe(clips[:2])
 
 
@@ -181,7 +182,7 @@ def test_an_old_checkpoint_without_audio_loads_and_cannot_transcribe(tiny_checkp
     meta["model"].pop("audio", None)
     (tmp_path / "config.json").write_text(json.dumps(meta))
     model = load_model(str(tmp_path), "cpu")
-    assert "transcribe" not in model.tasks and model.tasks == ALL_TASKS - {"transcribe"}
+    assert "transcribe" not in model.tasks and model.tasks == UNDERSTANDING_TASKS - {"transcribe"}
     assert model.audio is None
 
 

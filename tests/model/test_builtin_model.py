@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model import ALL_TASKS, UnsupportedTask, load_model
+from model import UnsupportedTask, load_model
+from model.api import UNDERSTANDING_TASKS
 from model.scenes import make_scene, render
 
 
@@ -16,7 +17,7 @@ def _scenes(n: int) -> list[Image.Image]:
 
 
 def test_protocol_attributes(tiny_model) -> None:
-    assert tiny_model.tasks == ALL_TASKS - {"transcribe"}  # the `tiny` preset has no audio tower (test_audio.py)
+    assert tiny_model.tasks == UNDERSTANDING_TASKS - {"transcribe"}  # `tiny` has no audio tower (test_audio.py)
     assert tiny_model.audio is None
     with pytest.raises(UnsupportedTask, match="MMSERVE_TRANSCRIBE_MODEL"):
         tiny_model.transcribe([np.zeros(16_000, dtype=np.float32)])

@@ -118,7 +118,8 @@ async def test_health_when_ready(client: httpx.AsyncClient, reference: Multimoda
     assert body["model"] == reference.name
     assert body["device"] == "cpu" and body["dtype"] == "float32"
     assert body["tasks"] == ["caption", "embed_image", "embed_text", "vqa"]
-    assert body["queues"] == {"caption": 0, "embed_image": 0, "embed_text": 0, "transcribe": 0, "vqa": 0}
+    queues = {"caption": 0, "embed_image": 0, "embed_text": 0, "text_to_image": 0, "transcribe": 0, "vqa": 0}
+    assert body["queues"] == queues
     assert (await client.get("/health/live")).json() == {"status": "alive"}
 
 

@@ -1,0 +1,130 @@
+"""Continuous batching of text-to-image: the denoising state, the request in each row.
+
+Driven by the step loop (`service.scheduler`), on the inference thread only, exactly as `service.generation`
+drives captions: images join between steps (`admit`: their prompts encoded, their noise drawn from their
+own seeds), every running image advances one denoising step per `step` (one batched UNet call, each row at
+its own timestep and guidance), a finished one is decoded and answered at once (`GeneratedImage`) and
+leaves, and one whose client left or whose deadline passed is dropped (`drop_gone`) and frees its row.
+Each row's `ImageUpdate`s (step i of N, and a preview when one was due) go to its request's sink, if it
+has one, as they come.
+
+Faults (`service.faults`): a join that runs out of memory is retried in halves (an image that does not fit
+alone fails with 507); a step that runs out of memory puts every running image back to start again (its
+seed makes the same image; the updates a stream has had are not sent twice) and halves the cap on
+running images, which grows back slowly. A broken device fails every image with 503 and stops the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import InvalidStateError
+
+from model import Task
+from model.api import DenoisingState, ImageGenerator, ImageSpec, ImageUpdate
+from service.batching import Item
+from service.engine import GeneratedImage
+from service.errors import NotReady, OutOfMemory
+from service.faults import BatchCap, DeviceBroken, run_split
+from service.metrics import Metrics
+from service.running import RunningRows, deliver
+
+logger = logging.getLogger(__name__)
+
+TASK: Task = "text_to_image"
+ImageItem = Item[ImageSpec, GeneratedImage]
+
+
+class Denoising(RunningRows[DenoisingState]):
+    """The running images of one text-to-image model."""
+
+    what = "images"
+
+    def __init__(self, model: ImageGenerator, capacity: int, metrics: Metrics) -> None:
+        super().__init__(lambda: model.new_state(capacity))
+        self.model = model
+        self.capacity = capacity
+        self.metrics = metrics
+        self.cap = BatchCap(capacity, metrics.batch_cap.labels("denoise_step").set)  # running images
+        metrics.running_images.set_function(lambda: len(self))
+
+    def free_for(self, task: Task) -> int:
+        """How many more images may join now."""
+        return max(0, min(self.capacity - len(self.items), self.cap.limit - len(self.items)))
+
+    def rejoin(self) -> None:
+        """Let images put back after an out-of-memory step join again, oldest first, as room allows."""
+        room = self.free_for(TASK)
+        if self.rejoining and room:
+            batch, self.rejoining = self.rejoining[:room], self.rejoining[room:]
+            self.admit(TASK, [item for _, item in batch])
+
+    def admit(self, task: Task, items: Sequence[ImageItem]) -> None:
+        """Join new images. A join out of memory is retried in halves, one that fails otherwise image by
+        image, so a bad one fails alone; a broken device raises `DeviceBroken`."""
+        started = time.monotonic()
+
+        def out_of_memory(size: int) -> None:
+            self.metrics.out_of_memory.labels(TASK).inc()
+            self.cap.out_of_memory(len(self.items) + size)
+
+        try:
+            run_split(items, lambda part: self._join(part, started), lambda item, e: item.fail(e), out_of_memory, TASK)
+        except DeviceBroken:
+            for item in items:
+                item.fail(NotReady("the device failed; the server is unhealthy", retry_after_s=1))
+            raise
+
+    def _join(self, items: Sequence[ImageItem], started: float) -> None:
+        self.state.join([item.payload for item in items])
+        running = len(self.items) + len(items)
+        for item in items:
+            item.started_at = item.started_at or started  # a rerun keeps its first start
+            item.batch_size = max(item.batch_size, running)
+            self.metrics.queue_duration.labels(TASK).observe(item.queue_s)
+        self.metrics.batch_size.labels(TASK).observe(len(items))
+        self.items += items
+
+    def _put_back_all(self) -> None:
+        """Every running image leaves the state, to start again (`rejoin`), and the cap is halved; an image
+        that ran alone fails (507)."""
+        running = len(self.items)
+        logger.warning("a denoising step of %d images ran out of memory; starting them again", running)
+        self.metrics.out_of_memory.labels("denoise_step").inc()
+        self.cap.out_of_memory(running)
+        if running == 1:  # it ran alone: it will never fit
+            self.items[0].fail(OutOfMemory("the image does not fit in the device's memory, even alone"))
+            self.delivered.pop(self.items[0], None)
+        else:
+            self.rejoining = [*((TASK, item) for item in self.items), *self.rejoining]
+        self.items = []
+        self.state.filter([])
+
+    def _stepped(self, updates: Sequence[ImageUpdate]) -> None:
+        """Each row's update to its stream (progress not sent twice after a rerun); finished images answered."""
+        self.cap.fitted()
+        self.metrics.denoise_steps.inc()
+        self.metrics.batch_size.labels("denoise_step").observe(len(updates))
+        now = time.monotonic()
+        keep = []
+        for row, (item, update) in enumerate(zip(self.items, updates, strict=True)):
+            item.batch_size = max(item.batch_size, len(updates))
+            if not item.first_token_at:
+                item.first_token_at = now  # its first step: what a stream shows first
+            if item.on_update is not None and (update.finished or update.step > self.delivered.get(item, 0)):
+                deliver(item, update)
+                self.delivered[item] = update.step
+            if update.finished:
+                assert update.image is not None
+                item.finished_at = now
+                self.metrics.images_generated.inc()
+                self.metrics.image_duration.observe(now - item.started_at)
+                self.metrics.inference_duration.labels(TASK).observe(now - item.started_at)
+                with contextlib.suppress(InvalidStateError):  # answered already (by the watchdog)
+                    item.future.set_result(GeneratedImage.of(item.payload, update.image))
+            else:
+                keep.append(row)
+        if len(keep) < len(self.items):
+            self._filter(keep)
