@@ -12,6 +12,8 @@ Conventions, for every implementation:
 - Embeddings come back as float32 CPU tensors of shape [n, dim], L2-normalised.
 - An empty list gives an empty result (an empty list, or a [0, dim] tensor).
 - A task the model cannot do is absent from `tasks`; calling it raises `UnsupportedTask`.
+- `progress`, where a batched call takes it, is called (on the calling thread) after every decoding step of
+  a generation that runs as one whole batch, so a watchdog can time steps rather than whole batches.
 - `prepare_image` / `prepare_text` / `prepare_audio` do the per-item preprocessing (resize and normalise,
   tokenise, log-mel features) that can run off the device thread; the batched calls take either raw items
   or prepared ones.
@@ -22,7 +24,7 @@ then batches its captions and answers continuously (sequences join and leave bet
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+Progress = Callable[[], None]  # called after each decoding step of a whole-batch generation
 Task = Literal["caption", "vqa", "embed_text", "embed_image", "transcribe"]
 ALL_TASKS: frozenset[Task] = frozenset(("caption", "vqa", "embed_text", "embed_image", "transcribe"))
 
@@ -61,11 +64,22 @@ class MultimodalModel(Protocol):
     max_text_tokens: int  # texts and questions are truncated to this many tokens (documented, never an error)
     audio: AudioSpec | None  # what `transcribe` takes; None when the model cannot transcribe
 
-    def caption(self, images: Sequence[Image.Image], max_new_tokens: int | Sequence[int] = 32) -> list[str]:
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        max_new_tokens: int | Sequence[int] = 32,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One caption per image; `max_new_tokens` is one limit for all or one per image."""
         ...
 
-    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16) -> list[str]:
+    def answer(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        max_new_tokens: int = 16,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One answer per (image, question) pair."""
         ...
 
@@ -78,7 +92,10 @@ class MultimodalModel(Protocol):
         ...
 
     def transcribe(
-        self, audios: Sequence[np.ndarray | Any], language: str | Sequence[str | None] | None = None
+        self,
+        audios: Sequence[np.ndarray | Any],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
     ) -> list[str]:
         """One transcript per audio (raw or prepared); `language` is one code for all or one per audio
         (None: the model detects it, or knows only one)."""

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
-from model.api import AudioSpec, Task, UnsupportedTask
+from model.api import AudioSpec, Progress, Task, UnsupportedTask
 
 
 class HFAdapter:
@@ -52,11 +52,22 @@ class HFAdapter:
     def prepare_text(self, text: str) -> str:
         return text
 
-    def caption(self, images: Sequence[Image.Image], max_new_tokens: int | Sequence[int] = 32) -> list[str]:
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        max_new_tokens: int | Sequence[int] = 32,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One caption per image."""
         raise self._refuse("caption")
 
-    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16) -> list[str]:
+    def answer(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        max_new_tokens: int = 16,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One answer per (image, question) pair."""
         raise self._refuse("vqa")
 
@@ -76,16 +87,33 @@ class HFAdapter:
         raise self._refuse("transcribe")
 
     def transcribe(
-        self, audios: Sequence[np.ndarray | Any], language: str | Sequence[str | None] | None = None
+        self,
+        audios: Sequence[np.ndarray | Any],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
     ) -> list[str]:
         """One transcript per audio."""
         raise self._refuse("transcribe")
 
 
-def generate(model: PreTrainedModel, **kwargs: Any) -> torch.Tensor:
-    """`model.generate(**kwargs)`'s token ids (transformers types `generate` only on its generating classes)."""
+class StepReporter(StoppingCriteria):
+    """A stopping criterion that never stops: it calls `progress` after every decoding step of `generate`."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        self.progress()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+def generate(model: PreTrainedModel, progress: Progress | None = None, **kwargs: Any) -> torch.Tensor:
+    """`model.generate(**kwargs)`'s token ids (transformers types `generate` only on its generating classes);
+    `progress` is called after every decoding step."""
     if not isinstance(model, GenerationMixin):
         raise TypeError(f"{type(model).__name__} does not generate")
+    if progress is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([StepReporter(progress)])
     out = model.generate(**kwargs)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"generate gave a {type(out).__name__}, not token ids")

@@ -25,6 +25,7 @@ from transformers import (
     ProcessorMixin,
 )
 
+from model.api import Progress
 from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
 from model.inputs import check_pairs, row_limits
@@ -50,7 +51,12 @@ class BlipCaptioner(HFAdapter):
         self.eos_ids = eos_token_ids(model.config.text_config.sep_token_id)  # BLIP's decoder stops at [SEP]
 
     @torch.inference_mode()
-    def caption(self, images: Sequence[Image.Image], max_new_tokens: int | Sequence[int] = 32) -> list[str]:
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        max_new_tokens: int | Sequence[int] = 32,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One caption per image (starting with the prompt when one is set)."""
         if not images:
             return []
@@ -60,7 +66,9 @@ class BlipCaptioner(HFAdapter):
         inputs = to_device(inputs, self.device, self.dtype)
         # BLIP replaces [CLS] with [DEC] and drops the final [SEP]: the decoder's prompt is [DEC] + prompt.
         prompt_len = inputs["input_ids"].shape[1] - 1 if self.prompt else 1
-        out = generate(self.model, **inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1)
+        out = generate(
+            self.model, progress, **inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1
+        )
         rows = cut_rows(out[:, prompt_len:], limits, self.eos_ids)
         prefix = out[0, :prompt_len].tolist()
         return [self.processor.decode(prefix + row, skip_special_tokens=True).strip() for row in rows]
@@ -79,7 +87,11 @@ class BlipQuestionAnswerer(HFAdapter):
 
     @torch.inference_mode()
     def answer(
-        self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        max_new_tokens: int = 16,
+        progress: Progress | None = None,
     ) -> list[str]:
         """One answer per (image, question) pair."""
         check_pairs(images, questions)
@@ -93,14 +105,14 @@ class BlipQuestionAnswerer(HFAdapter):
         answers = [""] * len(images)
         for rows in groups.values():
             group = self._answer_unpadded(
-                [images[i] for i in rows], [questions[i] for i in rows], max_new_tokens
+                [images[i] for i in rows], [questions[i] for i in rows], max_new_tokens, progress
             )
             for i, text in zip(rows, group, strict=True):
                 answers[i] = text
         return answers
 
     def _answer_unpadded(
-        self, images: list[Image.Image], questions: list[str], max_new_tokens: int
+        self, images: list[Image.Image], questions: list[str], max_new_tokens: int, progress: Progress | None
     ) -> list[str]:
         inputs = self.processor(
             images=images,
@@ -110,7 +122,8 @@ class BlipQuestionAnswerer(HFAdapter):
             return_tensors="pt",
         )
         inputs = to_device(inputs, self.device, self.dtype)
-        out = generate(self.model, **inputs, max_new_tokens=max(1, max_new_tokens), do_sample=False, num_beams=1)
+        limit = max(1, max_new_tokens)
+        out = generate(self.model, progress, **inputs, max_new_tokens=limit, do_sample=False, num_beams=1)
         rows = cut_rows(out[:, 1:], [max_new_tokens] * len(images), self.eos_ids)  # after the [DEC] start
         return [self.processor.decode(row, skip_special_tokens=True).strip() for row in rows]
 

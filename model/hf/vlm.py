@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
-from model.api import ModelLoadError
+from model.api import ModelLoadError, Progress
 from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
 from model.inputs import check_pairs, row_limits
@@ -54,18 +54,27 @@ class ImageTextToText(HFAdapter):
         self.control_tokens = sorted(set(self.tokenizer.all_special_tokens), key=len, reverse=True)
         self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
 
-    def caption(self, images: Sequence[Image.Image], max_new_tokens: int | Sequence[int] = 32) -> list[str]:
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        max_new_tokens: int | Sequence[int] = 32,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One caption per image: the model's answer to the caption instruction."""
         limits = row_limits(max_new_tokens, len(images))
-        return self._generate(images, [self.caption_instruction] * len(images), limits)
+        return self._generate(images, [self.caption_instruction] * len(images), limits, progress)
 
     def answer(
-        self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        max_new_tokens: int = 16,
+        progress: Progress | None = None,
     ) -> list[str]:
         """One answer per (image, question) pair."""
         check_pairs(images, questions)
         texts = [self._user_text(q) for q in questions]
-        return self._generate(images, texts, row_limits(max_new_tokens, len(images)))
+        return self._generate(images, texts, row_limits(max_new_tokens, len(images)), progress)
 
     def _user_text(self, text: str) -> str:
         """`text` without control tokens, cut to `max_text_tokens` tokens."""
@@ -82,7 +91,9 @@ class ImageTextToText(HFAdapter):
         return text
 
     @torch.inference_mode()
-    def _generate(self, images: Sequence[Image.Image], texts: Sequence[str], limits: list[int]) -> list[str]:
+    def _generate(
+        self, images: Sequence[Image.Image], texts: Sequence[str], limits: list[int], progress: Progress | None
+    ) -> list[str]:
         if not images:
             return []
         conversations: list[list[dict[str, Any]]] = [
@@ -98,8 +109,9 @@ class ImageTextToText(HFAdapter):
             processor_kwargs={"padding": True},
         )
         inputs = to_device(inputs, self.device, self.dtype)
+        limit = max(1, *limits)
         out = generate(
-            self.model, **inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1, pad_token_id=self.pad_id
+            self.model, progress, **inputs, max_new_tokens=limit, do_sample=False, num_beams=1, pad_token_id=self.pad_id
         )
         # the generated tokens follow the decoder's start token, or the whole (left-padded) prompt
         start = 1 if self.encoder_decoder else inputs["input_ids"].shape[1]
