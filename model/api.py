@@ -16,7 +16,7 @@ Conventions, for every implementation:
   a generation that runs as one whole batch, so a watchdog can time steps rather than whole batches.
 - `prepare_image` / `prepare_text` / `prepare_audio` do the per-item preprocessing (resize and normalise,
   tokenise, log-mel features) that can run off the device thread; the batched calls take either raw items
-  or prepared ones.
+  or prepared ones. A prepared image is model-sized, whatever the size of the image it came from.
 
 A model that can decode step by step (the built-in one) also implements `StepwiseGenerator`: the service
 then batches its captions and answers continuously (sequences join and leave between decoding steps).
@@ -63,6 +63,9 @@ class MultimodalModel(Protocol):
     tasks: frozenset[Task]  # what this model can do
     max_text_tokens: int  # texts and questions are truncated to this many tokens (documented, never an error)
     audio: AudioSpec | None  # what `transcribe` takes; None when the model cannot transcribe
+    # the (width, height) an image is resized to (or, keeping its aspect, at least covers) before the model
+    # sees it: a larger image may be reduced towards it before `prepare_image`; None when the model says not
+    input_size: tuple[int, int] | None
 
     def caption(
         self,

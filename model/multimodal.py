@@ -94,6 +94,7 @@ class BuiltinModel:
         self.max_text_tokens = text_tower.max_tokens
         self._ids = {token: _token_id(tokenizer, token) for token in (PAD, BOS, EOS, SEP)}
         vision = module.config.vision
+        self.input_size: tuple[int, int] | None = (vision.image_size, vision.image_size)  # squashed to a square
         self._context_len = 1 + (vision.image_size // vision.patch_size) ** 2  # CLS + patches
         heard = module.config.audio
         self.tasks: frozenset[Task] = ALL_TASKS if heard else ALL_TASKS - {"transcribe"}

@@ -163,6 +163,11 @@ class Engine:
         """Mono samples at the model's rate → its input (the decode pool)."""
         return TranscriptionInput(self._models[task].prepare_audio(audio), language)
 
+    def input_size(self, task: Task) -> tuple[int, int] | None:
+        """The (width, height) the model serving `task` sizes images to: decoding reduces larger ones towards it."""
+        size: tuple[int, int] | None = getattr(self._models[task], "input_size", None)
+        return size
+
     def prepare_image(self, task: Task, image: Image.Image) -> Any:
         return self._models[task].prepare_image(image)
 

@@ -195,9 +195,9 @@ class Runtime:
     ) -> GenerationInput:
         """Image bytes → the model's input for a caption or an answer."""
         engine = self.ensure_ready()
-        max_pixels = self.settings.max_image_pixels
+        max_pixels, size = self.settings.max_image_pixels, engine.input_size(task)
         return await self._in_pool(
-            lambda: engine.prepare_generation(task, decode_image(data, max_pixels), question, max_new_tokens)
+            lambda: engine.prepare_generation(task, decode_image(data, max_pixels, size), question, max_new_tokens)
         )
 
     async def prepare_transcription(
@@ -216,8 +216,8 @@ class Runtime:
     async def prepare_image(self, task: Task, data: bytes) -> Any:
         """Image bytes → the model's input for an image embedding."""
         engine = self.ensure_ready()
-        max_pixels = self.settings.max_image_pixels
-        return await self._in_pool(lambda: engine.prepare_image(task, decode_image(data, max_pixels)))
+        max_pixels, size = self.settings.max_image_pixels, engine.input_size(task)
+        return await self._in_pool(lambda: engine.prepare_image(task, decode_image(data, max_pixels, size)))
 
     async def prepare_texts(self, task: Task, texts: Sequence[str]) -> list[Any]:
         """Texts → the model's inputs (token ids)."""

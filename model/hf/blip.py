@@ -26,11 +26,17 @@ from transformers import (
 )
 
 from model.api import Progress
-from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, to_device
+from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, pixel_batch, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
 from model.inputs import check_pairs, row_limits
 
 logger = logging.getLogger(__name__)
+
+
+def blip_tokens(processor: ProcessorMixin, texts: Sequence[str], max_tokens: int) -> dict[str, torch.Tensor]:
+    """The ids and mask BLIP's processor makes of `texts` (unpadded: all of one length, or one text each)."""
+    tokens = processor.tokenizer(list(texts), truncation=True, max_length=max_tokens, return_tensors="pt")
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
 
 class BlipCaptioner(HFAdapter):
@@ -48,6 +54,7 @@ class BlipCaptioner(HFAdapter):
         self.model = model
         self.processor = processor
         self.prompt = prompt or None
+        self._prepare_pixels_with(processor.image_processor)
         self.eos_ids = eos_token_ids(model.config.text_config.sep_token_id)  # BLIP's decoder stops at [SEP]
 
     @torch.inference_mode()
@@ -61,8 +68,9 @@ class BlipCaptioner(HFAdapter):
         if not images:
             return []
         limits = row_limits(max_new_tokens, len(images))
-        prompt = {"text": [self.prompt] * len(images), "truncation": True, "max_length": self.max_text_tokens}
-        inputs = self.processor(images=list(images), **(prompt if self.prompt else {}), return_tensors="pt")
+        inputs = {"pixel_values": pixel_batch(self.processor.image_processor, images)}
+        if self.prompt:
+            inputs |= blip_tokens(self.processor, [self.prompt] * len(images), self.max_text_tokens)
         inputs = to_device(inputs, self.device, self.dtype)
         # BLIP replaces [CLS] with [DEC] and drops the final [SEP]: the decoder's prompt is [DEC] + prompt.
         prompt_len = inputs["input_ids"].shape[1] - 1 if self.prompt else 1
@@ -83,6 +91,7 @@ class BlipQuestionAnswerer(HFAdapter):
         super().__init__(name, model.device, model.dtype, frozenset({"vqa"}), max_text_tokens)
         self.model = model
         self.processor = processor
+        self._prepare_pixels_with(processor.image_processor)
         self.eos_ids = eos_token_ids(model.config.text_config.sep_token_id)
 
     @torch.inference_mode()
@@ -114,13 +123,8 @@ class BlipQuestionAnswerer(HFAdapter):
     def _answer_unpadded(
         self, images: list[Image.Image], questions: list[str], max_new_tokens: int, progress: Progress | None
     ) -> list[str]:
-        inputs = self.processor(
-            images=images,
-            text=questions,
-            truncation=True,
-            max_length=self.max_text_tokens,
-            return_tensors="pt",
-        )
+        pixels = pixel_batch(self.processor.image_processor, images)
+        inputs = {"pixel_values": pixels, **blip_tokens(self.processor, questions, self.max_text_tokens)}
         inputs = to_device(inputs, self.device, self.dtype)
         limit = max(1, max_new_tokens)
         out = generate(self.model, progress, **inputs, max_new_tokens=limit, do_sample=False, num_beams=1)

@@ -20,7 +20,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
 from model.api import ModelLoadError, Progress
-from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, to_device
+from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, processor_input_size, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
 from model.inputs import check_pairs, row_limits
 
@@ -53,6 +53,9 @@ class ImageTextToText(HFAdapter):
         self.pad_id = self.tokenizer.pad_token_id
         self.control_tokens = sorted(set(self.tokenizer.all_special_tokens), key=len, reverse=True)
         self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        # the processor expands the image's tokens in the text from the image itself, so it runs in the batched
+        # call; decoding still reduces large images towards its input size
+        self.input_size = processor_input_size(getattr(processor, "image_processor", None))
 
     def caption(
         self,
