@@ -18,6 +18,10 @@ from transformers import GenerationMixin, PreTrainedModel, StoppingCriteria, Sto
 
 from model.api import AudioSpec, Progress, Task, UnsupportedTask
 
+# image processor attributes that make what a model sees depend on the image's full resolution (tiling by
+# LLaVA-NeXT/OneVision grid pinpoints, Idefics splitting, Gemma 3 pan and scan, Qwen-VL pixel budgets)
+DYNAMIC_RESOLUTION = ("image_grid_pinpoints", "do_image_splitting", "do_pan_and_scan", "max_pixels", "min_pixels")
+
 
 class HFAdapter:
     """Base for the adapters: holds the contract's attributes and refuses every task by default."""
@@ -137,6 +141,8 @@ def processor_input_size(image_processor: Any) -> tuple[int, int] | None:
     size = getattr(image_processor, "size", None)
     if size is None or not getattr(image_processor, "do_resize", True):
         return None
+    if any(getattr(image_processor, marker, None) for marker in DYNAMIC_RESOLUTION):
+        return None  # it tiles or sizes by the image's own resolution: a reduced image would change its input
     keys = ("height", "width", "shortest_edge", "longest_edge")
     sides = {k: size.get(k) if isinstance(size, Mapping) else getattr(size, k, None) for k in keys}
     if sides["height"] and sides["width"]:

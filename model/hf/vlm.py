@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
@@ -54,8 +55,20 @@ class ImageTextToText(HFAdapter):
         self.control_tokens = sorted(set(self.tokenizer.all_special_tokens), key=len, reverse=True)
         self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         # the processor expands the image's tokens in the text from the image itself, so it runs in the batched
-        # call; decoding still reduces large images towards its input size
+        # call; `prepare_image` resizes and crops as it would (when it sizes every image alike)
         self.input_size = processor_input_size(getattr(processor, "image_processor", None))
+
+    def prepare_image(self, image: Image.Image) -> Image.Image:
+        """The image resized and cropped as the processor would (so its own resize and crop, in the batched call,
+        change nothing): model-sized. Unchanged when the processor sizes images by their own resolution."""
+        if self.input_size is None:
+            return image
+        resized = self.processor.image_processor(
+            images=[image], do_rescale=False, do_normalize=False, return_tensors="np"
+        )["pixel_values"]
+        if resized.ndim != 4 or resized.shape[:2] != (1, 3):  # tiles, or not an image per row: leave it whole
+            return image
+        return Image.fromarray(np.clip(np.rint(resized[0].transpose(1, 2, 0)), 0, 255).astype(np.uint8))
 
     def caption(
         self,

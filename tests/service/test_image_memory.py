@@ -1,7 +1,7 @@
 """What a queued image holds is bounded by the model's input size, not by the upload's.
 
 A 40-megapixel photo (JPEG, and a PNG, which cannot be reduced while decoding) is decoded for the built-in
-model and for tiny BLIP and CLIP checkpoints as the service does it (`decode_image` with the model's
+model and for tiny BLIP, CLIP and LLaVA checkpoints as the service does it (`decode_image` with the model's
 `input_size`, then `prepare_*` in the decode pool): the decoded image covers at most a few times the
 model's size, and the payload that waits in the queue (what crosses to the inference thread) holds the
 model's pixels only. Prepared pixels give the same outputs as the processors run inside the batched call.
@@ -21,7 +21,13 @@ from model.api import MultimodalModel, PreparedImage
 from model.hf import load_hf_model
 from service.engine import Engine
 from service.images import REDUCING_GAP, decode_image
-from tests.support.hf_checkpoints import build_blip_captioning, build_blip_vqa, build_clip, sample_images
+from tests.support.hf_checkpoints import (
+    build_blip_captioning,
+    build_blip_vqa,
+    build_clip,
+    build_llava,
+    sample_images,
+)
 from tests.support.photos import PHOTO_SIZE, photo
 from tests.support.server import encode_image
 
@@ -42,6 +48,7 @@ def models(tiny_model: MultimodalModel, tmp_path_factory: pytest.TempPathFactory
         "builtin": tiny_model,
         "blip": load_hf_model(str(build_blip_captioning(root / "blip"))),
         "clip": load_hf_model(str(build_clip(root / "clip"))),
+        "llava": load_hf_model(str(build_llava(root / "llava"))),
     }
 
 
@@ -57,12 +64,12 @@ def payload_nbytes(payload: Any) -> int:
 
 
 @pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
-@pytest.mark.parametrize("name", ["builtin", "blip", "clip"])
+@pytest.mark.parametrize("name", ["builtin", "blip", "clip", "llava"])
 def test_a_queued_40_megapixel_photo_holds_model_sized_pixels(
     models: dict[str, MultimodalModel], photos: dict[str, bytes], name: str, image_format: str
 ) -> None:
     model = models[name]
-    task = "caption" if name == "blip" else "embed_image"
+    task = "caption" if name in ("blip", "llava") else "embed_image"
     engine = Engine({task: model})
     size = engine.input_size(task)
     assert size is not None and max(size) < 1000  # the model says what it needs (tiny models: 32 to 64 px)
