@@ -46,12 +46,13 @@ def decode_image(data: bytes, max_pixels: int, input_size: tuple[int, int] | Non
     image_format = image.format
     try:
         image.seek(0)  # animated images: the first frame
-        if input_size is not None:
-            image.draft(None, _stored_size(image, _enough(input_size)))  # JPEG only: decode at a reduced scale
+        enough = None if input_size is None else _stored_size(image, _enough(input_size))
+        if enough is not None:
+            image.draft(None, enough)  # JPEG only: decode at a reduced scale
         image.load()
-        image = ImageOps.exif_transpose(image)
-        if input_size is not None:
-            image = _reduced(image, _enough(input_size))
+        if enough is not None:
+            image = _reduced(image, enough)  # before anything else copies the full-size pixels
+        ImageOps.exif_transpose(image, in_place=True)  # (not in place, it copies even an upright image)
         return _to_rgb(image)
     except _DECODE_ERRORS as e:
         raise InvalidImage(f"the {image_format} image is truncated or corrupt and cannot be decoded") from e
@@ -63,7 +64,7 @@ def _enough(input_size: tuple[int, int]) -> tuple[int, int]:
 
 
 def _stored_size(image: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
-    """`size` as the stored (not yet EXIF-rotated) image is laid out: swapped when a rotation swaps the sides."""
+    """`size` as the stored (not yet EXIF-rotated) image lies: swapped when its rotation swaps the sides."""
     orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 

@@ -117,3 +117,25 @@ def test_prepared_pixels_give_what_the_processor_gives_in_the_batch(
     vqa = load_hf_model(str(build_blip_vqa(tmp_path / "vqa")))
     questions = ["what is it?", "how many?", "is it raining today?", "what?"]
     assert vqa.answer([vqa.prepare_image(im) for im in images], questions, 5) == vqa.answer(images, questions, 5)
+
+
+def test_a_rotated_photo_is_reduced_by_its_upright_sides() -> None:
+    """EXIF orientation 6 (stored landscape, shown portrait): reduced, then turned upright, covering the size."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode_image(photo((1200, 600)), "JPEG", exif=exif)
+    decoded = decode_image(data, MAX_PIXELS, (40, 30))
+    assert decoded.width < decoded.height  # upright: portrait
+    assert decoded.width >= 40 * REDUCING_GAP and decoded.height >= 30 * REDUCING_GAP
+    assert decoded.width * decoded.height < 1200 * 600 / 4  # and reduced
+    assert decode_image(data, MAX_PIXELS).size == (600, 1200)
+
+
+def test_palette_and_transparent_images_are_reduced_too() -> None:
+    big = photo((1000, 800))
+    palette = big.quantize(16)
+    rgba = big.convert("RGBA")
+    rgba.putalpha(128)
+    for image in (palette, rgba):
+        decoded = decode_image(encode_image(image), MAX_PIXELS, (32, 32))
+        assert decoded.mode == "RGB" and decoded.size == (80, 64)  # the shorter side at 2 × 32
