@@ -27,7 +27,7 @@ _ACCEPTED_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 # A decoded image keeps at least this many times the model's input size (Pillow's `thumbnail` default).
 REDUCING_GAP = 2
 EXIF_ORIENTATION = 0x0112
-_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F", "I;16")
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")  # what `Image.reduce` takes
 # What a failing decoder raises: truncated data (OSError), corrupt headers (SyntaxError, ValueError).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError)
 

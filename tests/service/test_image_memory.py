@@ -131,11 +131,18 @@ def test_a_rotated_photo_is_reduced_by_its_upright_sides() -> None:
     assert decode_image(data, MAX_PIXELS).size == (600, 1200)
 
 
-def test_palette_and_transparent_images_are_reduced_too() -> None:
-    big = photo((1000, 800))
-    palette = big.quantize(16)
-    rgba = big.convert("RGBA")
-    rgba.putalpha(128)
-    for image in (palette, rgba):
-        decoded = decode_image(encode_image(image), MAX_PIXELS, (32, 32))
-        assert decoded.mode == "RGB" and decoded.size == (80, 64)  # the shorter side at 2 × 32
+@pytest.mark.parametrize(
+    ("mode", "image_format"),
+    [
+        *[("P", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("1", "PNG"), ("I;16", "PNG"), ("I;16", "TIFF")],
+        *[("I", "TIFF"), ("F", "TIFF"), ("CMYK", "JPEG"), ("CMYK", "TIFF"), ("L", "JPEG"), ("P", "GIF")],
+        ("RGBA", "WEBP"),
+    ],
+)
+def test_every_mode_is_reduced_too(mode: str, image_format: str) -> None:
+    """Modes `Image.reduce` does not take (palette, bilevel, 16-bit, CMYK) are converted first, never refused."""
+    image = photo((1000, 800)).convert(mode)
+    if mode == "RGBA":
+        image.putalpha(128)
+    decoded = decode_image(encode_image(image, image_format), MAX_PIXELS, (32, 32))
+    assert decoded.mode == "RGB" and decoded.size == (80, 64)  # the shorter side at 2 × 32
