@@ -12,9 +12,11 @@ Conventions, for every implementation:
 - Embeddings come back as float32 CPU tensors of shape [n, dim], L2-normalised.
 - An empty list gives an empty result (an empty list, or a [0, dim] tensor).
 - A task the model cannot do is absent from `tasks`; calling it raises `UnsupportedTask`.
+- `progress`, where a batched call takes it, is called (on the calling thread) after every decoding step of
+  a generation that runs as one whole batch, so a watchdog can time steps rather than whole batches.
 - `prepare_image` / `prepare_text` / `prepare_audio` do the per-item preprocessing (resize and normalise,
   tokenise, log-mel features) that can run off the device thread; the batched calls take either raw items
-  or prepared ones.
+  or prepared ones. A prepared image is model-sized, whatever the size of the image it came from.
 
 A model that can decode step by step (the built-in one) also implements `StepwiseGenerator`: the service
 then batches its captions and answers continuously (sequences join and leave between decoding steps).
@@ -25,7 +27,7 @@ one row of a `DenoisingState`, advanced one denoising step at a time (`ImageSpec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+Progress = Callable[[], None]  # called after each decoding step of a whole-batch generation
 Task = Literal["caption", "vqa", "embed_text", "embed_image", "transcribe", "text_to_image"]
 # What a `MultimodalModel` may do; text-to-image is an `ImageGenerator`'s (a model of its own).
 UNDERSTANDING_TASKS: frozenset[Task] = frozenset(("caption", "vqa", "embed_text", "embed_image", "transcribe"))
@@ -65,12 +68,26 @@ class MultimodalModel(Protocol):
     tasks: frozenset[Task]  # what this model can do
     max_text_tokens: int  # texts and questions are truncated to this many tokens (documented, never an error)
     audio: AudioSpec | None  # what `transcribe` takes; None when the model cannot transcribe
+    # the (width, height) an image is resized to (or, keeping its aspect, at least covers) before the model
+    # sees it: a larger image may be reduced towards it before `prepare_image`; None when the model says not
+    input_size: tuple[int, int] | None
 
-    def caption(self, images: Sequence[Image.Image], max_new_tokens: int | Sequence[int] = 32) -> list[str]:
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        max_new_tokens: int | Sequence[int] = 32,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One caption per image; `max_new_tokens` is one limit for all or one per image."""
         ...
 
-    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16) -> list[str]:
+    def answer(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        max_new_tokens: int = 16,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One answer per (image, question) pair."""
         ...
 
@@ -83,7 +100,10 @@ class MultimodalModel(Protocol):
         ...
 
     def transcribe(
-        self, audios: Sequence[np.ndarray | Any], language: str | Sequence[str | None] | None = None
+        self,
+        audios: Sequence[np.ndarray | Any],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
     ) -> list[str]:
         """One transcript per audio (raw or prepared); `language` is one code for all or one per audio
         (None: the model detects it, or knows only one)."""

@@ -282,8 +282,14 @@ def after_scratchpad(ids: list[int], sep_id: int) -> list[int]:
     return ids[len(ids) - ids[::-1].index(sep_id) :] if sep_id in ids else ids
 
 
-def generate_all(state: DecodeState, specs: Sequence[SequenceSpec], images: Sequence[ImageEncoding]) -> list[str]:
-    """Run sequences to the end together (the model's own batched calls); texts in order."""
+def generate_all(
+    state: DecodeState,
+    specs: Sequence[SequenceSpec],
+    images: Sequence[ImageEncoding],
+    progress: Callable[[], None] | None = None,
+) -> list[str]:
+    """Run sequences to the end together (the model's own batched calls); texts in order. `progress` is
+    called after every step."""
     texts: list[str | None] = [None] * len(specs)
     index = list(range(len(specs)))  # row → sequence
     updates = state.prefill(specs, images)
@@ -297,3 +303,5 @@ def generate_all(state: DecodeState, specs: Sequence[SequenceSpec], images: Sequ
         if not index:
             return [text or "" for text in texts]
         updates = state.step()
+        if progress is not None:
+            progress()

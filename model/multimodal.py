@@ -25,7 +25,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 from torch import nn
 
-from model.api import UNDERSTANDING_TASKS, AudioSpec, PreparedImage, Task, UnsupportedTask
+from model.api import UNDERSTANDING_TASKS, AudioSpec, PreparedImage, Progress, Task, UnsupportedTask
 from model.audio import AudioEncoder, log_mel, pad_features
 from model.config import ModelConfig
 from model.decoder import Decoder
@@ -94,6 +94,7 @@ class BuiltinModel:
         self.max_text_tokens = text_tower.max_tokens
         self._ids = {token: _token_id(tokenizer, token) for token in (PAD, BOS, EOS, SEP)}
         vision = module.config.vision
+        self.input_size: tuple[int, int] | None = (vision.image_size, vision.image_size)  # squashed to a square
         self._context_len = 1 + (vision.image_size // vision.patch_size) ** 2  # CLS + patches
         heard = module.config.audio
         self.tasks: frozenset[Task] = UNDERSTANDING_TASKS if heard else UNDERSTANDING_TASKS - {"transcribe"}
@@ -151,10 +152,13 @@ class BuiltinModel:
             detokenize=self._decode,
         )
 
-    def _generate(self, images: Sequence[Image.Image | PreparedImage], specs: list[SequenceSpec]) -> list[str]:
+    def _generate(
+        self, images: Sequence[Image.Image | PreparedImage], specs: list[SequenceSpec], progress: Progress | None
+    ) -> list[str]:
         if not images:
             return []
-        return generate_all(self.new_state(len(specs)), specs, self.encode_images(self._prepared(images)))
+        encodings = self.encode_images(self._prepared(images))
+        return generate_all(self.new_state(len(specs)), specs, encodings, progress)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids).strip()
@@ -162,19 +166,26 @@ class BuiltinModel:
     # -- the protocol ------------------------------------------------------------------------------
     @torch.inference_mode()
     def caption(
-        self, images: Sequence[Image.Image | PreparedImage], max_new_tokens: int | Sequence[int] = 32
+        self,
+        images: Sequence[Image.Image | PreparedImage],
+        max_new_tokens: int | Sequence[int] = 32,
+        progress: Progress | None = None,
     ) -> list[str]:
         """One caption per image (objects left to right)."""
         limits = row_limits(max_new_tokens, len(images))
-        return self._generate(images, [self.sequence("caption", None, n) for n in limits])
+        return self._generate(images, [self.sequence("caption", None, n) for n in limits], progress)
 
     @torch.inference_mode()
     def answer(
-        self, images: Sequence[Image.Image | PreparedImage], questions: Sequence[str], max_new_tokens: int = 16
+        self,
+        images: Sequence[Image.Image | PreparedImage],
+        questions: Sequence[str],
+        max_new_tokens: int = 16,
+        progress: Progress | None = None,
     ) -> list[str]:
         """One answer per (image, question); questions are truncated to `max_question_tokens` tokens."""
         check_pairs(images, questions)
-        return self._generate(images, [self.sequence("vqa", q, max_new_tokens) for q in questions])
+        return self._generate(images, [self.sequence("vqa", q, max_new_tokens) for q in questions], progress)
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str | list[int]]) -> torch.Tensor:
@@ -207,7 +218,10 @@ class BuiltinModel:
 
     @torch.inference_mode()
     def transcribe(
-        self, audios: Sequence[np.ndarray | torch.Tensor], language: str | Sequence[str | None] | None = None
+        self,
+        audios: Sequence[np.ndarray | torch.Tensor],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
     ) -> list[str]:
         """What is said in each audio (English; `language` may say "en"), generated after `[BOS]` from its tokens."""
         if self.module.config.audio is None:
@@ -231,7 +245,7 @@ class BuiltinModel:
             masked_context=True,
         )
         limit = self.module.config.decoder.max_len - 1
-        return generate_all(state, [SequenceSpec((self._ids[BOS],), limit)] * len(encodings), encodings)
+        return generate_all(state, [SequenceSpec((self._ids[BOS],), limit)] * len(encodings), encodings, progress)
 
     def _no_audio(self) -> UnsupportedTask:
         return UnsupportedTask(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,6 +235,11 @@ class Engine:
         """Mono samples at the model's rate → its input (the decode pool)."""
         return TranscriptionInput(self._models[task].prepare_audio(audio), language)
 
+    def input_size(self, task: Task) -> tuple[int, int] | None:
+        """The (width, height) the model serving `task` sizes images to: decoding reduces larger ones towards it."""
+        size: tuple[int, int] | None = getattr(self._models[task], "input_size", None)
+        return size
+
     def prepare_image(self, task: Task, image: Image.Image) -> Any:
         return self._models[task].prepare_image(image)
 
@@ -253,19 +258,20 @@ class Engine:
         return self._models["embed_text"].count_tokens(texts)
 
     # The batched calls (inference thread only).
-    def run(self, task: str, payloads: Sequence[Any]) -> list[Any]:
-        """Run one batch of `task`; exactly one output per payload (captions and answers as `Generated`)."""
+    def run(self, task: str, payloads: Sequence[Any], progress: Callable[[], None] | None = None) -> list[Any]:
+        """Run one batch of `task`; exactly one output per payload (captions and answers as `Generated`).
+        `progress` is called after each decoding step of a generation (for the watchdog)."""
         with torch.inference_mode():
             match task:
                 case "caption":
                     texts = self._models["caption"].caption(
-                        [p.image for p in payloads], [p.max_new_tokens for p in payloads]
+                        [p.image for p in payloads], [p.max_new_tokens for p in payloads], progress
                     )
                     outputs: list[Any] = [Generated(text) for text in texts]
                 case "vqa":
                     limit = max(p.max_new_tokens for p in payloads)  # one per batch: the largest asked
                     images, questions = [p.image for p in payloads], [p.question for p in payloads]
-                    texts = self._models["vqa"].answer(images, questions, limit)
+                    texts = self._models["vqa"].answer(images, questions, limit, progress)
                     outputs = [Generated(text) for text in texts]
                 case "embed_text":
                     outputs = list(self._models["embed_text"].embed_text(list(payloads)).float().numpy())
@@ -273,7 +279,7 @@ class Engine:
                     outputs = list(self._models["embed_image"].embed_image(list(payloads)).float().numpy())
                 case "transcribe":
                     texts = self._models["transcribe"].transcribe(
-                        [p.audio for p in payloads], [p.language for p in payloads]
+                        [p.audio for p in payloads], [p.language for p in payloads], progress
                     )
                     outputs = [Generated(text) for text in texts]
                 case "text_to_image":  # whole-request batching: every image run to its end together

@@ -15,8 +15,10 @@ batch-mates). A batch that raises is retried item by item, so one bad item fails
 of memory is retried in halves and caps its task's batch size for a while (`service.faults`). On `stop()`
 it finishes what is queued and running without waiting for batch-mates, then exits. If the loop itself
 dies, or the device fails for good (`DeviceBroken`), every admitted request is answered 503 at once.
-`busy_since()` tells the watchdog (`service.watchdog`) how long the current turn has run; `abort()` answers
-everyone 503 from another thread when the device is stuck.
+`busy_since()` tells the watchdog (`service.watchdog`) since when the current turn has made no progress: a
+turn is progress, and so is every decoding step inside a whole-batch generation (the models report them), so
+a long generation that keeps stepping is never taken for a stuck device. `abort()` answers everyone 503
+from another thread when the device is stuck.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class InferenceThread(threading.Thread):
         self._states: list[Running] = []  # the same, each state once (captions and answers may share one)
         self._caps = {t: BatchCap(b.max_batch_size, metrics.batch_cap.labels(t).set) for t, b in batchers.items()}
         self._taken: list[Item[Any, Any]] = []  # the items taken this turn (answered 503 if the loop dies)
-        self._busy_since: float | None = None  # when the current turn started; None between turns
+        self._busy_since: float | None = None  # the current turn's start or last step; None between turns
         self._stopping = False
         self._flushing = False  # draining: no new work will come, so nothing waits for batch-mates
 
@@ -127,8 +129,14 @@ class InferenceThread(threading.Thread):
         logger.info("inference thread stopped")
 
     def busy_since(self) -> float | None:
-        """When the turn running now started (monotonic seconds), or None when the loop is waiting for work."""
+        """When the turn running now started or last made progress (monotonic seconds), or None when the loop
+        is waiting for work."""
         return self._busy_since
+
+    def _progressed(self) -> None:
+        """A decoding step inside the running turn finished (called by the model, on this thread)."""
+        if self._busy_since is not None:
+            self._busy_since = time.monotonic()
 
     def abort(self, error: BaseException) -> None:
         """From another thread (the watchdog): answer every admitted item with `error` now. The loop may be
@@ -226,7 +234,7 @@ class InferenceThread(threading.Thread):
         cap = self._caps[task]
 
         def attempt(part: Sequence[Item[Any, Any]]) -> None:
-            outputs = engine.run(task, [item.payload for item in part])
+            outputs = engine.run(task, [item.payload for item in part], self._progressed)
             cap.fitted()
             self._finish(task, part, outputs=outputs)
 

@@ -105,8 +105,9 @@ class Settings(BaseSettings):
     max_new_tokens_limit: int = Field(default=128, ge=1)  # the most a /caption request may ask for
     vqa_max_new_tokens: int = Field(default=16, ge=1)
 
-    # Faults. A turn of the step loop (a batch, a prefill, a decoding step) running longer than this means
-    # the device is stuck: unhealthy, every request answered 503, then exit (status 3). 0: no watchdog.
+    # Faults. No progress for this long (a turn of the step loop, or a decoding step inside a whole-batch
+    # generation) means the device is stuck: unhealthy, every request answered 503, then exit (status 3).
+    # 0: no watchdog.
     step_timeout_s: float = Field(default=60.0, ge=0)
     exit_on_stuck: bool = True  # false: stay up, unhealthy (for tests that look at the state in-process)
     # Fatal states end the process, so a supervisor restarts it (service.exits): a model that cannot load

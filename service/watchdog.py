@@ -1,6 +1,8 @@
-"""The watchdog: a thread that notices when the device is stuck (one turn of the step loop runs too long).
+"""The watchdog: a thread that notices when the device is stuck (the step loop makes no progress for too long).
 
-A batch or a decoding step takes milliseconds to seconds; one that has run for `MMSERVE_STEP_TIMEOUT_S`
+It times progress, not batches: `busy_since` moves on at every turn of the loop and at every decoding step
+of a whole-batch generation, so a generation that runs for minutes but keeps stepping is left alone. A
+batch or a decoding step takes milliseconds to seconds; one that has run for `MMSERVE_STEP_TIMEOUT_S`
 will not finish (a hung kernel, a lost device, a deadlocked driver). Then the service turns unhealthy
 (`/health` and `/health/live` answer 503, so an orchestrator restarts it), every admitted request is
 answered 503 instead of waiting for its timeout, and, after a short grace for those answers to go out,
@@ -27,7 +29,7 @@ EXIT_GRACE_S = 2.0  # between answering everyone 503 and exiting
 
 
 class Watchdog(threading.Thread):
-    """Calls `on_stuck(seconds)` once, when the turn running now (`busy_since`) has run over `timeout_s`."""
+    """Calls `on_stuck(seconds)` once, when the loop has made no progress (`busy_since`) for over `timeout_s`."""
 
     def __init__(
         self,

@@ -14,9 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
-from model.api import AudioSpec, Task, UnsupportedTask
+from model.api import AudioSpec, Progress, Task, UnsupportedTask
+
+# image processor attributes that make what a model sees depend on the image's full resolution (tiling by
+# LLaVA-NeXT/OneVision grid pinpoints, Idefics splitting, Gemma 3 pan and scan, Qwen-VL pixel budgets)
+DYNAMIC_RESOLUTION = ("image_grid_pinpoints", "do_image_splitting", "do_pan_and_scan", "max_pixels", "min_pixels")
 
 
 class HFAdapter:
@@ -38,6 +42,13 @@ class HFAdapter:
         self.max_text_tokens = max_text_tokens
         self.dim = dim
         self.audio: AudioSpec | None = None  # set by the adapters that transcribe
+        self.input_size: tuple[int, int] | None = None  # set by the adapters that see images
+        self._pixel_processor: Any = None  # the image processor `prepare_image` runs, if any
+
+    def _prepare_pixels_with(self, image_processor: Any) -> None:
+        """Preprocess images with `image_processor` in `prepare_image` (the decode pool), not in the batched calls."""
+        self._pixel_processor = image_processor
+        self.input_size = processor_input_size(image_processor)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, tasks={sorted(self.tasks)}, device={self.device})"
@@ -45,18 +56,33 @@ class HFAdapter:
     def _refuse(self, task: Task) -> UnsupportedTask:
         return UnsupportedTask(f"model {self.name!r} cannot do {task!r}; it can do {sorted(self.tasks)}")
 
-    def prepare_image(self, image: Image.Image) -> Image.Image:
-        """Adapters preprocess with their processors inside the batched calls; the image crosses as it is."""
-        return image
+    def prepare_image(self, image: Image.Image) -> Any:
+        """The model's pixels (3, H, W) when the adapter's image processor runs alone; else the image as it is
+        (its processor then runs inside the batched call, with the text)."""
+        if self._pixel_processor is None:
+            return image
+        pixels: torch.Tensor = self._pixel_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+        return pixels
 
     def prepare_text(self, text: str) -> str:
         return text
 
-    def caption(self, images: Sequence[Image.Image], max_new_tokens: int | Sequence[int] = 32) -> list[str]:
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        max_new_tokens: int | Sequence[int] = 32,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One caption per image."""
         raise self._refuse("caption")
 
-    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16) -> list[str]:
+    def answer(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        max_new_tokens: int = 16,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One answer per (image, question) pair."""
         raise self._refuse("vqa")
 
@@ -76,20 +102,61 @@ class HFAdapter:
         raise self._refuse("transcribe")
 
     def transcribe(
-        self, audios: Sequence[np.ndarray | Any], language: str | Sequence[str | None] | None = None
+        self,
+        audios: Sequence[np.ndarray | Any],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
     ) -> list[str]:
         """One transcript per audio."""
         raise self._refuse("transcribe")
 
 
-def generate(model: PreTrainedModel, **kwargs: Any) -> torch.Tensor:
-    """`model.generate(**kwargs)`'s token ids (transformers types `generate` only on its generating classes)."""
+class StepReporter(StoppingCriteria):
+    """A stopping criterion that never stops: it calls `progress` after every decoding step of `generate`."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        self.progress()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+def generate(model: PreTrainedModel, progress: Progress | None = None, **kwargs: Any) -> torch.Tensor:
+    """`model.generate(**kwargs)`'s token ids (transformers types `generate` only on its generating classes);
+    `progress` is called after every decoding step."""
     if not isinstance(model, GenerationMixin):
         raise TypeError(f"{type(model).__name__} does not generate")
+    if progress is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([StepReporter(progress)])
     out = model.generate(**kwargs)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"generate gave a {type(out).__name__}, not token ids")
     return out
+
+
+def processor_input_size(image_processor: Any) -> tuple[int, int] | None:
+    """The (width, height) an image processor resizes to, or a square of the shorter side it resizes to
+    (keeping the aspect); None when it says neither (e.g. sizes given in pixels per image, or no resizing)."""
+    size = getattr(image_processor, "size", None)
+    if size is None or not getattr(image_processor, "do_resize", True):
+        return None
+    if any(getattr(image_processor, marker, None) for marker in DYNAMIC_RESOLUTION):
+        return None  # it tiles or sizes by the image's own resolution: a reduced image would change its input
+    keys = ("height", "width", "shortest_edge", "longest_edge")
+    sides = {k: size.get(k) if isinstance(size, Mapping) else getattr(size, k, None) for k in keys}
+    if sides["height"] and sides["width"]:
+        return int(sides["width"]), int(sides["height"])
+    if sides["shortest_edge"] and not sides["longest_edge"]:
+        return int(sides["shortest_edge"]), int(sides["shortest_edge"])
+    return None
+
+
+def pixel_batch(image_processor: Any, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+    """(B, 3, H, W) float32: prepared pixels as they are, raw images through `image_processor`."""
+    raw = [image for image in images if not isinstance(image, torch.Tensor)]
+    processed = iter(image_processor(images=raw, return_tensors="pt")["pixel_values"] if raw else [])
+    return torch.stack([image if isinstance(image, torch.Tensor) else next(processed) for image in images])
 
 
 def cut_rows(new_tokens: torch.Tensor, limits: Sequence[int], eos_ids: Iterable[int]) -> list[list[int]]:

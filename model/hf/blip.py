@@ -25,11 +25,18 @@ from transformers import (
     ProcessorMixin,
 )
 
-from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, to_device
+from model.api import Progress
+from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, pixel_batch, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
 from model.inputs import check_pairs, row_limits
 
 logger = logging.getLogger(__name__)
+
+
+def blip_tokens(processor: ProcessorMixin, texts: Sequence[str], max_tokens: int) -> dict[str, torch.Tensor]:
+    """The ids and mask BLIP's processor makes of `texts` (unpadded: all of one length, or one text each)."""
+    tokens = processor.tokenizer(list(texts), truncation=True, max_length=max_tokens, return_tensors="pt")
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
 
 class BlipCaptioner(HFAdapter):
@@ -47,20 +54,29 @@ class BlipCaptioner(HFAdapter):
         self.model = model
         self.processor = processor
         self.prompt = prompt or None
+        self._prepare_pixels_with(processor.image_processor)
         self.eos_ids = eos_token_ids(model.config.text_config.sep_token_id)  # BLIP's decoder stops at [SEP]
 
     @torch.inference_mode()
-    def caption(self, images: Sequence[Image.Image], max_new_tokens: int | Sequence[int] = 32) -> list[str]:
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        max_new_tokens: int | Sequence[int] = 32,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One caption per image (starting with the prompt when one is set)."""
         if not images:
             return []
         limits = row_limits(max_new_tokens, len(images))
-        prompt = {"text": [self.prompt] * len(images), "truncation": True, "max_length": self.max_text_tokens}
-        inputs = self.processor(images=list(images), **(prompt if self.prompt else {}), return_tensors="pt")
+        inputs = {"pixel_values": pixel_batch(self.processor.image_processor, images)}
+        if self.prompt:
+            inputs |= blip_tokens(self.processor, [self.prompt] * len(images), self.max_text_tokens)
         inputs = to_device(inputs, self.device, self.dtype)
         # BLIP replaces [CLS] with [DEC] and drops the final [SEP]: the decoder's prompt is [DEC] + prompt.
         prompt_len = inputs["input_ids"].shape[1] - 1 if self.prompt else 1
-        out = generate(self.model, **inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1)
+        out = generate(
+            self.model, progress, **inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1
+        )
         rows = cut_rows(out[:, prompt_len:], limits, self.eos_ids)
         prefix = out[0, :prompt_len].tolist()
         return [self.processor.decode(prefix + row, skip_special_tokens=True).strip() for row in rows]
@@ -75,11 +91,16 @@ class BlipQuestionAnswerer(HFAdapter):
         super().__init__(name, model.device, model.dtype, frozenset({"vqa"}), max_text_tokens)
         self.model = model
         self.processor = processor
+        self._prepare_pixels_with(processor.image_processor)
         self.eos_ids = eos_token_ids(model.config.text_config.sep_token_id)
 
     @torch.inference_mode()
     def answer(
-        self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        max_new_tokens: int = 16,
+        progress: Progress | None = None,
     ) -> list[str]:
         """One answer per (image, question) pair."""
         check_pairs(images, questions)
@@ -93,24 +114,20 @@ class BlipQuestionAnswerer(HFAdapter):
         answers = [""] * len(images)
         for rows in groups.values():
             group = self._answer_unpadded(
-                [images[i] for i in rows], [questions[i] for i in rows], max_new_tokens
+                [images[i] for i in rows], [questions[i] for i in rows], max_new_tokens, progress
             )
             for i, text in zip(rows, group, strict=True):
                 answers[i] = text
         return answers
 
     def _answer_unpadded(
-        self, images: list[Image.Image], questions: list[str], max_new_tokens: int
+        self, images: list[Image.Image], questions: list[str], max_new_tokens: int, progress: Progress | None
     ) -> list[str]:
-        inputs = self.processor(
-            images=images,
-            text=questions,
-            truncation=True,
-            max_length=self.max_text_tokens,
-            return_tensors="pt",
-        )
+        pixels = pixel_batch(self.processor.image_processor, images)
+        inputs = {"pixel_values": pixels, **blip_tokens(self.processor, questions, self.max_text_tokens)}
         inputs = to_device(inputs, self.device, self.dtype)
-        out = generate(self.model, **inputs, max_new_tokens=max(1, max_new_tokens), do_sample=False, num_beams=1)
+        limit = max(1, max_new_tokens)
+        out = generate(self.model, progress, **inputs, max_new_tokens=limit, do_sample=False, num_beams=1)
         rows = cut_rows(out[:, 1:], [max_new_tokens] * len(images), self.eos_ids)  # after the [DEC] start
         return [self.processor.decode(row, skip_special_tokens=True).strip() for row in rows]
 

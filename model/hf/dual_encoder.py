@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from transformers import AutoModel, PreTrainedModel, ProcessorMixin
 
-from model.hf.base import HFAdapter, empty_embedding, normalized_cpu, to_device
+from model.hf.base import HFAdapter, empty_embedding, normalized_cpu, pixel_batch, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
 from model.tokens import TokenCounter
 
@@ -43,6 +43,7 @@ class DualEncoder(HFAdapter):
         self.model: Any = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self._prepare_pixels_with(processor.image_processor)
         self.padding: bool | str = "max_length" if model.config.model_type in FIXED_LENGTH_TEXT else True
         # only what the text tower reads: BERT-style tokenizers also return token_type_ids
         self.text_inputs = [
@@ -75,8 +76,7 @@ class DualEncoder(HFAdapter):
         """[n, dim] float32 CPU tensor, L2-normalised, in the same space as embed_text."""
         if not images:
             return empty_embedding(self.dim)
-        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(self.device, self.dtype)
+        pixels = pixel_batch(self.processor.image_processor, images).to(self.device, self.dtype)
         return normalized_cpu(projected(self.model.get_image_features(pixel_values=pixels)))
 
 

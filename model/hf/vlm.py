@@ -15,12 +15,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
-from model.api import ModelLoadError
-from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, to_device
+from model.api import ModelLoadError, Progress
+from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate, processor_input_size, to_device
 from model.hf.loading import load_pretrained, load_processor, text_position_limit
 from model.inputs import check_pairs, row_limits
 
@@ -53,19 +54,43 @@ class ImageTextToText(HFAdapter):
         self.pad_id = self.tokenizer.pad_token_id
         self.control_tokens = sorted(set(self.tokenizer.all_special_tokens), key=len, reverse=True)
         self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        # the processor expands the image's tokens in the text from the image itself, so it runs in the batched
+        # call; `prepare_image` resizes and crops as it would (when it sizes every image alike)
+        self.input_size = processor_input_size(getattr(processor, "image_processor", None))
 
-    def caption(self, images: Sequence[Image.Image], max_new_tokens: int | Sequence[int] = 32) -> list[str]:
+    def prepare_image(self, image: Image.Image) -> Image.Image:
+        """The image resized and cropped as the processor would (so its own resize and crop, in the batched call,
+        change nothing): model-sized. Unchanged when the processor sizes images by their own resolution."""
+        if self.input_size is None:
+            return image
+        resized = self.processor.image_processor(
+            images=[image], do_rescale=False, do_normalize=False, return_tensors="np"
+        )["pixel_values"]
+        if resized.ndim != 4 or resized.shape[:2] != (1, 3):  # tiles, or not an image per row: leave it whole
+            return image
+        return Image.fromarray(np.clip(np.rint(resized[0].transpose(1, 2, 0)), 0, 255).astype(np.uint8))
+
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        max_new_tokens: int | Sequence[int] = 32,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """One caption per image: the model's answer to the caption instruction."""
         limits = row_limits(max_new_tokens, len(images))
-        return self._generate(images, [self.caption_instruction] * len(images), limits)
+        return self._generate(images, [self.caption_instruction] * len(images), limits, progress)
 
     def answer(
-        self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 16
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        max_new_tokens: int = 16,
+        progress: Progress | None = None,
     ) -> list[str]:
         """One answer per (image, question) pair."""
         check_pairs(images, questions)
         texts = [self._user_text(q) for q in questions]
-        return self._generate(images, texts, row_limits(max_new_tokens, len(images)))
+        return self._generate(images, texts, row_limits(max_new_tokens, len(images)), progress)
 
     def _user_text(self, text: str) -> str:
         """`text` without control tokens, cut to `max_text_tokens` tokens."""
@@ -82,7 +107,9 @@ class ImageTextToText(HFAdapter):
         return text
 
     @torch.inference_mode()
-    def _generate(self, images: Sequence[Image.Image], texts: Sequence[str], limits: list[int]) -> list[str]:
+    def _generate(
+        self, images: Sequence[Image.Image], texts: Sequence[str], limits: list[int], progress: Progress | None
+    ) -> list[str]:
         if not images:
             return []
         conversations: list[list[dict[str, Any]]] = [
@@ -98,8 +125,9 @@ class ImageTextToText(HFAdapter):
             processor_kwargs={"padding": True},
         )
         inputs = to_device(inputs, self.device, self.dtype)
+        limit = max(1, *limits)
         out = generate(
-            self.model, **inputs, max_new_tokens=max(1, *limits), do_sample=False, num_beams=1, pad_token_id=self.pad_id
+            self.model, progress, **inputs, max_new_tokens=limit, do_sample=False, num_beams=1, pad_token_id=self.pad_id
         )
         # the generated tokens follow the decoder's start token, or the whole (left-padded) prompt
         start = 1 if self.encoder_decoder else inputs["input_ids"].shape[1]

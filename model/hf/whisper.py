@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, ProcessorMixin, WhisperForConditionalGeneration
 
-from model.api import AudioSpec
+from model.api import AudioSpec, Progress
 from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate
 from model.hf.loading import load_pretrained, load_processor
 
@@ -62,14 +62,20 @@ class WhisperTranscriber(HFAdapter):
 
     @torch.inference_mode()
     def transcribe(
-        self, audios: Sequence[np.ndarray | Any], language: str | Sequence[str | None] | None = None
+        self,
+        audios: Sequence[np.ndarray | Any],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
     ) -> list[str]:
         """One transcript per clip (raw audio or `prepare_audio`'s features)."""
-        return [self._decode(ids) for ids in self.token_ids(audios, language)]
+        return [self._decode(ids) for ids in self.token_ids(audios, language, progress)]
 
     @torch.inference_mode()
     def token_ids(
-        self, audios: Sequence[np.ndarray | Any], language: str | Sequence[str | None] | None = None
+        self,
+        audios: Sequence[np.ndarray | Any],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
     ) -> list[list[int]]:
         """The generated tokens of each clip up to its end of text, as `generate` gives them for that clip alone."""
         languages = [language] * len(audios) if language is None or isinstance(language, str) else list(language)
@@ -83,7 +89,7 @@ class WhisperTranscriber(HFAdapter):
         for code, rows in groups.items():
             batch = torch.stack([features[i] for i in rows]).to(self.device, self.dtype)
             kwargs: dict[str, Any] = {"language": code, "task": "transcribe"} if self.multilingual else {}
-            out = generate(self.model, input_features=batch, do_sample=False, num_beams=1, **kwargs)
+            out = generate(self.model, progress, input_features=batch, do_sample=False, num_beams=1, **kwargs)
             for i, row in zip(rows, cut_rows(out, [out.shape[1]] * len(rows), self.eos_ids), strict=True):
                 tokens[i] = row
         return tokens

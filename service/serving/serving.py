@@ -126,7 +126,9 @@ class Serving(Core):
 
                 def image_work(i: int, data: bytes) -> Callable[[Engine], Any]:
                     param = ask.image_param.format(i) if ask.image_param else None
-                    return lambda e: e.prepare_image("embed_image", _decoded_image(data, max_pixels, param))
+                    return lambda e: e.prepare_image(
+                        "embed_image", _decoded_image(data, max_pixels, param, e.input_size("embed_image"))
+                    )
 
                 works = [lambda e: [e.prepare_text("embed_text", t) for t in texts.values()]] if texts else []
                 prepared = await self._prepare(call, *works, *(image_work(i, x) for i, x in images.items()))
@@ -203,7 +205,10 @@ class Serving(Core):
                 [payload] = await self._prepare(
                     call,
                     lambda e: e.prepare_generation(
-                        ask.task, _decoded_image(ask.image, max_pixels, ask.image_param), question, limit
+                        ask.task,
+                        _decoded_image(ask.image, max_pixels, ask.image_param, e.input_size(ask.task)),
+                        question,
+                        limit,
                     ),
                 )
             streamed = ask.stream if stream is None else stream
@@ -222,7 +227,7 @@ class Serving(Core):
             max_seconds = self.settings.max_audio_seconds
             image, payload = await self._prepare(
                 call,
-                lambda e: _decoded_image(ask.image, max_pixels, ask.image_param),
+                lambda e: _decoded_image(ask.image, max_pixels, ask.image_param, e.input_size(ask.task)),
                 lambda e: e.prepare_transcription(
                     "transcribe", decode_audio(audio, spec, max_seconds, SPOKEN_FIELD).samples, None
                 ),
@@ -291,10 +296,11 @@ def _submit_all(slots: Reservation[Any, Any] | None, payloads: Sequence[Any], ca
     return [slots.submit(p, call.deadline) for p in payloads] if slots is not None else []
 
 
-def _decoded_image(data: bytes, max_pixels: int, param: str | None) -> Any:
-    """The image decoded (400 / 413 otherwise), its parameter named in the message when one is given."""
+def _decoded_image(data: bytes, max_pixels: int, param: str | None, input_size: tuple[int, int] | None) -> Any:
+    """The image decoded (400 / 413 otherwise), reduced towards the model's `input_size` while decoding, its
+    parameter named in the message when one is given."""
     try:
-        return decode_image(data, max_pixels)
+        return decode_image(data, max_pixels, input_size)
     except InvalidImage as e:
         if param is None:
             raise

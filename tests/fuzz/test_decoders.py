@@ -26,11 +26,19 @@ FUZZ = settings(max_examples=200, deadline=timedelta(seconds=5), suppress_health
 
 
 def decode_or_refuse(data: bytes) -> Image.Image | None:
-    """The decoded image, or None when refused with a typed client error (anything else fails the test)."""
+    """The decoded image, or None when refused with a typed client error (anything else fails the test).
+    Also decoded for a tiny model (input 2×2), so that the reducing path (JPEG draft, reduce, resize) meets
+    the same bytes: it too gives an RGB image or a typed refusal."""
     try:
-        return decode_image(data, MAX_PIXELS)
+        image = decode_image(data, MAX_PIXELS)
     except (InvalidImage, PayloadTooLarge):
-        return None
+        image = None
+    try:
+        reduced = decode_image(data, MAX_PIXELS, (2, 2))
+    except (InvalidImage, PayloadTooLarge):
+        reduced = None
+    assert reduced is None or (reduced.mode == "RGB" and min(reduced.size) >= 1)
+    return image
 
 
 @FUZZ

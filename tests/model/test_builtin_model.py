@@ -50,6 +50,15 @@ def test_batched_equals_single(tiny_model) -> None:
     )
 
 
+def test_whole_batches_report_every_decoding_step(tiny_model) -> None:
+    """The first token comes from the prefill; every later one from a step, and each step is reported."""
+    steps: list[int] = []
+    images, limits = _scenes(3), [2, 6, 4]
+    captions = tiny_model.caption(images, limits, progress=lambda: steps.append(1))
+    assert captions == tiny_model.caption(images, limits)
+    assert 1 <= len(steps) <= max(limits) - 1
+
+
 def test_outputs_depend_on_the_input(tiny_model) -> None:
     images = _scenes(6)
     assert len(set(tiny_model.caption(images, 8))) > 1

@@ -131,3 +131,17 @@ def test_answer_batch_of_mixed_questions_equals_single_calls(answerer: Multimoda
     assert batch == [answerer.answer([image], [q], 5)[0] for image, q in zip(images, questions, strict=True)]
     same_image = answerer.answer([IMAGES[0]] * 3, QUESTIONS[:3], 5)
     assert len(set(same_image)) > 1, "answers should depend on the question"
+
+
+def test_generation_reports_every_decoding_step(captioner: MultimodalModel, answerer: MultimodalModel) -> None:
+    """`progress` is called once per generated token of the batch (the longest row's), outputs unchanged."""
+    steps: list[int] = []
+    limits = [3, 9, 5]
+    captions = captioner.caption(IMAGES[:3], limits, progress=lambda: steps.append(1))
+    assert captions == captioner.caption(IMAGES[:3], limits)
+    assert len(steps) == 9  # the tiny model never ends a caption this early (its outputs are below)
+    assert all(len(c.split()) >= 1 for c in captions)
+    steps.clear()
+    answers = answerer.answer(IMAGES[:2], QUESTIONS[:2], 4, progress=lambda: steps.append(1))
+    assert answers == answerer.answer(IMAGES[:2], QUESTIONS[:2], 4)
+    assert 2 <= len(steps) <= 2 * 4  # two question lengths: two generations of at most 4 steps each

@@ -102,3 +102,18 @@ def test_long_questions_are_cut_to_max_text_tokens(llava_dir: Path) -> None:
     assert short.max_text_tokens == 3
     long_question = "what colour is the large dog on the left?"
     assert short.answer(IMAGES[:1], [long_question], 4) == short.answer(IMAGES[:1], ["what colour is"], 4)
+
+
+def test_prepared_images_give_the_same_answers(vlm: MultimodalModel) -> None:
+    """`prepare_image` resizes and crops as the processor would (model-sized, in the decode pool); the
+    processor's own resize and crop then change nothing: the same answers and captions as from the raw images."""
+    prepared = [vlm.prepare_image(image) for image in IMAGES]
+    assert vlm.input_size is not None
+    assert all(image.size == vlm.input_size for image in prepared)  # shortest edge, then a square crop
+    assert vlm.answer(prepared, QUESTIONS, 6) == vlm.answer(IMAGES, QUESTIONS, 6)
+    assert vlm.caption(prepared, 5) == vlm.caption(IMAGES, 5)
+    processor = vlm.processor.image_processor  # type: ignore[attr-defined]
+    assert torch.equal(
+        processor(images=prepared, return_tensors="pt")["pixel_values"],
+        processor(images=IMAGES, return_tensors="pt")["pixel_values"],
+    )

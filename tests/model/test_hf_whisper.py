@@ -77,3 +77,10 @@ def test_audio_longer_than_the_window_is_refused(whisper: WhisperTranscriber) ->
         whisper.prepare_audio(too_long)
     exactly = np.zeros(16_000 * WHISPER_WINDOW_S, dtype=np.float32)
     assert whisper.prepare_audio(exactly).shape[-1] == WHISPER_WINDOW_S * 100  # 10 ms mel frames
+
+
+def test_transcription_reports_every_decoding_step(whisper: WhisperTranscriber) -> None:
+    steps: list[int] = []
+    tokens = whisper.token_ids(CLIPS[:2], "en", progress=lambda: steps.append(1))
+    assert tokens == whisper.token_ids(CLIPS[:2], "en")
+    assert len(steps) >= max(len(row) for row in tokens) >= 1  # one call per step (the prompt's tokens are not)

@@ -34,7 +34,7 @@ class RecordingEngine:
     def warm_up(self) -> None:
         pass
 
-    def run(self, task: str, payloads: Sequence[Any]) -> list[Any]:
+    def run(self, task: str, payloads: Sequence[Any], progress: Any = None) -> list[Any]:
         self.batches.append(list(payloads))
         time.sleep(self.delay_s)
         if any(p < 0 for p in payloads):

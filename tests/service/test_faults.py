@@ -48,11 +48,11 @@ def patch_engine_run(monkeypatch: pytest.MonkeyPatch, before: Callable[[str, Seq
     real_run = Engine.run
     sizes: list[int] = []
 
-    def run(self: Engine, task: str, payloads: Sequence[Any]) -> list[Any]:
+    def run(self: Engine, task: str, payloads: Sequence[Any], progress: Any = None) -> list[Any]:
         if task.startswith("embed"):
             sizes.append(len(payloads))
             before(task, payloads)
-        return real_run(self, task, payloads)
+        return real_run(self, task, payloads, progress)
 
     monkeypatch.setattr(Engine, "run", run)
     return sizes

@@ -39,7 +39,7 @@ def hears(
     """Make the (shared) loaded model hear `text` in any audio, after `delay_s` on the inference thread."""
     model = load_once(str(checkpoint), torch.device("cpu"), None)
 
-    def transcribe(audios: Sequence[Any], language: Any = None) -> list[str]:
+    def transcribe(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[str]:
         time.sleep(delay_s)
         return [text] * len(audios)
 

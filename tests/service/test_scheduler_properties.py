@@ -53,7 +53,7 @@ class StandInEngine:
     def stepwise(self, task: str) -> None:
         return None
 
-    def run(self, task: str, payloads: Sequence[Payload]) -> list[Any]:
+    def run(self, task: str, payloads: Sequence[Payload], progress: Any = None) -> list[Any]:
         self.computed += [(self.turn, p.request) for p in payloads]
         kinds = {p.kind for p in payloads}
         if "bad" in kinds:

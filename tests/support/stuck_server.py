@@ -13,10 +13,10 @@ from service.engine import Engine
 _real_run = Engine.run
 
 
-def _run(self: Engine, task: str, payloads: Sequence[Any]) -> list[Any]:
+def _run(self: Engine, task: str, payloads: Sequence[Any], progress: Any = None) -> list[Any]:
     if task == "embed_text" and self.prepare_text(task, "hang") in payloads:
         threading.Event().wait()  # forever
-    return _real_run(self, task, payloads)
+    return _real_run(self, task, payloads, progress)
 
 
 Engine.run = _run  # type: ignore[method-assign]
