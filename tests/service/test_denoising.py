@@ -222,7 +222,13 @@ def test_sizes_the_model_cannot_make_are_refused_before_queueing(engine: Engine)
 async def test_the_runtime_serves_images_on_its_inference_thread(
     checkpoint: Path, tiny_generator_dir: Path, generator: DiffusionGenerator, alone: dict[ImageSpec, np.ndarray]
 ) -> None:
-    settings = Settings(model=str(checkpoint), generate_model=str(tiny_generator_dir), device="cpu", torch_threads=1)
+    settings = Settings(
+        model=str(checkpoint),
+        generate_model=str(tiny_generator_dir),
+        device="cpu",
+        torch_threads=1,
+        exit_on_failure=False,
+    )
     runtime = Runtime(settings, Metrics())
     runtime.start()
     while runtime.state is State.LOADING:
@@ -232,7 +238,7 @@ async def test_the_runtime_serves_images_on_its_inference_thread(
         engine = runtime.ensure_ready()
         specs = specs_of(generator)
         futures: list[Future[Any]] = []
-        with runtime.admit("text_to_image", len(specs)) as slots:
+        with runtime.batchers["text_to_image"].reserve(len(specs)) as slots:
             for spec in specs:
                 payload = engine.prepare_image_generation(
                     spec.prompt, spec.seed, spec.steps, spec.guidance_scale, (spec.width, spec.height)

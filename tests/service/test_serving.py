@@ -40,7 +40,8 @@ async def stays() -> None:
 
 @asynccontextmanager
 async def running(checkpoint: Path, **overrides: Any) -> AsyncIterator[Serving]:
-    settings = Settings(**{"model": str(checkpoint), "device": "cpu", "torch_threads": 1, **overrides})
+    defaults = {"model": str(checkpoint), "device": "cpu", "torch_threads": 1, "exit_on_failure": False}
+    settings = Settings(**{**defaults, **overrides})
     runtime = Runtime(settings, Metrics())
     runtime.start()
     while runtime.state is State.LOADING:
@@ -172,9 +173,9 @@ async def test_a_spoken_question_with_a_bad_image_fails_before_any_transcription
     heard: list[int] = []
     real_transcribe = model.transcribe
 
-    def transcribe(audios: Sequence[Any], language: Any = None) -> list[str]:
+    def transcribe(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[str]:
         heard.append(len(audios))
-        return real_transcribe(audios, language)
+        return real_transcribe(audios, language, progress)
 
     monkeypatch.setattr(model, "transcribe", transcribe)
     wav = encode(*speech("what colour is the circle?"))
