@@ -115,8 +115,9 @@ class BuiltinModel:
         return self.text_tower.tokenize(text)
 
     def sequence(self, task: Task, question: str | None, max_new_tokens: int) -> SequenceSpec:
-        """A caption is generated after `[BOS]`; an answer after `[BOS] question [SEP]`, its scratchpad hidden."""
-        if task == "caption":
+        """A caption (and a transcript) is generated after `[BOS]`; an answer after `[BOS] question [SEP]`, its
+        scratchpad hidden. A transcript runs to its end or the decoder's room, at most `max_new_tokens`."""
+        if task in ("caption", "transcribe"):
             return SequenceSpec((self._ids[BOS],), max_new_tokens)
         if task != "vqa" or question is None:
             raise ValueError(f"no sequence for task {task!r} with question {question!r}")
@@ -140,15 +141,18 @@ class BuiltinModel:
         layers = self.module.decoder.cross_kv(tokens)
         return [ImageEncoding(tuple((k[i].clone(), v[i].clone()) for k, v in layers)) for i in range(len(images))]
 
-    def new_state(self, capacity: int) -> DecodeState:
+    def new_state(self, capacity: int, context_len: int | None = None) -> DecodeState:
+        """A decoding state for up to `capacity` rows. With an audio tower, rows of images and of audio
+        (each its own length, masked) decode together; its context slots start at `context_len` tokens."""
         return DecodeState(
             self.module.decoder,
             capacity,
-            self._context_len,
+            context_len or self._context_len,
             eos_id=self._ids[EOS],
             pad_id=self._ids[PAD],
             sep_id=self._ids[SEP],
             detokenize=self._decode,
+            masked_context=self.module.config.audio is not None,
         )
 
     def _generate(self, images: Sequence[Image.Image | PreparedImage], specs: list[SequenceSpec]) -> list[str]:
@@ -219,19 +223,9 @@ class BuiltinModel:
         if not audios:
             return []
         encodings = self.encode_audios(audios)
-        longest = max(e.cross_kv[0][0].shape[1] for e in encodings)
-        state = DecodeState(
-            self.module.decoder,
-            len(encodings),
-            longest,
-            eos_id=self._ids[EOS],
-            pad_id=self._ids[PAD],
-            sep_id=self._ids[SEP],
-            detokenize=self._decode,
-            masked_context=True,
-        )
-        limit = self.module.config.decoder.max_len - 1
-        return generate_all(state, [SequenceSpec((self._ids[BOS],), limit)] * len(encodings), encodings)
+        state = self.new_state(len(encodings), max(e.cross_kv[0][0].shape[1] for e in encodings))
+        spec = self.sequence("transcribe", None, self.module.config.decoder.max_len - 1)
+        return generate_all(state, [spec] * len(encodings), encodings)
 
     def _no_audio(self) -> UnsupportedTask:
         return UnsupportedTask(
