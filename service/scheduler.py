@@ -3,12 +3,15 @@
 The thread first loads the models and warms them up (so the device is only ever touched from here),
 then turns the loop. Each turn:
 1. drops running sequences whose client left or whose deadline passed (they compute no more);
-2. lets waiting captions and answers join the running sequences, as far as slots allow (prefill);
-3. runs one batch of another task that is due (embeddings; captions and answers of models that cannot
-   decode step by step, or of every model when `MMSERVE_SCHEDULER=static`), the one whose oldest item
-   has waited longest;
+2. lets waiting captions, answers and transcripts join the running sequences, as far as slots allow
+   (prefill; a transcript is a row like a caption, its context an audio's tokens);
+3. runs one batch of another task that is due (embeddings; captions, answers and transcripts of models
+   that cannot decode step by step, or of every model when `MMSERVE_SCHEDULER=static`), the one whose
+   oldest item has waited longest;
 4. runs one decoding step for every running sequence; the finished ones answer at once.
-So nothing waits for a whole generation: an embedding waits at most one step and its own batch. When
+So nothing waits for a whole generation: an embedding waits at most one step and its own batch. While
+sequences decode, a whole batch is cut to fit `MMSERVE_MAX_TURN_MS` (`service.turn_budget`), so a model
+that cannot decode step by step stalls the running streams for at most about that long (or one item). When
 the device is idle, whatever is queued runs now (`max_wait_ms`, by default 0, is an opt-in wait for
 batch-mates). A batch that raises is retried item by item, so one bad item fails alone; one that runs out
 of memory is retried in halves and caps its task's batch size for a while (`service.faults`). On `stop()`
@@ -31,11 +34,12 @@ from typing import Any
 from model import Task
 from service.batching import Batcher, Item
 from service.encoder_cache import EncoderCache
-from service.engine import Engine
+from service.engine import STEPWISE_TASKS, Engine
 from service.errors import NotReady
 from service.faults import BatchCap, DeviceBroken, run_split
 from service.generation import Generation
 from service.metrics import Metrics
+from service.turn_budget import TurnBudget
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ class InferenceThread(threading.Thread):
         on_ready: Callable[[Engine], None],
         on_failure: Callable[[BaseException], None],
         encoder_cache_bytes: int = 0,
+        max_turn_ms: float = 0.0,
     ) -> None:
         super().__init__(name="mmserve-inference", daemon=True)
         self._load_engine = load_engine
@@ -64,6 +69,7 @@ class InferenceThread(threading.Thread):
         self._generations: dict[Task, Generation] = {}  # the stepwise tasks, and the state each decodes in
         self._states: list[Generation] = []  # the same, each state once (captions and answers may share one)
         self._caps = {t: BatchCap(b.max_batch_size, metrics.batch_cap.labels(t).set) for t, b in batchers.items()}
+        self._budget = TurnBudget(max_turn_ms)  # whole batches cut to fit a turn while sequences decode
         self._taken: list[Item[Any, Any]] = []  # the items taken this turn (answered 503 if the loop dies)
         self._busy_since: float | None = None  # when the current turn started; None between turns
         self._stopping = False
@@ -115,7 +121,7 @@ class InferenceThread(threading.Thread):
         stuck in the device; whatever it finishes later finds its items answered already."""
         for batcher in self._batchers.values():
             batcher.fail_pending(error)
-        running = [item for g in self._states for item in [*g.items, *(item for _, item in g.rejoining)]]
+        running = [item for g in self._states for item in g.requests()]
         for item in [*self._taken, *running]:
             item.fail(error)
 
@@ -125,14 +131,14 @@ class InferenceThread(threading.Thread):
 
     # The loop.
     def _build_generations(self, engine: Engine) -> None:
-        """One generation state per stepwise model; captions and answers share it when one model does both."""
+        """One generation state per stepwise model; its captions, answers and transcripts share it."""
         by_model: dict[int, Generation] = {}
         generations: dict[Task, Generation] = {}
-        for task in ("caption", "vqa"):
+        for task in STEPWISE_TASKS:
             model = engine.stepwise(task) if task in engine.tasks else None
             if model is None:
                 continue
-            tasks = [t for t in ("caption", "vqa") if t in engine.tasks and engine.stepwise(t) is model]
+            tasks = [t for t in STEPWISE_TASKS if t in engine.tasks and engine.stepwise(t) is model]
             if id(model) not in by_model:
                 limits: dict[Task, int] = {t: self._batchers[t].max_batch_size for t in tasks}
                 by_model[id(model)] = Generation(model, limits, self._cache, self._metrics)
@@ -175,7 +181,8 @@ class InferenceThread(threading.Thread):
         batch_tasks = [task for task in due if task not in self._generations]
         if batch_tasks:
             task = min(batch_tasks, key=lambda t: self._batchers[t].oldest_enqueued_at())
-            items = self._batchers[task].take(self._caps[task].limit)
+            limit = self._caps[task].limit
+            items = self._batchers[task].take(self._budget.items(task, limit) if self.running() else limit)
             self._taken += items
             if items:
                 self._run_batch(engine, task, items)
@@ -191,6 +198,7 @@ class InferenceThread(threading.Thread):
             self._metrics.queue_duration.labels(task).observe(item.queue_s)
         self._metrics.batch_size.labels(task).observe(len(items))
         self._execute(engine, task, items)
+        self._budget.observe(task, time.monotonic() - started, len(items))
 
     def _execute(self, engine: Engine, task: Task, items: list[Item[Any, Any]]) -> None:
         """Run the batch; out of memory, its halves; failing otherwise, each item alone (`run_split`)."""
