@@ -10,8 +10,9 @@ then turns the loop. Each turn:
    oldest item has waited longest;
 4. runs one decoding step for every running sequence; the finished ones answer at once.
 So nothing waits for a whole generation: an embedding waits at most one step and its own batch. While
-sequences decode, a whole batch is cut to fit `MMSERVE_MAX_TURN_MS` (`service.turn_budget`), so a model
-that cannot decode step by step stalls the running streams for at most about that long (or one item). When
+sequences decode, what joins them (a transcript's audio encoding is the costly part) and a whole batch are
+each cut to fit `MMSERVE_MAX_TURN_MS` (`service.turn_budget`, at least one item), so the running streams
+wait between two tokens for about that long at most (or one item's cost, if that is more). When
 the device is idle, whatever is queued runs now (`max_wait_ms`, by default 0, is an opt-in wait for
 batch-mates). A batch that raises is retried item by item, so one bad item fails alone; one that runs out
 of memory is retried in halves and caps its task's batch size for a while (`service.faults`). On `stop()`
@@ -174,10 +175,12 @@ class InferenceThread(threading.Thread):
         for task in sorted(due, key=lambda t: self._batchers[t].oldest_enqueued_at()):
             joining = self._generations.get(task)
             if joining is not None and (room := joining.free_for(task)):
-                items = self._batchers[task].take(room)
+                items = self._batchers[task].take(self._budget.items(task, room) if self.running() else room)
                 self._taken += items
                 if items:
+                    started = time.monotonic()
                     joining.admit(task, items)
+                    self._budget.observe(task, time.monotonic() - started, len(items))
         batch_tasks = [task for task in due if task not in self._generations]
         if batch_tasks:
             task = min(batch_tasks, key=lambda t: self._batchers[t].oldest_enqueued_at())

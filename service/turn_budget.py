@@ -1,9 +1,11 @@
-"""How many items a whole batch may take, so that one turn of the step loop stays within a time budget.
+"""How many items may join or run in one turn of the step loop, so that the turn stays within a time budget.
 
-Models that only generate whole batches (Hugging Face captioning and VQA, Whisper) cannot join the running
-decoding state: their batch runs inside one turn of the loop, and every running stream waits for it. So
-while sequences are decoding, such a batch is cut to as many items as fit in `MMSERVE_MAX_TURN_MS`, from
-the cost per item measured on the task's recent batches (a moving average). One item is never cut: a
+Every running stream waits for a whole turn between two of its tokens. What a turn holds besides the
+decoding step: sequences joining (their contexts encoded and prompts prefilled: an audio's encoding costs
+tens of milliseconds on a CPU), and a whole batch of a model that cannot decode step by step (Hugging Face
+captioning and VQA, Whisper: its batch runs inside the turn). So while sequences are decoding, each task
+takes only as many items as fit in `MMSERVE_MAX_TURN_MS`, from the cost per item measured on the task's
+recent joins or batches (a moving average); the rest wait for the next turns. One item is never cut: a
 single generation longer than the budget still holds the loop for its whole length.
 """
 
