@@ -248,3 +248,19 @@ def test_a_fault_anywhere_answers_everyone_once_and_the_loop_lives_on(
     for request in driver.requests[before:]:
         assert request.item.future.exception() is None
         _answered_rightly(request, expected)
+
+
+def test_a_streams_timings_are_set_before_it_hears_of_the_end(hearing: BuiltinModel) -> None:
+    """The sink is called on the inference thread; what it reads of the request's timings when the last
+    update comes (a stream's `done` event, its access log) is final: never a finish before the start."""
+    engine = Engine({task: hearing for task in ALL_TASKS}, continuous=True)
+    driver = Driver(engine, ("caption", "vqa", "transcribe"), 4)
+    seen: list[tuple[bool, float]] = []  # (finished, inference seconds) at each update
+    _submit(driver, engine, ("caption", 0, 7, True))
+    _submit(driver, engine, ("transcribe", 0.6, True))
+    for request in driver.requests:
+        item = request.item
+        item.on_update = lambda update, item=item: seen.append((update.finished, item.inference_s))  # type: ignore[misc]
+    driver.drain()
+    finals = [inference_s for finished, inference_s in seen if finished]
+    assert len(finals) == 2 and all(s >= 0 for s in finals)
