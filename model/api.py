@@ -170,4 +170,9 @@ class StepwiseGenerator(Protocol):
         called when the model transcribes (`"transcribe"` in its tasks): transcripts are rows of the state too."""
         ...
 
+    def start_audio_encoding(self, audios: Sequence[Any]) -> Any:
+        """The same encodings, computed a part at a time: `advance()` runs one part and returns None, or
+        the encodings once done (so a step loop keeps each turn short)."""
+        ...
+
     def new_state(self, capacity: int) -> GenerationState: ...

@@ -52,6 +52,7 @@ class Row:
     item: GenerationItem
     task: Task
     delivered: int = 0  # tokens its stream has been told of (none is sent twice when it is prefilled again)
+    context: Any = None  # its context's encoding, when computed before it joins (a transcript's audio)
 
 
 class Generation:
@@ -71,11 +72,12 @@ class Generation:
         self.metrics = metrics
         self._state: GenerationState | None = model.new_state(self.capacity)  # None: give up, make anew
         self.rows: list[Row] = []  # row i of the state
-        self.rejoining: list[Row] = []  # put back after out-of-memory, oldest first
+        self.rejoining: list[Row] = []  # put back after out-of-memory (or waiting for room), oldest first
+        self.encoding: list[tuple[list[Row], Any]] = []  # transcripts whose audio is encoded a block a turn
         self.cap = BatchCap(self.capacity, metrics.batch_cap.labels("decode_step").set)  # running sequences
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.rejoining)
+        return len(self.rows) + len(self.rejoining) + len(self._encoding_rows())
 
     @property
     def state(self) -> GenerationState:
@@ -91,13 +93,18 @@ class Generation:
 
     def requests(self) -> list[GenerationItem]:
         """Every request held: running, and waiting to be prefilled again."""
-        return [row.item for row in (*self.rows, *self.rejoining)]
+        return [row.item for row in (*self.rows, *self.rejoining, *self._encoding_rows())]
+
+    def _encoding_rows(self) -> list[Row]:
+        """The transcripts whose audio is being encoded (and whose request is still unanswered)."""
+        return [row for rows, _ in self.encoding for row in rows if not row.item.future.done()]
 
     def free_for(self, task: Task) -> int:
         """How many more sequences of `task` may join now."""
-        free = self.capacity - len(self.rows) if self._state is None else self._state.free
-        running = sum(row.task == task for row in self.rows)
-        return max(0, min(free, self.cap.limit - len(self.rows), self.limits[task] - running))
+        held = [*self.rows, *self._encoding_rows()]  # (a transcript being encoded will need its row)
+        free = self.capacity - len(held) if self._state is None else self._state.free - len(held) + len(self.rows)
+        running = sum(row.task == task for row in held)
+        return max(0, min(free, self.cap.limit - len(held), self.limits[task] - running))
 
     def rejoin(self) -> None:
         """Let sequences put back after an out-of-memory step join again, oldest first, as room allows."""
@@ -111,8 +118,71 @@ class Generation:
 
     def admit(self, task: Task, items: Sequence[GenerationItem]) -> None:
         """Join new sequences (prefill). A batch out of memory is retried in halves, one that fails otherwise
-        one by one, so a bad sequence fails alone; a broken device raises `DeviceBroken`."""
-        self._join(task, [Row(item, task) for item in items])
+        one by one, so a bad sequence fails alone; a broken device raises `DeviceBroken`. Transcripts first
+        have their audio encoded, a block of the audio tower a turn (`_advance_encodings`), then join."""
+        rows = [Row(item, task) for item in items]
+        if task == "transcribe":
+            self._start_encoding(rows)
+        else:
+            self._join(task, rows)
+
+    def _start_encoding(self, rows: Sequence[Row]) -> None:
+        """Start encoding transcripts' audio: one by one while sequences decode (each turn then runs one block
+        of one audio: a short turn), all at once otherwise."""
+        started = time.monotonic()
+        for row in rows:
+            row.item.started_at = started
+            self.metrics.queue_duration.labels(row.task).observe(row.item.queue_s)
+
+        def attempt(part: Sequence[Row]) -> None:
+            encoding = self.model.start_audio_encoding([row.item.payload.audio for row in part])
+            self.encoding.append((list(part), encoding))
+
+        def out_of_memory(size: int) -> None:
+            self.metrics.out_of_memory.labels("transcribe").inc()
+
+        parts = [[row] for row in rows] if self.rows else [list(rows)]
+        try:
+            for part in parts:
+                run_split(part, attempt, _fail, out_of_memory, "transcribe")
+        except DeviceBroken:
+            for row in rows:
+                _fail(row, NotReady("the device failed; the server is unhealthy", retry_after_s=1))
+            raise
+
+    def _advance_encodings(self) -> None:
+        """One block of the oldest audio encoding while sequences decode (of every one otherwise); those done
+        join as room allows (the rest wait in `rejoining`, their encodings kept)."""
+        done: list[Row] = []
+        pending: list[tuple[list[Row], Any]] = []
+        decoding = bool(self.rows)
+        for rows, encoding in self.encoding:
+            if all(row.item.future.done() for row in rows):
+                continue  # every client left: it computes no more
+            if decoding and (pending or done):
+                pending.append((rows, encoding))
+                continue
+            try:
+                contexts = encoding.advance()
+            except Exception as e:
+                if is_device_broken(e):
+                    raise DeviceBroken(f"the device failed: {e}") from e  # (everyone is failed: fail_all)
+                logger.exception("encoding %d audios failed", len(rows))
+                error = OutOfMemory("the audio does not fit in the device's memory") if is_out_of_memory(e) else e
+                for row in rows:
+                    _fail(row, error)
+                continue
+            if contexts is None:
+                pending.append((rows, encoding))
+                continue
+            for row, context in zip(rows, contexts, strict=True):
+                if not row.item.future.done():
+                    row.context = context
+                    done.append(row)
+        self.encoding = pending
+        if done:
+            self.rejoining = [*self.rejoining, *done]
+            self.rejoin()
 
     def _join(self, task: Task, rows: Sequence[Row]) -> None:
         started = time.monotonic()
@@ -133,7 +203,7 @@ class Generation:
         payloads = [row.item.payload for row in rows]
         state, before = self.state, len(self.rows)
         try:
-            updates = state.prefill([p.spec for p in payloads], self._encode(task, payloads))
+            updates = state.prefill([p.spec for p in payloads], self._encode(task, rows))
             if len(updates) != len(rows):
                 raise RuntimeError(f"a prefill of {len(rows)} sequences gave {len(updates)} updates")
         except BaseException:
@@ -145,11 +215,17 @@ class Generation:
                 self.metrics.queue_duration.labels(task).observe(row.item.queue_s)
             row.item.batch_size = max(row.item.batch_size, before + len(rows))
         self.metrics.batch_size.labels(task).observe(len(rows))
+        for row in rows:
+            row.context = None  # (the state holds it now)
         self.rows += rows
         self._apply(rows, updates)
 
-    def _encode(self, task: Task, payloads: Sequence[Any]) -> list[Any]:
-        """Each sequence's context: its audio's encoding (a transcript) or its image's (via the encoder cache)."""
+    def _encode(self, task: Task, rows: Sequence[Row]) -> list[Any]:
+        """Each sequence's context: its audio's encoding (a transcript: computed already, unless it joins again
+        after out-of-memory) or its image's (via the encoder cache)."""
+        payloads = [row.item.payload for row in rows]
+        if all(row.context is not None for row in rows):
+            return [row.context for row in rows]
         if task == "transcribe":
             return self.model.encode_audios([p.audio for p in payloads])
         return self.cache.get_or_compute(
@@ -170,7 +246,9 @@ class Generation:
             self._give_up_state(e)
 
     def step(self) -> None:
-        """One token for every running sequence; the finished ones answer and leave."""
+        """One token for every running sequence (after a part of the audio encodings, and the transcripts
+        whose encoding is done joining); the finished ones answer and leave."""
+        self._advance_encodings()
         if not self.rows:
             return
         try:
@@ -235,12 +313,15 @@ class Generation:
             else:
                 _fail(row, reason)
         self.rejoining = rejoining
+        for row in self._encoding_rows():
+            if (reason := row.item.gone(now)) is not None:
+                _fail(row, reason)
 
     def fail_all(self, error: BaseException) -> None:
         """Answer every running and rejoining sequence with `error`; the state is made afresh when next needed."""
-        for row in [*self.rows, *self.rejoining]:
+        for row in [*self.rows, *self.rejoining, *self._encoding_rows()]:
             _fail(row, error)
-        self.rows, self.rejoining, self._state = [], [], None
+        self.rows, self.rejoining, self.encoding, self._state = [], [], [], None
 
     def _give_up_state(self, error: BaseException) -> None:
         """The state can no longer be trusted: its running sequences fail with `error`; a new one is made

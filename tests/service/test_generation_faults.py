@@ -2,11 +2,11 @@
 
 The step loop of the real tiny model that hears (`tiny+audio`: captions and transcripts are rows of one
 decoding state) is turned by hand between random submits, clients that leave, and faults armed at random
-points: the encoder (join), the state's `prefill`, `step` and `filter` (each before or after the real work,
-so that a state may have changed when it raises), making a new state, and answering a request. After every
-turn the rows and the state agree and no row holds an answered request; at the end every request was
-answered exactly once, with its own output or the injected error (or its client's leaving), nothing is left
-in flight, and the loop still generates correctly.
+points: the encoders (join; an audio's block by block), the state's `prefill`, `step` and `filter` (each
+before or after the real work, so that a state may have changed when it raises), making a new state, and
+answering a request. After every turn the rows and the state agree and no row holds an answered request;
+at the end every request was answered exactly once, with its own output or the injected error (or its
+client's leaving), nothing is left in flight, and the loop still generates correctly.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from tests.support.server import noise_image
 
 POINTS = (
     "encode",
+    "encode_step",
     "prefill_before",
     "prefill_after",
     "step_before",
@@ -97,6 +98,17 @@ class FaultyState:
         self._faults.hit("filter_after")  # the rows have moved
 
 
+class FaultyEncoding:
+    """An audio encoding run a block at a time, whose next block raises on cue."""
+
+    def __init__(self, encoding: Any, faults: Faults) -> None:
+        self._encoding, self._faults = encoding, faults
+
+    def advance(self) -> Any:
+        self._faults.hit("encode_step")
+        return self._encoding.advance()
+
+
 class FaultyModel:
     """The built-in model, its encoders and `new_state` raising on cue; everything else its own."""
 
@@ -113,6 +125,10 @@ class FaultyModel:
     def encode_audios(self, audios: Sequence[Any]) -> list[Any]:
         self._faults.hit("encode")
         return self._model.encode_audios(audios)
+
+    def start_audio_encoding(self, audios: Sequence[Any]) -> FaultyEncoding:
+        self._faults.hit("encode")
+        return FaultyEncoding(self._model.start_audio_encoding(audios), self._faults)
 
     def new_state(self, capacity: int) -> FaultyState:
         self._faults.hit("new_state")
