@@ -1,10 +1,12 @@
 """Continuous batching for one stepwise model: its generation state, the row of each sequence, its encoder cache.
 
 Driven by the step loop (`service.scheduler`), on the inference thread only. Sequences join between
-steps (`admit`: their contexts encoded, an image's (or taken from the encoder cache) or a transcript's audio,
-and the prompts prefilled), every running sequence advances one token per `step`, a finished one answers at
-once and leaves, and one whose client left or whose deadline passed is dropped (`drop_gone`) and frees its
-slot. Captions, answers and transcripts of one model are rows of one state. Each row's updates go to its
+steps (`admit`: their images encoded, or taken from the encoder cache, and the prompts prefilled), every
+running sequence advances one token per `step`, a finished one answers at once and leaves, and one whose
+client left or whose deadline passed is dropped (`drop_gone`) and frees its slot. A transcript's audio is
+encoded first, a block of the audio tower per turn (while sequences decode, one audio at a time: encoding
+a whole audio in one turn would stall every stream for tens of milliseconds on a CPU), then it joins.
+Captions, answers and transcripts of one model are rows of one state. Each row's updates go to its
 request's stream sink, if it has one, as they come; a request's timings are set before its sink hears of
 the end.
 

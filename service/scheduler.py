@@ -10,9 +10,9 @@ then turns the loop. Each turn:
    oldest item has waited longest;
 4. runs one decoding step for every running sequence; the finished ones answer at once.
 So nothing waits for a whole generation: an embedding waits at most one step and its own batch. While
-sequences decode, what joins them (a transcript's audio encoding is the costly part) and a whole batch are
-each cut to fit `MMSERVE_MAX_TURN_MS` (`service.turn_budget`, at least one item), so the running streams
-wait between two tokens for about that long at most (or one item's cost, if that is more). When
+sequences decode, what joins them and a whole batch are each cut to fit `MMSERVE_MAX_TURN_MS`
+(`service.turn_budget`, at least one item), so the running streams wait between two tokens for about that
+long at most (or one item's cost, if that is more); a transcript's audio is encoded a block per turn. When
 the device is idle, whatever is queued runs now (`max_wait_ms`, by default 0, is an opt-in wait for
 batch-mates). A batch that raises is retried item by item, so one bad item fails alone; one that runs out
 of memory is retried in halves and caps its task's batch size for a while (`service.faults`). On `stop()`

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     embed_image_max_wait_ms: float = Field(default=0.0, ge=0)
     transcribe_max_batch_size: int = Field(default=8, ge=1)
     transcribe_max_wait_ms: float = Field(default=0.0, ge=0)
-    # While sequences decode, what joins them in one turn (e.g. transcripts: their audio encoded) and a whole
+    # While sequences decode, what joins them in one turn (images encoded, prompts prefilled) and a whole
     # batch (a model that cannot decode step by step: Hugging Face, Whisper) each take only as many items as
     # their measured cost per item fits in this (at least one), so streams wait about this long at most
     # between two tokens; 0: no budget.

@@ -1,12 +1,13 @@
 """How many items may join or run in one turn of the step loop, so that the turn stays within a time budget.
 
 Every running stream waits for a whole turn between two of its tokens. What a turn holds besides the
-decoding step: sequences joining (their contexts encoded and prompts prefilled: an audio's encoding costs
-tens of milliseconds on a CPU), and a whole batch of a model that cannot decode step by step (Hugging Face
-captioning and VQA, Whisper: its batch runs inside the turn). So while sequences are decoding, each task
-takes only as many items as fit in `MMSERVE_MAX_TURN_MS`, from the cost per item measured on the task's
-recent joins or batches (a moving average); the rest wait for the next turns. One item is never cut: a
-single generation longer than the budget still holds the loop for its whole length.
+decoding step: sequences joining (their images encoded and prompts prefilled; a transcript's audio is
+encoded a block per turn before it joins, `service.generation`), and a whole batch of a model that cannot
+decode step by step (Hugging Face captioning and VQA, Whisper: its batch runs inside the turn). So while
+sequences are decoding, each task takes only as many items as fit in `MMSERVE_MAX_TURN_MS`, from the cost
+per item measured on the task's recent joins or batches (a moving average); the rest wait for the next
+turns. One item is never cut: a single generation longer than the budget still holds the loop for its
+whole length.
 """
 
 from __future__ import annotations
