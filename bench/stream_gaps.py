@@ -21,7 +21,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.servers import free_port
+from bench.servers import Server, ServerSpec
 from bench.workload import _png_b64, espeak_wav, spoken_sentences
 
 SCRIPT = Path(__file__).resolve().parent / "transcribe.lua"
@@ -53,35 +52,6 @@ class Gaps:
             f"median of each stream's largest {statistics.median(self.largest_per_stream or [nan]):.1f} ms, "
             f"p99 {p99:.1f} ms"
         )
-
-
-def start_server(source: Path, port: int, torch_threads: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(source),
-        "MMSERVE_PORT": str(port),
-        "MMSERVE_HOST": "127.0.0.1",
-        "MMSERVE_DEVICE": "cpu",
-        "MMSERVE_LOG_LEVEL": "warning",
-        "MMSERVE_TORCH_THREADS": str(torch_threads),
-    }
-    log = tempfile.NamedTemporaryFile(prefix="stream-gaps-", suffix=".log", delete=False)  # noqa: SIM115
-    command = [sys.executable, "-m", "service", "serve"]
-    return subprocess.Popen(command, cwd=source, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("the server was not ready")
 
 
 def stream_gaps(url: str, body: str, seconds: float) -> Gaps:
@@ -106,33 +76,29 @@ def stream_gaps(url: str, body: str, seconds: float) -> Gaps:
 
 
 def measure(source: Path, caption_body: str, audio_body: Path, clients: int, seconds: float, threads: int) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = start_server(source, port, threads)
-    try:
-        wait_ready(url, server)
-        stream_gaps(url, caption_body, 2)  # warm-up
-        alone = stream_gaps(url, caption_body, seconds)
-        command = ["wrk", "-t2", f"-c{clients}", f"-d{int(seconds) + 4}s", "--timeout", "30s", "-s", str(SCRIPT)]
+    env = {"PYTHONPATH": str(source), "MMSERVE_TORCH_THREADS": str(threads)}
+    command = (sys.executable, "-m", "service", "serve")
+    spec = ServerSpec(f"mmserve-{source.name}", str(source), command, env, cwd=source)
+    with Server(spec, "cpu") as server:
+        stream_gaps(server.url, caption_body, 2)  # warm-up
+        alone = stream_gaps(server.url, caption_body, seconds)
+        load = ["wrk", "-t2", f"-c{clients}", f"-d{int(seconds) + 4}s", "--timeout", "30s", "-s", str(SCRIPT)]
         wrk = subprocess.Popen(
-            [*command, f"{url}/transcribe"],
+            [*load, f"{server.url}/transcribe"],
             env={**os.environ, "BENCH_BODY": str(audio_body)},
             stdout=subprocess.PIPE,
             text=True,
         )
         time.sleep(2)  # the transcriptions are running
-        loaded = stream_gaps(url, caption_body, seconds)
+        loaded = stream_gaps(server.url, caption_body, seconds)
         out, _ = wrk.communicate(timeout=seconds + 60)
-        rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        print(f"{source}:")
-        print(f"  alone:                    {alone.line()}")
-        print(f"  {clients} clients transcribing: {loaded.line()}")
-        print(f"  transcriptions: {rate.group(1) if rate else '?'}/s, non-2xx {non2xx.group(1) if non2xx else 0}")
-        sys.stdout.flush()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    print(f"{source}:")
+    print(f"  alone:                    {alone.line()}")
+    print(f"  {clients} clients transcribing: {loaded.line()}")
+    print(f"  transcriptions: {rate.group(1) if rate else '?'}/s, non-2xx {non2xx.group(1) if non2xx else 0}")
+    sys.stdout.flush()
 
 
 def main() -> None:

@@ -239,18 +239,7 @@ def test_a_fault_anywhere_answers_everyone_once_and_the_loop_lives_on(
         return real_generated(*args)
 
     with mock.patch.object(service.generation, "Generated", answering):
-        for op in ops:
-            if op[0] == "submit":
-                _submit(driver, engine, op[1])
-            elif op[0] == "fault":
-                faults.armed.add(op[1])
-            elif op[0] in ("abandon", "expire") and driver.requests:
-                getattr(driver, op[0])(op[1])
-            elif op[0] == "turn":
-                driver.turn()
-            elif op[0] == "drain":
-                driver.drain()
-        driver.drain()
+        driver.play(ops, lambda op: _submit(driver, engine, op[1]) if op[0] == "submit" else faults.armed.add(op[1]))
         for request in driver.requests:
             _answered_rightly(request, expected)
         assert all(b.in_flight() == 0 and b.pending() == 0 for b in driver.batchers.values())
