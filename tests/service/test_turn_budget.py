@@ -36,7 +36,7 @@ def test_a_whole_batch_is_cut_while_a_caption_decodes_and_whole_when_none_does(t
     sizes: list[tuple[int, int]] = []  # (running sequences, batch size) of each embedding batch
     driver = Driver(engine, ("caption", "vqa", "embed_text"), max_batch_size=8)
 
-    def run(task: str, payloads: Sequence[Any]) -> list[Any]:
+    def run(task: str, payloads: Sequence[Any], *progress: Any) -> list[Any]:
         sizes.append((driver.thread.running(), len(payloads)))
         return [np.zeros(4, dtype=np.float32) for _ in payloads]
 
