@@ -32,6 +32,7 @@ class ServerSpec:
     command: tuple[str, ...] = ()  # run with the port appended as `--port N` unless it is mmserve
     env: dict[str, str] = field(default_factory=dict)
     http: bool = True  # False: the in-process limit, which has no server
+    cwd: Path | None = None  # where it runs (None: this checkout); `python -m` imports from there first
 
     def is_mmserve(self) -> bool:
         return self.key.startswith("mmserve")
@@ -97,7 +98,7 @@ class Server:
         self.process = subprocess.Popen(
             self._command,
             env=self._env,
-            cwd=REPO_ROOT,
+            cwd=self.spec.cwd or REPO_ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so that its workers stop with it

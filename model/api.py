@@ -19,7 +19,8 @@ Conventions, for every implementation:
   or prepared ones. A prepared image is model-sized, whatever the size of the image it came from.
 
 A model that can decode step by step (the built-in one) also implements `StepwiseGenerator`: the service
-then batches its captions and answers continuously (sequences join and leave between decoding steps).
+then batches its captions, answers and transcripts continuously (sequences join and leave between decoding
+steps, in one state: rows with their own context, an image's tokens or an audio's).
 
 Text-to-image is served by an `ImageGenerator` (`model.image_generator`), a model of its own: each image is
 one row of a `DenoisingState`, advanced one denoising step at a time (`ImageSpec` in, `ImageUpdate` out).
@@ -178,7 +179,8 @@ class GenerationState(Protocol):
 
 @runtime_checkable
 class StepwiseGenerator(Protocol):
-    """A model whose captions and answers can be decoded a step at a time, sequences joining and leaving."""
+    """A model whose captions, answers (and transcripts) can be decoded a step at a time, sequences joining
+    and leaving."""
 
     def sequence(self, task: Task, question: str | None, max_new_tokens: int) -> Any:
         """The spec of one sequence to generate (its tokenised prompt and limit); thread-safe."""
@@ -186,6 +188,16 @@ class StepwiseGenerator(Protocol):
 
     def encode_images(self, images: Sequence[PreparedImage]) -> list[Any]:
         """Each prepared image's `ImageEncoding` (one batched pass of the image encoder)."""
+        ...
+
+    def encode_audios(self, audios: Sequence[Any]) -> list[Any]:
+        """Each prepared audio's encoding, its own length (one batched pass of the audio encoder); only
+        called when the model transcribes (`"transcribe"` in its tasks): transcripts are rows of the state too."""
+        ...
+
+    def start_audio_encoding(self, audios: Sequence[Any]) -> Any:
+        """The same encodings, computed a part at a time: `advance()` runs one part and returns None, or
+        the encodings once done (so a step loop keeps each turn short)."""
         ...
 
     def new_state(self, capacity: int) -> GenerationState: ...

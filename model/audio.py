@@ -85,14 +85,24 @@ class AudioEncoder(nn.Module):
         scale_residual_init(self, config.depth)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, valid = self.embed(features, lengths)
+        mask = valid[:, None, None, :]  # keys: the valid tokens (every row has one: no audio is empty)
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return self.finish(x), valid
+
+    # The parts of `forward`, for an encoding run a block at a time (`model.multimodal.AudioEncoding`).
+    def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolutions and positions: (B, N, dim) before the blocks, and the tokens' validity (B, N)."""
         x = features.transpose(1, 2)  # (B, n_mels, T)
         for conv in (self.conv1, self.conv2):
             x = x * (torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None])[:, None].to(x.dtype)
             x = F.gelu(conv(x))
             lengths = (lengths + 1) // 2
         valid = torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None]  # (B, N)
-        x = x.transpose(1, 2) + self.pos[: x.shape[2]].to(x.dtype)
-        mask = valid[:, None, None, :]  # keys: the valid tokens (every row has one: no audio is empty)
-        for block in self.blocks:
-            x = block(x, mask=mask)
-        return self.out(self.ln(x)), valid
+        return x.transpose(1, 2) + self.pos[: x.shape[2]].to(x.dtype), valid
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """After the blocks: the tokens (B, N, out_dim)."""
+        tokens: torch.Tensor = self.out(self.ln(x))
+        return tokens

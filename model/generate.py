@@ -110,6 +110,7 @@ class _Row:
     spec: SequenceSpec
     limit: int  # max_new_tokens, bounded by the room left in max_len
     filled: int  # cache positions written (the prompt, then each fed token)
+    context: int  # its context tokens (an image's, or its audio's own length)
     ids: list[int] = field(default_factory=list)
     shown: str = ""  # visible text already reported
     finished: bool = False
@@ -122,6 +123,11 @@ class DecodeState:
     first n slots; `filter` moves the survivors down. Per step: one forward for all rows, one host sync
     (the new token ids, needed for end-of-sequence and streaming). Rows never see one another, so each
     row's tokens equal greedy decoding of that sequence alone.
+
+    With `masked_context`, rows of different contexts decode together (captions next to transcripts: an
+    image's tokens, or an audio's own length): each row's context is masked to its own tokens, the
+    cross-attention reads only as many as the longest running row has, and the context slots grow (never
+    shrink) when a longer one joins.
     """
 
     def __init__(
@@ -135,8 +141,8 @@ class DecodeState:
         detokenize: Callable[[list[int]], str],
         masked_context: bool = False,
     ) -> None:
-        """`context_len`: the context tokens of a row (an image's); with `masked_context`, the most tokens a
-        row's context may have (audio: each row's own length, the rest masked)."""
+        """`context_len`: the context tokens of a row (an image's); with `masked_context`, the context slots'
+        first size (each row has its own length, the rest masked; the slots grow for a longer one)."""
         parameter = next(decoder.parameters())
         device, dtype = parameter.device, parameter.dtype
         config = decoder.config
@@ -146,11 +152,13 @@ class DecodeState:
         self._eos, self._pad, self._sep = eos_id, pad_id, sep_id
         self._detokenize = detokenize
         self._device = device
+        self._context_len = context_len  # the context slots' size (they grow, with `masked_context`)
 
         def slots(length: int) -> SlotKV:
             shape = (capacity, nh, length, hs)
             return SlotKV(*(torch.zeros(shape, device=device, dtype=dtype) for _ in "kv"))
 
+        self._slots = slots
         self._self_kv = [slots(config.max_len) for _ in decoder.blocks]
         self._cross_kv = [slots(context_len) for _ in decoder.blocks]
         self._context_valid = (
@@ -158,7 +166,6 @@ class DecodeState:
         )
         self._last = torch.full((capacity,), pad_id, dtype=torch.long, device=device)  # each row's next input
         self._keys = torch.arange(config.max_len, device=device)
-        self._keys_of_context = torch.arange(context_len, device=device)
         self._rows: list[_Row] = []
 
     def __len__(self) -> int:
@@ -179,17 +186,20 @@ class DecodeState:
         start = len(self._rows)
         rows = slice(start, start + k)
         room = self.decoder.config.max_len
+        contexts = [image.cross_kv[0][0].shape[1] for image in images]  # each one's context tokens
         if self._context_valid is None:
             for layer, cache in enumerate(self._cross_kv):  # each image's keys and values into its slot
                 cache.k[rows] = torch.stack([image.cross_kv[layer][0] for image in images])
                 cache.v[rows] = torch.stack([image.cross_kv[layer][1] for image in images])
         else:
-            for row, encoding in enumerate(images, start=start):  # each its own length, the rest masked
-                n = encoding.cross_kv[0][0].shape[1]
-                self._context_valid[row] = self._keys_of_context < n
-                for (keys, values), cache in zip(encoding.cross_kv, self._cross_kv, strict=True):
-                    cache.k[row, :, :n] = keys
-                    cache.v[row, :, :n] = values
+            self._grow_context(max(contexts))
+            for n in sorted(set(contexts)):  # those of one length at once; each row's own, the rest masked
+                group = [i for i, length in enumerate(contexts) if length == n]
+                slots = torch.tensor([start + i for i in group], device=self._device)
+                self._context_valid[slots] = torch.arange(self._context_len, device=self._device) < n
+                for layer, cache in enumerate(self._cross_kv):
+                    cache.k[slots, :, :n] = torch.stack([images[i].cross_kv[layer][0] for i in group])
+                    cache.v[slots, :, :n] = torch.stack([images[i].cross_kv[layer][1] for i in group])
         length = max(len(spec.prompt) for spec in specs)
         ids = torch.full((k, length), self._pad, dtype=torch.long)
         for i, spec in enumerate(specs):  # right-padded: a prompt starts at position 0 of its slot
@@ -198,15 +208,16 @@ class DecodeState:
         valid = torch.arange(length)[None, :] < lengths[:, None]
         ids, lengths, valid = ids.to(self._device), lengths.to(self._device), valid.to(self._device)
         positions = self._keys[:length].expand(k, length)
+        cross, context_mask = self._context(rows, contexts)
         hidden = self.decoder.forward_slots(
-            ids, positions, causal_mask(valid), self._self_kv, self._cross_kv, rows, length, self._context_mask(rows)
+            ids, positions, causal_mask(valid), self._self_kv, cross, rows, length, context_mask
         )
         last = hidden[torch.arange(k, device=self._device), lengths - 1]  # each prompt's last token
         next_ids = self.decoder.logits(last).argmax(-1)
         self._last[rows] = next_ids
-        for spec in specs:
+        for spec, context in zip(specs, contexts, strict=True):
             limit = max(0, min(spec.max_new_tokens, room - len(spec.prompt)))
-            self._rows.append(_Row(spec, limit, filled=len(spec.prompt)))
+            self._rows.append(_Row(spec, limit, filled=len(spec.prompt), context=context))
         return [self._advance(row, token) for row, token in zip(self._rows[start:], next_ids.tolist(), strict=True)]
 
     @torch.inference_mode()
@@ -222,8 +233,9 @@ class DecodeState:
         positions = torch.tensor(filled, dtype=torch.long).to(self._device, non_blocking=True)[:, None]  # (n, 1)
         mask = (self._keys[:keys][None, :] <= positions)[:, None, None, :]  # (n, 1, 1, keys)
         rows = slice(0, n)
+        cross, context_mask = self._context(rows, [row.context for row in self._rows])
         hidden = self.decoder.forward_slots(
-            self._last[:n, None], positions, mask, self._self_kv, self._cross_kv, rows, keys, self._context_mask(rows)
+            self._last[:n, None], positions, mask, self._self_kv, cross, rows, keys, context_mask
         )
         next_ids = self.decoder.logits(hidden[:, -1]).argmax(-1)
         self._last[:n] = next_ids
@@ -231,6 +243,7 @@ class DecodeState:
             row.filled += 1
         return [self._advance(row, token) for row, token in zip(self._rows, next_ids.tolist(), strict=True)]
 
+    @torch.inference_mode()
     def filter(self, keep: Sequence[int]) -> None:
         """Keep the rows `keep` (ascending), which become rows 0, 1, ...; the others' slots are freed."""
         keep = list(keep)
@@ -238,16 +251,44 @@ class DecodeState:
         if moves:
             dst = torch.tensor([new for new, _ in moves], device=self._device)
             src = torch.tensor([old for _, old in moves], device=self._device)
-            for cache in (*self._self_kv, *self._cross_kv):
+            for cache in self._self_kv:
                 cache.k[dst] = cache.k[src]
                 cache.v[dst] = cache.v[src]
+            n = max(self._rows[old].context for _, old in moves)  # what the moved rows' contexts fill
+            for cache in self._cross_kv:
+                cache.k[dst, :, :n] = cache.k[src, :, :n]
+                cache.v[dst, :, :n] = cache.v[src, :, :n]
             self._last[dst] = self._last[src]
             if self._context_valid is not None:
                 self._context_valid[dst] = self._context_valid[src]
         self._rows = [self._rows[i] for i in keep]
 
-    def _context_mask(self, rows: slice) -> torch.Tensor | None:
-        return None if self._context_valid is None else self._context_valid[rows][:, None, None, :]
+    def _context(self, rows: slice, contexts: Sequence[int]) -> tuple[list[SlotKV], torch.Tensor | None]:
+        """The cross-attention slots of `rows`, cut to their longest context, and the mask of each row's own
+        context (None when every row's context fills them: the unmasked computation of rows alone)."""
+        if self._context_valid is None:
+            return self._cross_kv, None
+        n = max(contexts)
+        cross = [SlotKV(cache.k[:, :, :n], cache.v[:, :, :n]) for cache in self._cross_kv]
+        if min(contexts) == n:
+            return cross, None
+        return cross, self._context_valid[rows, :n][:, None, None, :]  # (B, 1, 1, n)
+
+    def _grow_context(self, n: int) -> None:
+        """Make room for a context of `n` tokens in every slot (rounded up to 64: growing is a copy)."""
+        if n <= self._context_len:
+            return
+        size = -(-n // 64) * 64
+        old = self._context_len
+        grown = []
+        for cache in self._cross_kv:
+            slots = self._slots(size)
+            slots.k[:, :, :old], slots.v[:, :, :old] = cache.k, cache.v
+            grown.append(slots)
+        assert self._context_valid is not None
+        valid = torch.zeros(self.capacity, size, dtype=torch.bool, device=self._device)
+        valid[:, :old] = self._context_valid
+        self._cross_kv, self._context_valid, self._context_len = grown, valid, size
 
     def _advance(self, row: _Row, token: int) -> Update:
         """Take one generated token into a row: end of sequence, its limit, or one more token shown."""

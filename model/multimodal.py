@@ -64,6 +64,36 @@ class MultimodalTransformer(nn.Module):
         return self.audio(features, lengths)
 
 
+class AudioEncoding:
+    """Audios going through the audio tower a block at a time, so that a step loop can interleave their
+    encoding with decoding steps (each turn short); the same computation as one pass."""
+
+    def __init__(self, module: MultimodalTransformer, features: torch.Tensor, lengths: torch.Tensor) -> None:
+        assert module.audio is not None
+        self._module, self._audio = module, module.audio
+        self._x, self._valid = module.audio.embed(features, lengths)  # (B, N, dim), (B, N)
+        self._blocks_run = 0
+
+    @property
+    def remaining(self) -> int:
+        """Blocks still to run."""
+        return len(self._audio.blocks) - self._blocks_run
+
+    @torch.inference_mode()
+    def advance(self) -> list[ImageEncoding] | None:
+        """Run the next block; after the last, each audio's cross-attention keys and values (before: None)."""
+        if self.remaining:
+            self._x = self._audio.blocks[self._blocks_run](self._x, mask=self._valid[:, None, None, :])
+            self._blocks_run += 1
+        if self.remaining:
+            return None
+        layers = self._module.decoder.cross_kv(self._audio.finish(self._x))
+        return [
+            ImageEncoding(tuple((k[i, :, :n].clone(), v[i, :, :n].clone()) for k, v in layers))
+            for i, n in enumerate(self._valid.sum(1).tolist())
+        ]
+
+
 def _token_id(tokenizer: Tokenizer, token: str) -> int:
     found = tokenizer.token_to_id(token)
     if found is None:
@@ -116,8 +146,9 @@ class BuiltinModel:
         return self.text_tower.tokenize(text)
 
     def sequence(self, task: Task, question: str | None, max_new_tokens: int) -> SequenceSpec:
-        """A caption is generated after `[BOS]`; an answer after `[BOS] question [SEP]`, its scratchpad hidden."""
-        if task == "caption":
+        """A caption (and a transcript) is generated after `[BOS]`; an answer after `[BOS] question [SEP]`, its
+        scratchpad hidden. A transcript runs to its end or the decoder's room, at most `max_new_tokens`."""
+        if task in ("caption", "transcribe"):
             return SequenceSpec((self._ids[BOS],), max_new_tokens)
         if task != "vqa" or question is None:
             raise ValueError(f"no sequence for task {task!r} with question {question!r}")
@@ -141,15 +172,18 @@ class BuiltinModel:
         layers = self.module.decoder.cross_kv(tokens)
         return [ImageEncoding(tuple((k[i].clone(), v[i].clone()) for k, v in layers)) for i in range(len(images))]
 
-    def new_state(self, capacity: int) -> DecodeState:
+    def new_state(self, capacity: int, context_len: int | None = None) -> DecodeState:
+        """A decoding state for up to `capacity` rows. With an audio tower, rows of images and of audio
+        (each its own length, masked) decode together; its context slots start at `context_len` tokens."""
         return DecodeState(
             self.module.decoder,
             capacity,
-            self._context_len,
+            context_len or self._context_len,
             eos_id=self._ids[EOS],
             pad_id=self._ids[PAD],
             sep_id=self._ids[SEP],
             detokenize=self._decode,
+            masked_context=self.module.config.audio is not None,
         )
 
     def _generate(
@@ -206,15 +240,19 @@ class BuiltinModel:
     @torch.inference_mode()
     def encode_audios(self, audios: Sequence[np.ndarray | torch.Tensor]) -> list[ImageEncoding]:
         """Each audio's cross-attention keys and values, its own length (one pass of the audio encoder)."""
+        encoding = self.start_audio_encoding(audios)
+        while (encodings := encoding.advance()) is None:
+            pass
+        return encodings
+
+    @torch.inference_mode()
+    def start_audio_encoding(self, audios: Sequence[np.ndarray | torch.Tensor]) -> AudioEncoding:
+        """An encoding of the audios that a step loop runs a block at a time (`AudioEncoding.advance`)."""
+        if self.module.audio is None:
+            raise self._no_audio()
         features = [a if isinstance(a, torch.Tensor) else self.prepare_audio(a) for a in audios]
         batch, lengths = pad_features(features)
-        tokens, valid = self.module.encode_audio(batch.to(self.device, self.dtype), lengths.to(self.device))
-        layers = self.module.decoder.cross_kv(tokens)
-        counts = valid.sum(1).tolist()
-        return [
-            ImageEncoding(tuple((k[i, :, :n].clone(), v[i, :, :n].clone()) for k, v in layers))
-            for i, n in enumerate(counts)
-        ]
+        return AudioEncoding(self.module, batch.to(self.device, self.dtype), lengths.to(self.device))
 
     @torch.inference_mode()
     def transcribe(
@@ -233,19 +271,9 @@ class BuiltinModel:
         if not audios:
             return []
         encodings = self.encode_audios(audios)
-        longest = max(e.cross_kv[0][0].shape[1] for e in encodings)
-        state = DecodeState(
-            self.module.decoder,
-            len(encodings),
-            longest,
-            eos_id=self._ids[EOS],
-            pad_id=self._ids[PAD],
-            sep_id=self._ids[SEP],
-            detokenize=self._decode,
-            masked_context=True,
-        )
-        limit = self.module.config.decoder.max_len - 1
-        return generate_all(state, [SequenceSpec((self._ids[BOS],), limit)] * len(encodings), encodings, progress)
+        state = self.new_state(len(encodings), max(e.cross_kv[0][0].shape[1] for e in encodings))
+        spec = self.sequence("transcribe", None, self.module.config.decoder.max_len - 1)
+        return generate_all(state, [spec] * len(encodings), encodings, progress)
 
     def _no_audio(self) -> UnsupportedTask:
         return UnsupportedTask(

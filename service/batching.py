@@ -53,10 +53,13 @@ class Item(Generic[In, Out]):
         self.future.cancel()  # only succeeds while queued; a running item is failed by the scheduler
 
     def fail(self, error: BaseException) -> None:
-        """Answer with `error`, unless answered already (safe from any thread: the watchdog's too)."""
+        """Answer with `error`, unless answered already (safe from any thread: the watchdog's too). The
+        finishing time is set first: the future's callbacks (a stream's end) read it."""
+        if self.future.done():
+            return
+        self.finished_at = time.monotonic()
         with contextlib.suppress(InvalidStateError):
             self.future.set_exception(error)
-            self.finished_at = time.monotonic()
 
     def gone(self, now: float) -> BaseException | None:
         """Why this running item should be dropped now, or None while its request still wants it."""

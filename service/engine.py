@@ -2,12 +2,13 @@
 
 Each task maps to a model object (`MMSERVE_CAPTION_MODEL`, `MMSERVE_VQA_MODEL`, `MMSERVE_EMBED_MODEL`,
 `MMSERVE_TRANSCRIBE_MODEL`, each defaulting to `MMSERVE_MODEL`); a model named by several tasks is loaded
-once. A task whose model cannot do it is not served (501); transcriptions run as whole batches. Text to
-image has a model of its own, an `ImageGenerator` (`MMSERVE_GENERATE_MODEL`; by default the built-in
-generator when its weights are installed, else the task is not served). The
-engine knows no HTTP and no asyncio. `prepare_*` run in the decode pool (model-sized tensors are what
-cross the queue); `run` and the generation states are the inference thread's alone, under
-`torch.inference_mode()`.
+once. A task whose model cannot do it is not served (501). A model that decodes step by step (the
+built-in one) has its captions, answers and transcripts batched continuously (`stepwise`); other models
+run as whole batches (`run`). The engine knows no HTTP and no asyncio. `prepare_*` run in the decode
+pool (model-sized tensors are what cross the queue); `run` and the generation states are the inference
+thread's alone, under `torch.inference_mode()`. Text to image has a model of its own, an `ImageGenerator`
+(`MMSERVE_GENERATE_MODEL`; by default the built-in generator when its weights are installed, else the task
+is not served).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+STEPWISE_TASKS: tuple[Task, ...] = ("caption", "vqa", "transcribe")  # what a stepwise model decodes by steps
+TRANSCRIPT_MAX_TOKENS = 1 << 16  # a transcript runs to its end, or as far as the model's decoder has room
+
 _DTYPES: dict[str, torch.dtype | None] = {
     "auto": None,
     "float32": torch.float32,
@@ -67,6 +71,7 @@ class TranscriptionInput:
 
     audio: Any
     language: str | None
+    spec: Any = None  # a stepwise model's sequence (its prompt); None for whole-batch models
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,7 @@ class Engine:
     def stepwise(self, task: Task) -> StepwiseGenerator | None:
         """The model generating `task` step by step (continuous batching), or None: whole batches."""
         model: Any = self._models.get(task)
-        if self._continuous and task in ("caption", "vqa") and isinstance(model, StepwiseGenerator):
+        if self._continuous and task in STEPWISE_TASKS and task in self.tasks and isinstance(model, StepwiseGenerator):
             return model
         return None
 
@@ -233,7 +238,9 @@ class Engine:
 
     def prepare_transcription(self, task: Task, audio: np.ndarray, language: str | None) -> TranscriptionInput:
         """Mono samples at the model's rate → its input (the decode pool)."""
-        return TranscriptionInput(self._models[task].prepare_audio(audio), language)
+        stepwise = self.stepwise(task)
+        spec = stepwise.sequence(task, None, TRANSCRIPT_MAX_TOKENS) if stepwise is not None else None
+        return TranscriptionInput(self._models[task].prepare_audio(audio), language, spec)
 
     def input_size(self, task: Task) -> tuple[int, int] | None:
         """The (width, height) the model serving `task` sizes images to: decoding reduces larger ones towards it."""

@@ -1,10 +1,20 @@
-"""Continuous batching for one stepwise model: its generation state, the request in each row, its encoder cache.
+"""Continuous batching for one stepwise model: its generation state, the row of each sequence, its encoder cache.
 
 Driven by the step loop (`service.scheduler`), on the inference thread only. Sequences join between
-steps (`admit`: the images encoded, or taken from the encoder cache, and the prompts prefilled), every
+steps (`admit`: their images encoded, or taken from the encoder cache, and the prompts prefilled), every
 running sequence advances one token per `step`, a finished one answers at once and leaves, and one whose
-client left or whose deadline passed is dropped (`drop_gone`) and frees its slot. Each row's updates go to
-its request's stream sink, if it has one, as they come.
+client left or whose deadline passed is dropped (`drop_gone`) and frees its slot. A transcript's audio is
+encoded first, a block of the audio tower per turn (while sequences decode, one audio at a time: encoding
+a whole audio in one turn would stall every stream for tens of milliseconds on a CPU), then it joins.
+Captions, answers and transcripts of one model are rows of one state. Each row's updates go to its
+request's stream sink, if it has one, as they come; a request's timings are set before its sink hears of
+the end.
+
+Row i of the state is `rows[i]`, a `Row` that holds its request: join, step, filter and answer move them
+together, and each leaves them in step even when something raises. A prefill that fails takes back the rows
+it may have added; a step, a filter or a state that fails otherwise fails the running sequences with its
+error, and the state is made afresh when next needed (never inside an `except`); answering one request that
+fails fails that request alone. So no error of the model or the state ends the inference thread.
 
 Faults (`service.faults`): a prefill that runs out of memory is retried in halves (one sequence that does
 not fit alone fails with 507); a decoding step that runs out of memory puts every running sequence back to
@@ -20,24 +30,35 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import InvalidStateError
+from dataclasses import dataclass
 from typing import Any
 
 from model import Task
 from model.api import GenerationState, StepwiseGenerator, Update
 from service.batching import Item
 from service.encoder_cache import EncoderCache
-from service.engine import Generated, GenerationInput
+from service.engine import Generated
 from service.errors import NotReady, OutOfMemory
 from service.faults import BatchCap, DeviceBroken, free_device_memory, is_device_broken, is_out_of_memory, run_split
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-GenerationItem = Item[GenerationInput, Generated]
+GenerationItem = Item[Any, Generated]  # a caption or an answer (`GenerationInput`), or a transcript
+
+
+@dataclass(eq=False)
+class Row:
+    """One sequence of the state: its request, its task, and how many tokens its stream has had."""
+
+    item: GenerationItem
+    task: Task
+    delivered: int = 0  # tokens its stream has been told of (none is sent twice when it is prefilled again)
+    context: Any = None  # its context's encoding, when computed before it joins (a transcript's audio)
 
 
 class Generation:
-    """The running sequences of one model (captions and answers share it when one model does both)."""
+    """The running sequences of one model (captions, answers and transcripts share it when one model does all)."""
 
     def __init__(
         self,
@@ -51,79 +72,198 @@ class Generation:
         self.capacity = sum(self.limits.values())
         self.cache = cache
         self.metrics = metrics
-        self.state: GenerationState = model.new_state(self.capacity)
-        self.items: list[GenerationItem] = []  # row i's request
-        self.tasks: list[Task] = []  # row i's task
+        self._state: GenerationState | None = model.new_state(self.capacity)  # None: give up, make anew
+        self.rows: list[Row] = []  # row i of the state
+        self.rejoining: list[Row] = []  # put back after out-of-memory (or waiting for room), oldest first
+        self.encoding: list[tuple[list[Row], Any]] = []  # transcripts whose audio is encoded a block a turn
         self.cap = BatchCap(self.capacity, metrics.batch_cap.labels("decode_step").set)  # running sequences
-        self.rejoining: list[tuple[Task, GenerationItem]] = []  # put back after out-of-memory, oldest first
-        self.delivered: dict[GenerationItem, int] = {}  # updates each stream has had (not sent twice on a rerun)
 
     def __len__(self) -> int:
-        return len(self.items) + len(self.rejoining)
+        return len(self.rows) + len(self.rejoining) + len(self._encoding_rows())
+
+    @property
+    def state(self) -> GenerationState:
+        """The decoding state, made afresh if the last one was given up."""
+        if self._state is None:
+            self._state = self.model.new_state(self.capacity)
+        return self._state
+
+    @property
+    def items(self) -> list[GenerationItem]:
+        """The running sequences' requests, row by row."""
+        return [row.item for row in self.rows]
+
+    def requests(self) -> list[GenerationItem]:
+        """Every request held: running, and waiting to be prefilled again."""
+        return [row.item for row in (*self.rows, *self.rejoining, *self._encoding_rows())]
+
+    def _encoding_rows(self) -> list[Row]:
+        """The transcripts whose audio is being encoded (and whose request is still unanswered)."""
+        return [row for rows, _ in self.encoding for row in rows if not row.item.future.done()]
 
     def free_for(self, task: Task) -> int:
         """How many more sequences of `task` may join now."""
-        room = min(self.state.free, self.cap.limit - len(self.items), self.limits[task] - self.tasks.count(task))
-        return max(0, room)
+        held = [*self.rows, *self._encoding_rows()]  # (a transcript being encoded will need its row)
+        free = self.capacity - len(held) if self._state is None else self._state.free - len(held) + len(self.rows)
+        running = sum(row.task == task for row in held)
+        return max(0, min(free, self.cap.limit - len(held), self.limits[task] - running))
 
     def rejoin(self) -> None:
         """Let sequences put back after an out-of-memory step join again, oldest first, as room allows."""
         while self.rejoining:
-            task = self.rejoining[0][0]
-            room = self.free_for(task)
-            batch = [item for t, item in self.rejoining if t == task][:room]
+            task = self.rejoining[0].task
+            batch = [row for row in self.rejoining if row.task == task][: self.free_for(task)]
             if not batch:
                 return
-            self.rejoining = [(t, item) for t, item in self.rejoining if item not in batch]
-            self.admit(task, batch)
+            self.rejoining = [row for row in self.rejoining if row not in batch]
+            self._join(task, batch)
 
     def admit(self, task: Task, items: Sequence[GenerationItem]) -> None:
         """Join new sequences (prefill). A batch out of memory is retried in halves, one that fails otherwise
-        one by one, so a bad sequence fails alone; a broken device raises `DeviceBroken`."""
+        one by one, so a bad sequence fails alone; a broken device raises `DeviceBroken`. Transcripts first
+        have their audio encoded, a block of the audio tower a turn (`_advance_encodings`), then join."""
+        rows = [Row(item, task) for item in items]
+        if task == "transcribe":
+            self._start_encoding(rows)
+        else:
+            self._join(task, rows)
+
+    def _start_encoding(self, rows: Sequence[Row]) -> None:
+        """Start encoding transcripts' audio: one by one while sequences decode (each turn then runs one block
+        of one audio: a short turn), all at once otherwise."""
+        started = time.monotonic()
+        for row in rows:
+            row.item.started_at = started
+            self.metrics.queue_duration.labels(row.task).observe(row.item.queue_s)
+
+        def attempt(part: Sequence[Row]) -> None:
+            encoding = self.model.start_audio_encoding([row.item.payload.audio for row in part])
+            self.encoding.append((list(part), encoding))
+
+        def out_of_memory(size: int) -> None:
+            self.metrics.out_of_memory.labels("transcribe").inc()
+
+        parts = [[row] for row in rows] if self.rows else [list(rows)]
+        try:
+            for part in parts:
+                run_split(part, attempt, _fail, out_of_memory, "transcribe")
+        except DeviceBroken:
+            for row in rows:
+                _fail(row, NotReady("the device failed; the server is unhealthy", retry_after_s=1))
+            raise
+
+    def _advance_encodings(self) -> None:
+        """One block of the oldest audio encoding while sequences decode (of every one otherwise); those done
+        join as room allows (the rest wait in `rejoining`, their encodings kept)."""
+        done: list[Row] = []
+        pending: list[tuple[list[Row], Any]] = []
+        decoding = bool(self.rows)
+        for rows, encoding in self.encoding:
+            if all(row.item.future.done() for row in rows):
+                continue  # every client left: it computes no more
+            if decoding and (pending or done):
+                pending.append((rows, encoding))
+                continue
+            try:
+                contexts = encoding.advance()
+            except Exception as e:
+                if is_device_broken(e):
+                    raise DeviceBroken(f"the device failed: {e}") from e  # (everyone is failed: fail_all)
+                logger.exception("encoding %d audios failed", len(rows))
+                error = OutOfMemory("the audio does not fit in the device's memory") if is_out_of_memory(e) else e
+                for row in rows:
+                    _fail(row, error)
+                continue
+            if contexts is None:
+                pending.append((rows, encoding))
+                continue
+            for row, context in zip(rows, contexts, strict=True):
+                if not row.item.future.done():
+                    row.context = context
+                    done.append(row)
+        self.encoding = pending
+        if done:
+            self.rejoining = [*self.rejoining, *done]
+            self.rejoin()
+
+    def _join(self, task: Task, rows: Sequence[Row]) -> None:
         started = time.monotonic()
 
         def out_of_memory(size: int) -> None:
             self.metrics.out_of_memory.labels(task).inc()
-            self.cap.out_of_memory(len(self.items) + size)
+            self.cap.out_of_memory(len(self.rows) + size)
 
         try:
-            run_split(items, lambda part: self._prefill(task, part, started), _fail, out_of_memory, task)
+            run_split(rows, lambda part: self._prefill(task, part, started), _fail, out_of_memory, task)
         except DeviceBroken:
-            for item in items:
-                _fail(item, NotReady("the device failed; the server is unhealthy", retry_after_s=1))
+            for row in rows:
+                _fail(row, NotReady("the device failed; the server is unhealthy", retry_after_s=1))
             raise
         self.metrics.inference_duration.labels(task).observe(time.monotonic() - started)
 
-    def _prefill(self, task: Task, items: Sequence[GenerationItem], started: float) -> None:
-        payloads = [item.payload for item in items]
-        images = self.cache.get_or_compute(
+    def _prefill(self, task: Task, rows: Sequence[Row], started: float) -> None:
+        payloads = [row.item.payload for row in rows]
+        state, before = self.state, len(self.rows)
+        try:
+            updates = state.prefill([p.spec for p in payloads], self._encode(task, rows))
+            if len(updates) != len(rows):
+                raise RuntimeError(f"a prefill of {len(rows)} sequences gave {len(updates)} updates")
+        except BaseException:
+            self._take_back(before)
+            raise
+        for row in rows:
+            if not row.item.started_at:  # (not again when it rejoins)
+                row.item.started_at = started
+                self.metrics.queue_duration.labels(task).observe(row.item.queue_s)
+            row.item.batch_size = max(row.item.batch_size, before + len(rows))
+        self.metrics.batch_size.labels(task).observe(len(rows))
+        for row in rows:
+            row.context = None  # (the state holds it now)
+        self.rows += rows
+        self._apply(rows, updates)
+
+    def _encode(self, task: Task, rows: Sequence[Row]) -> list[Any]:
+        """Each sequence's context: its audio's encoding (a transcript: computed already, unless it joins again
+        after out-of-memory) or its image's (via the encoder cache)."""
+        payloads = [row.item.payload for row in rows]
+        if all(row.context is not None for row in rows):
+            return [row.context for row in rows]
+        if task == "transcribe":
+            return self.model.encode_audios([p.audio for p in payloads])
+        return self.cache.get_or_compute(
             [p.image_key for p in payloads],
             lambda missing: self.model.encode_images([payloads[i].image for i in missing]),
         )
-        updates = self.state.prefill([p.spec for p in payloads], images)
-        running = len(self.items) + len(items)
-        for item in items:
-            item.started_at, item.batch_size = started, running
-            self.metrics.queue_duration.labels(task).observe(item.queue_s)
-        self.metrics.batch_size.labels(task).observe(len(items))
-        self.items += items
-        self.tasks += [task] * len(items)
-        self._apply([*[None] * (running - len(items)), *updates])
+
+    def _take_back(self, count: int) -> None:
+        """After a failed prefill: the state keeps its first `count` rows (the prefill may have added some)."""
+        if self._state is None or len(self._state) == count:
+            return
+        try:
+            if len(self._state) < count:
+                raise RuntimeError(f"the state lost rows in a failed prefill ({len(self._state)} of {count})")
+            self._state.filter(range(count))
+        except Exception as e:
+            logger.exception("taking back a failed prefill's rows failed; failing the running sequences")
+            self._give_up_state(e)
 
     def step(self) -> None:
-        """One token for every running sequence; the finished ones answer and leave."""
-        if not self.items:
+        """One token for every running sequence (after a part of the audio encodings, and the transcripts
+        whose encoding is done joining); the finished ones answer and leave."""
+        self._advance_encodings()
+        if not self.rows:
             return
         try:
             updates = self.state.step()
+            if len(updates) != len(self.rows):
+                raise RuntimeError(f"a step of {len(self.rows)} sequences gave {len(updates)} updates")
         except Exception as e:
             if is_device_broken(e):
                 self.fail_all(NotReady("the device failed; the server is unhealthy", retry_after_s=1))
                 raise DeviceBroken(f"the device failed: {e}") from e
             if not is_out_of_memory(e):  # the state may be inconsistent now: fail its sequences, start afresh
-                logger.exception("a decoding step failed; failing its %d sequences", len(self.items))
-                self.fail_all(e)
-                self.state = self.model.new_state(self.capacity)
+                logger.exception("a decoding step failed; failing its %d sequences", len(self.rows))
+                self._give_up_state(e)
                 return
         else:
             self._stepped(updates)
@@ -135,84 +275,105 @@ class Generation:
     def _put_back_all(self) -> None:
         """Every running sequence leaves the state, to be prefilled again (`rejoin`), and the cap is halved;
         a sequence that ran alone fails (507)."""
-        running = len(self.items)
+        running = len(self.rows)
         logger.warning("a decoding step of %d sequences ran out of memory; prefilling them again", running)
         self.metrics.out_of_memory.labels("decode_step").inc()
         self.cap.out_of_memory(running)
         if running == 1:  # it ran alone: it will never fit
-            _fail(self.items[0], OutOfMemory("the sequence does not fit in the device's memory, even alone"))
-            self.delivered.pop(self.items[0], None)
+            _fail(self.rows[0], OutOfMemory("the sequence does not fit in the device's memory, even alone"))
         else:
-            self.rejoining = [*zip(self.tasks, self.items, strict=True), *self.rejoining]
-        self.items, self.tasks = [], []
-        self.state.filter([])  # no rows: whatever the failed step left in their slots is never read again
+            self.rejoining = [*self.rows, *self.rejoining]
+        self.rows = []
+        try:
+            self.state.filter([])  # no rows: whatever the failed step left in their slots is never read again
+        except Exception:
+            logger.exception("emptying the decoding state failed; a new one will be made")
+            self._state = None
 
     def _stepped(self, updates: Sequence[Update]) -> None:
         self.cap.fitted()
         self.metrics.decode_steps.inc()
         self.metrics.batch_size.labels("decode_step").observe(len(updates))
-        for item in self.items:  # what a response reports: the most sequences it decoded with
-            item.batch_size = max(item.batch_size, len(updates))
-        self._apply(updates)
+        for row in self.rows:  # what a response reports: the most sequences it decoded with
+            row.item.batch_size = max(row.item.batch_size, len(updates))
+        self._apply(list(self.rows), updates)
 
     def drop_gone(self, now: float) -> None:
         """Drop the sequences nobody waits for any more (client gone, deadline passed): they compute no more."""
-        keep = []
-        for row, item in enumerate(self.items):
-            reason = item.gone(now)
-            if reason is None:
-                keep.append(row)
+        survivors = []
+        for row in self.rows:
+            if (reason := row.item.gone(now)) is None:
+                survivors.append(row)
             else:
-                _fail(item, reason)
-        if len(keep) < len(self.items):
-            self._filter(keep)
+                _fail(row, reason)
+        if len(survivors) < len(self.rows):
+            self._keep(survivors)
         rejoining = []
-        for task, item in self.rejoining:
-            if (reason := item.gone(now)) is None:
-                rejoining.append((task, item))
+        for row in self.rejoining:
+            if (reason := row.item.gone(now)) is None:
+                rejoining.append(row)
             else:
-                _fail(item, reason)
-                self.delivered.pop(item, None)
+                _fail(row, reason)
         self.rejoining = rejoining
+        for row in self._encoding_rows():
+            if (reason := row.item.gone(now)) is not None:
+                _fail(row, reason)
 
     def fail_all(self, error: BaseException) -> None:
-        """Answer every running and rejoining sequence with `error`; the state's rows are left to the caller."""
-        for item in [*self.items, *(item for _, item in self.rejoining)]:
-            _fail(item, error)
-        self.items, self.tasks, self.rejoining, self.delivered = [], [], [], {}
+        """Answer every running and rejoining sequence with `error`; the state is made afresh when next needed."""
+        for row in [*self.rows, *self.rejoining, *self._encoding_rows()]:
+            _fail(row, error)
+        self.rows, self.rejoining, self.encoding, self._state = [], [], [], None
 
-    def _apply(self, updates: Sequence[Update | None]) -> None:
-        """Deliver each row's update (None: no news for that row); resolve and remove the finished."""
+    def _give_up_state(self, error: BaseException) -> None:
+        """The state can no longer be trusted: its running sequences fail with `error`; a new one is made
+        when next needed (not here: this runs in `except` blocks, and making one may fail too)."""
+        for row in self.rows:
+            _fail(row, error)
+        self.rows, self._state = [], None
+
+    def _apply(self, rows: Sequence[Row], updates: Sequence[Update]) -> None:
+        """Deliver each row's update; the finished (and those whose answer failed) leave."""
         now = time.monotonic()
-        keep = []
-        for row, (item, task, update) in enumerate(zip(self.items, self.tasks, updates, strict=True)):
-            if update is None:
-                keep.append(row)
-                continue
+        answered = {row for row, update in zip(rows, updates, strict=True) if self._deliver(row, update, now)}
+        if answered:
+            self._keep([row for row in self.rows if row not in answered])
+
+    def _deliver(self, row: Row, update: Update, now: float) -> bool:
+        """One update to its request: its stream told, and its future resolved if finished; True when answered."""
+        item = row.item
+        try:
             if not item.first_token_at:
                 item.first_token_at = now
-                self.metrics.time_to_first_token.labels(task).observe(now - item.enqueued_at)
-            if item.on_update is not None and (update.finished or update.tokens > self.delivered.get(item, 0)):
-                _deliver(item, update)
-                self.delivered[item] = update.tokens
+                self.metrics.time_to_first_token.labels(row.task).observe(now - item.enqueued_at)
             if update.finished:
-                item.finished_at = now
+                item.finished_at = now  # before the stream hears of the end: its timings are read then
+            if item.on_update is not None and (update.finished or update.tokens > row.delivered):
+                _send(item, update)
+                row.delivered = update.tokens
+            if update.finished:
                 with contextlib.suppress(InvalidStateError):  # answered already (by the watchdog)
                     item.future.set_result(Generated(update.text or "", update.finish_reason, update.tokens))
-            else:
-                keep.append(row)
-        if len(keep) < len(self.items):
-            self._filter(keep)
+            return update.finished
+        except Exception as e:
+            logger.exception("answering a %s sequence failed", row.task)
+            _fail(row, e)
+            return True
 
-    def _filter(self, keep: list[int]) -> None:
-        self.state.filter(keep)
-        self.items = [self.items[i] for i in keep]
-        self.tasks = [self.tasks[i] for i in keep]
-        alive = {*self.items, *(item for _, item in self.rejoining)}
-        self.delivered = {item: n for item, n in self.delivered.items() if item in alive}
+    def _keep(self, survivors: list[Row]) -> None:
+        """Keep the rows `survivors` (in their order) and free the others' slots."""
+        index = {id(row): i for i, row in enumerate(self.rows)}
+        try:
+            self.state.filter([index[id(row)] for row in survivors])
+        except Exception as e:
+            logger.exception("filtering the decoding state failed; failing its %d sequences", len(survivors))
+            self.rows = survivors
+            self._give_up_state(e)
+            return
+        self.rows = survivors
 
 
-def _deliver(item: Item[Any, Any], update: Update) -> None:
+def _send(item: Item[Any, Any], update: Update) -> None:
     assert item.on_update is not None
     try:
         item.on_update(update)
@@ -220,5 +381,5 @@ def _deliver(item: Item[Any, Any], update: Update) -> None:
         logger.debug("a stream sink failed", exc_info=True)
 
 
-def _fail(item: Item[Any, Any], error: BaseException) -> None:
-    item.fail(error)
+def _fail(row: Row, error: BaseException) -> None:
+    row.item.fail(error)

@@ -47,6 +47,10 @@ class RunningRows(Generic[S]):
     def __len__(self) -> int:
         return len(self.items) + len(self.rejoining)
 
+    def requests(self) -> list[Item[Any, Any]]:
+        """Every row's request, running or waiting to rejoin."""
+        return [*self.items, *(item for _, item in self.rejoining)]
+
     def step(self) -> None:
         """One step for every running row; what it did is `_stepped`'s business."""
         if not self.items:

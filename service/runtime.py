@@ -76,6 +76,7 @@ class Runtime:
             self._ready,
             self._failure,
             encoder_cache_bytes=settings.encoder_cache_bytes,
+            max_turn_ms=settings.max_turn_ms,
         )
         metrics.watch_running(self._thread.running)
         self._watchdog: Watchdog | None = None

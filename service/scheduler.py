@@ -3,13 +3,17 @@
 The thread first loads the models and warms them up (so the device is only ever touched from here),
 then turns the loop. Each turn:
 1. drops running sequences whose client left or whose deadline passed (they compute no more);
-2. lets waiting captions and answers join the running sequences, as far as slots allow (prefill);
-3. runs one batch of another task that is due (embeddings; captions and answers of models that cannot
-   decode step by step, or of every model when `MMSERVE_SCHEDULER=static`), the one whose oldest item
-   has waited longest;
+2. lets waiting captions, answers and transcripts join the running sequences, as far as slots allow
+   (prefill; a transcript is a row like a caption, its context an audio's tokens);
+3. runs one batch of another task that is due (embeddings; captions, answers and transcripts of models
+   that cannot decode step by step, or of every model when `MMSERVE_SCHEDULER=static`), the one whose
+   oldest item has waited longest;
 4. runs one decoding step for every running sequence, and one denoising step for every running image
    (`service.denoising`); the finished ones answer at once.
-So nothing waits for a whole generation: an embedding waits at most one step and its own batch. When
+So nothing waits for a whole generation: an embedding waits at most one step and its own batch. While
+sequences decode, what joins them and a whole batch are each cut to fit `MMSERVE_MAX_TURN_MS`
+(`service.turn_budget`, at least one item), so the running streams wait between two tokens for about that
+long at most (or one item's cost, if that is more); a transcript's audio is encoded a block per turn. When
 the device is idle, whatever is queued runs now (`max_wait_ms`, by default 0, is an opt-in wait for
 batch-mates). A batch that raises is retried item by item, so one bad item fails alone; one that runs out
 of memory is retried in halves and caps its task's batch size for a while (`service.faults`). On `stop()`
@@ -35,11 +39,12 @@ from model import Task
 from service.batching import Batcher, Item
 from service.denoising import Denoising
 from service.encoder_cache import EncoderCache
-from service.engine import Engine
+from service.engine import STEPWISE_TASKS, Engine
 from service.errors import NotReady
 from service.faults import BatchCap, DeviceBroken, run_split
 from service.generation import Generation
 from service.metrics import Metrics
+from service.turn_budget import TurnBudget
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +52,7 @@ logger = logging.getLogger(__name__)
 class Running(Protocol):
     """What the loop steps: rows that join between steps and leave when done (`Generation`, `Denoising`)."""
 
-    @property
-    def items(self) -> Sequence[Item[Any, Any]]: ...  # row i's request
-    @property
-    def rejoining(self) -> Sequence[tuple[Task, Item[Any, Any]]]: ...  # put back after out-of-memory
+    def requests(self) -> Sequence[Item[Any, Any]]: ...  # every row's request, running or waiting to rejoin
     def __len__(self) -> int: ...
     def free_for(self, task: Task) -> int: ...
     def admit(self, task: Task, items: Sequence[Item[Any, Any]]) -> None: ...
@@ -72,6 +74,7 @@ class InferenceThread(threading.Thread):
         on_ready: Callable[[Engine], None],
         on_failure: Callable[[BaseException], None],
         encoder_cache_bytes: int = 0,
+        max_turn_ms: float = 0.0,
     ) -> None:
         super().__init__(name="mmserve-inference", daemon=True)
         self._load_engine = load_engine
@@ -84,6 +87,7 @@ class InferenceThread(threading.Thread):
         self._generations: Mapping[Task, Running] = {}  # the stepwise tasks, and the state each steps in
         self._states: list[Running] = []  # the same, each state once (captions and answers may share one)
         self._caps = {t: BatchCap(b.max_batch_size, metrics.batch_cap.labels(t).set) for t, b in batchers.items()}
+        self._budget = TurnBudget(max_turn_ms)  # whole batches cut to fit a turn while sequences decode
         self._taken: list[Item[Any, Any]] = []  # the items taken this turn (answered 503 if the loop dies)
         self._busy_since: float | None = None  # the current turn's start or last step; None between turns
         self._stopping = False
@@ -143,7 +147,7 @@ class InferenceThread(threading.Thread):
         stuck in the device; whatever it finishes later finds its items answered already."""
         for batcher in self._batchers.values():
             batcher.fail_pending(error)
-        running = [item for g in self._states for item in [*g.items, *(item for _, item in g.rejoining)]]
+        running = [item for g in self._states for item in g.requests()]
         for item in [*self._taken, *running]:
             item.fail(error)
 
@@ -153,19 +157,19 @@ class InferenceThread(threading.Thread):
 
     # The loop.
     def _build_generations(self, engine: Engine) -> None:
-        """One generation state per stepwise model; captions and answers share it when one model does both."""
+        """One generation state per stepwise model; its captions, answers and transcripts share it."""
         by_model: dict[int, Generation] = {}
         generations: dict[Task, Generation] = {}
-        for task in ("caption", "vqa"):
+        for task in STEPWISE_TASKS:
             model = engine.stepwise(task) if task in engine.tasks else None
             if model is None:
                 continue
-            tasks = [t for t in ("caption", "vqa") if t in engine.tasks and engine.stepwise(t) is model]
+            tasks = [t for t in STEPWISE_TASKS if t in engine.tasks and engine.stepwise(t) is model]
             if id(model) not in by_model:
                 limits: dict[Task, int] = {t: self._batchers[t].max_batch_size for t in tasks}
                 by_model[id(model)] = Generation(model, limits, self._cache, self._metrics)
             generations[task] = by_model[id(model)]
-        self._generations, self._states = generations, list(by_model.values())
+        self._generations, self._states = dict(generations), list(by_model.values())
 
     def _build_denoising(self, engine: Engine) -> None:
         """Images denoise step by step, as one more running state (unless whole requests run as batches)."""
@@ -205,14 +209,17 @@ class InferenceThread(threading.Thread):
         for task in sorted(due, key=lambda t: self._batchers[t].oldest_enqueued_at()):
             joining = self._generations.get(task)
             if joining is not None and (room := joining.free_for(task)):
-                items = self._batchers[task].take(room)
+                items = self._batchers[task].take(self._budget.items(task, room) if self.running() else room)
                 self._taken += items
                 if items:
+                    started = time.monotonic()
                     joining.admit(task, items)
+                    self._budget.observe(task, time.monotonic() - started, len(items))
         batch_tasks = [task for task in due if task not in self._generations]
         if batch_tasks:
             task = min(batch_tasks, key=lambda t: self._batchers[t].oldest_enqueued_at())
-            items = self._batchers[task].take(self._caps[task].limit)
+            limit = self._caps[task].limit
+            items = self._batchers[task].take(self._budget.items(task, limit) if self.running() else limit)
             self._taken += items
             if items:
                 self._run_batch(engine, task, items)
@@ -228,6 +235,7 @@ class InferenceThread(threading.Thread):
             self._metrics.queue_duration.labels(task).observe(item.queue_s)
         self._metrics.batch_size.labels(task).observe(len(items))
         self._execute(engine, task, items)
+        self._budget.observe(task, time.monotonic() - started, len(items))
 
     def _execute(self, engine: Engine, task: Task, items: list[Item[Any, Any]]) -> None:
         """Run the batch; out of memory, its halves; failing otherwise, each item alone (`run_split`)."""

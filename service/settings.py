@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     # text to image: the most images denoising at once (each image is one row of every denoising step)
     text_to_image_max_batch_size: int = Field(default=8, ge=1)
     text_to_image_max_wait_ms: float = Field(default=0.0, ge=0)
+    # While sequences decode, what joins them in one turn (images encoded, prompts prefilled) and a whole
+    # batch (a model that cannot decode step by step: Hugging Face, Whisper) each take only as many items as
+    # their measured cost per item fits in this (at least one), so streams wait about this long at most
+    # between two tokens; 0: no budget.
+    max_turn_ms: float = Field(default=50.0, ge=0)
     encoder_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)  # image encodings kept for reuse; 0: off
     queue_capacity: int = Field(default=1024, ge=1)  # admitted, unfinished items per task; beyond it: 429
 

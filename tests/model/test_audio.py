@@ -25,6 +25,7 @@ from model.generate import DecodeState, SequenceSpec, greedy_decode
 from model.multimodal import BuiltinModel
 from model.tokenizer import BOS, EOS, PAD, SEP
 from tests.support.audio import speech
+from tests.support.server import noise_image
 
 SENTENCES = [
     "a red circle",
@@ -146,6 +147,59 @@ def test_rows_join_and_leave_a_masked_state(hearing: BuiltinModel, clips: list[n
     assert steps > 20 and len(texts) >= len(audios) - len(cancelled) > 0
     for i, text in texts.items():
         assert text == expected[i], f"audio {i}"
+
+
+def test_transcripts_join_captions_in_one_state(hearing: BuiltinModel, clips: list[np.ndarray]) -> None:
+    """The serving state of a model that hears: captions decode, transcripts join mid-way (their context
+    slots grow for the longest), more captions join after; every transcript equals it alone, every caption
+    equals it alone (unchanged by the audio rows next to it), and streamed deltas add up to each text."""
+    images = [noise_image(seed) for seed in range(4)]
+    limits = [12, 40, 6, 30]
+    captions = [hearing.caption([image], n)[0] for image, n in zip(images, limits, strict=True)]
+    transcripts = [hearing.transcribe([clip])[0] for clip in clips[:3]]
+    state = hearing.new_state(7)
+    image_encodings = hearing.encode_images([hearing.prepare_image(image) for image in images])
+    audio_encodings = hearing.encode_audios(clips[:3])
+    caption_specs = [hearing.sequence("caption", None, n) for n in limits]
+    transcript_spec = hearing.sequence("transcribe", None, hearing.config.decoder.max_len - 1)
+    joins = {  # step → what joins before it: (kind, index)
+        0: [("caption", 0), ("caption", 1)],
+        3: [("transcript", 0)],
+        5: [("transcript", 1), ("caption", 2)],
+        9: [("transcript", 2), ("caption", 3)],
+    }
+    rows: list[tuple[str, int]] = []
+    texts: dict[tuple[str, int], str] = {}
+    shown: dict[tuple[str, int], str] = {}
+    step = 0
+    while rows or any(at >= step for at in joins):
+        updates: list = [None] * len(rows)  # type: ignore[type-arg]
+        joining = joins.get(step, [])
+        if joining:
+            specs = [caption_specs[i] if kind == "caption" else transcript_spec for kind, i in joining]
+            contexts = [image_encodings[i] if kind == "caption" else audio_encodings[i] for kind, i in joining]
+            updates += state.prefill(specs, contexts)
+            rows += joining
+        elif rows:
+            updates = state.step()
+        step += 1
+        keep = []
+        for r, update in enumerate(updates):
+            if update is None:
+                keep.append(r)
+                continue
+            shown[rows[r]] = shown.get(rows[r], "") + update.delta
+            if update.finished:
+                texts[rows[r]] = update.text
+            else:
+                keep.append(r)
+        state.filter(keep)
+        rows = [rows[r] for r in keep]
+    assert state._context_len >= max(e.cross_kv[0][0].shape[1] for e in audio_encodings)  # grew for the audio
+    assert [texts[("caption", i)] for i in range(4)] == captions
+    assert [texts[("transcript", i)] for i in range(3)] == transcripts
+    assert all(shown[key] == text for key, text in texts.items())
+    assert any(transcripts) and any(captions)
 
 
 def test_a_checkpoint_with_the_tower_saves_and_loads_strictly(

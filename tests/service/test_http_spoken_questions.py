@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from service.engine import Engine
 from tests.service.conftest import LoadModel, Serve
 from tests.support.audio import encode, speech, tone
 from tests.support.server import encode_image, error_of, noise_image, validation_messages
@@ -36,7 +37,8 @@ def spoken(wav: bytes) -> dict[str, Any]:
 def hears(
     monkeypatch: pytest.MonkeyPatch, load_once: LoadModel, checkpoint: Path, text: str, delay_s: float = 0
 ) -> None:
-    """Make the (shared) loaded model hear `text` in any audio, after `delay_s` on the inference thread."""
+    """Make the (shared) loaded model hear `text` in any audio, after `delay_s` on the inference thread (its
+    transcriptions then run as whole batches, through the replaced `transcribe`, not step by step)."""
     model = load_once(str(checkpoint), torch.device("cpu"), None)
 
     def transcribe(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[str]:
@@ -44,6 +46,8 @@ def hears(
         return [text] * len(audios)
 
     monkeypatch.setattr(model, "transcribe", transcribe)
+    stepwise = Engine.stepwise
+    monkeypatch.setattr(Engine, "stepwise", lambda self, task: None if task == "transcribe" else stepwise(self, task))
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,18 @@ class Driver:
         while self.has_work():
             self.turn()
 
+    def play(self, ops: Sequence[tuple[Any, ...]], other: Any) -> None:
+        """Run a schedule: abandon, expire, turn and drain here, any other operation by `other(op)`; then drain."""
+        for op in ops:
+            if op[0] in ("abandon", "expire"):
+                if self.requests:
+                    getattr(self, op[0])(op[1])
+            elif op[0] in ("turn", "drain"):
+                getattr(self, op[0])()
+            else:
+                other(op)
+        self.drain()
+
     def check(self, matches: Any) -> None:
         """The invariants, once everything has been drained."""
         for request in self.requests:
@@ -197,17 +209,12 @@ def operations(kinds: Sequence[str], tasks: Sequence[str]) -> st.SearchStrategy[
 def test_batch_tasks_under_random_schedules(ops: list[tuple[Any, ...]], max_batch_size: int) -> None:
     engine = StandInEngine()
     driver = Driver(engine, ("a", "b"), max_batch_size)
-    for op in ops:
-        if op[0] == "submit":
-            _, task, value, kind, expired = op
-            driver.submit(task, Payload(len(driver.requests), value, kind), kind, expired=expired)
-        elif op[0] in ("abandon", "expire") and driver.requests:
-            getattr(driver, op[0])(op[1])
-        elif op[0] == "turn":
-            driver.turn()
-        elif op[0] == "drain":
-            driver.drain()
-    driver.drain()
+
+    def submit(op: tuple[Any, ...]) -> None:
+        _, task, value, kind, expired = op
+        driver.submit(task, Payload(len(driver.requests), value, kind), kind, expired=expired)
+
+    driver.play(ops, submit)
     driver.check(lambda r, result: result == (r.task, r.payload.request, 2 * r.payload.value))
     gone = {i: r.gone_at for i, r in enumerate(driver.requests) if r.gone_at is not None}
     for turn, request in engine.computed:  # never started after its request had gone
