@@ -133,12 +133,14 @@ async def test_a_bad_image_is_a_400_before_anything_is_transcribed(
     serve: Serve, load_once: LoadModel, tiny_audio_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch, wav: bytes
 ) -> None:
     """The image is decoded while the audio is prepared, and its 400 comes before the question is transcribed."""
+    hears(monkeypatch, load_once, tiny_audio_checkpoint_dir, "what colour is it?")
     model = load_once(str(tiny_audio_checkpoint_dir), torch.device("cpu"), None)
     heard: list[int] = []
+    hearing = model.transcribe
 
-    def transcribe(audios: Sequence[Any], language: Any = None) -> list[str]:
+    def transcribe(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[str]:
         heard.append(len(audios))
-        return ["what colour is it?"] * len(audios)
+        return hearing(audios, language, progress)
 
     monkeypatch.setattr(model, "transcribe", transcribe)
     async with serve(model=str(tiny_audio_checkpoint_dir)) as client:

@@ -171,13 +171,13 @@ async def test_a_spoken_question_with_a_bad_image_fails_before_any_transcription
 ) -> None:
     model = load_once(str(tiny_audio_checkpoint_dir), "cpu", None)
     heard: list[int] = []
-    real_transcribe = model.transcribe
+    real_start = model.start_audio_encoding  # type: ignore[attr-defined]  # every audio encoded, stepwise or whole
 
-    def transcribe(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[str]:
+    def start_audio_encoding(audios: Sequence[Any]) -> Any:
         heard.append(len(audios))
-        return real_transcribe(audios, language, progress)
+        return real_start(audios)
 
-    monkeypatch.setattr(model, "transcribe", transcribe)
+    monkeypatch.setattr(model, "start_audio_encoding", start_audio_encoding)
     wav = encode(*speech("what colour is the circle?"))
     async with running(tiny_audio_checkpoint_dir) as serving:
         heard.clear()  # the warm-up's
