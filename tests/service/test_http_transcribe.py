@@ -40,7 +40,10 @@ def expected(tiny_whisper_dir: Path, clips: list[tuple[np.ndarray, int]]) -> lis
 
 @pytest.fixture(scope="module")
 async def client(serve, tiny_whisper_dir: Path):  # type: ignore[no-untyped-def]
-    async with serve(transcribe_model=str(tiny_whisper_dir), transcribe_max_wait_ms=100) as client:
+    # audio longer than the window (4 s) is cut at pauses; longer than 4.5 s is refused
+    async with serve(
+        transcribe_model=str(tiny_whisper_dir), transcribe_max_wait_ms=100, max_audio_seconds=4.5
+    ) as client:
         yield client
 
 
@@ -103,7 +106,7 @@ async def test_bad_audio_fails_alone_next_to_good_audio(
     assert error_of(responses[1])["type"] == "invalid_audio"
     assert responses[2].json()["detail"][0]["type"] == "silent_audio"
     assert error_of(responses[4])["message"] == (
-        "the audio is 5.0 s long; the model's window is 4 s (longer audio is refused, not chunked)"
+        "the audio is 5.0 s long; the limit is 4.5 s (MMSERVE_MAX_AUDIO_SECONDS)"
     )
     assert error_of(responses[5])["type"] == "unsupported_audio_format"
 
