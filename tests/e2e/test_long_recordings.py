@@ -3,14 +3,19 @@ answered with segment times, as OpenAI's formats (verbose_json, srt, vtt) and st
 
 The recording is the tests' (`tests.support.recordings`): about two minutes of held-out scene sentences
 read by espeak-ng in a training voice, 1-2 s pauses of known length over quiet noise. The transcript must
-match the sentences (WER at most 0.05) and each segment's times the sentence's sound within 0.3 s.
+match the sentences (WER at most 0.05) and each segment's times the sentence's sound within 0.3 s. The
+`mmserve transcribe` and `mmserve vqa --question-audio` client commands run against the same server.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +29,7 @@ from model.evaluate import word_error_rate
 from model.train.speech import eval_sentences
 from tests.support.audio import encode
 from tests.support.recordings import RATE, Recording, long_recording, sentence
-from tests.support.server import ServerProcess, error_of
+from tests.support.server import REPO_ROOT, ServerProcess, encode_image, error_of, noise_image
 
 pytestmark = [pytest.mark.slow]
 
@@ -155,3 +160,46 @@ def test_streamed_a_segment_at_a_time(
     segments = [json.loads(b["data"]) for b in blocks[:-1]]
     assert segments == [{k: s[k] for k in ("id", "start", "end", "text")} for s in whole["segments"]]
     assert json.loads(blocks[-1]["data"])["text"] == whole["text"]
+
+
+def mmserve(*args: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MMSERVE_")}
+    command = [sys.executable, "-m", "service", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def test_the_cli_transcribes_in_each_format(server: ServerProcess, wav: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "recording.wav"
+    path.write_bytes(wav)
+    verbose = transcriptions(server, wav, response_format="verbose_json").json()
+    text = mmserve("transcribe", str(path), "--url", server.url)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.strip() == verbose["text"]
+    as_json = mmserve("transcribe", str(path), "--format", "json", "--url", server.url)
+    body = json.loads(as_json.stdout)
+    assert [s["text"] for s in body["segments"]] == [s["text"] for s in verbose["segments"]]
+    for form in ("srt", "vtt"):
+        done = mmserve("transcribe", str(path), "--format", form, "--url", server.url)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == transcriptions(server, wav, response_format=form).text
+    missing = mmserve("transcribe", str(tmp_path / "missing.wav"), "--url", server.url)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_the_cli_asks_a_spoken_question(server: ServerProcess, tmp_path: Path) -> None:
+    question = "what colour is the circle?"
+    image, audio = tmp_path / "scene.png", tmp_path / "question.wav"
+    image.write_bytes(encode_image(noise_image(3)))
+    audio.write_bytes(encode(sentence(question, VOICE), RATE))
+    done = mmserve("vqa", str(image), "--question-audio", str(audio), "--url", server.url, "--json")
+    assert done.returncode == 0, done.stderr
+    spoken = json.loads(done.stdout)
+    assert word_error_rate([question], [spoken["heard"]]) <= 0.2, spoken["heard"]
+    typed = httpx.post(
+        f"{server.url}/vqa", files={"image": ("s.png", image.read_bytes())}, data={"question": spoken["heard"]}
+    ).json()
+    assert spoken["answer"] == typed["answer"]
+    readable = mmserve("vqa", str(image), "--question-audio", str(audio), "--url", server.url)
+    assert readable.stdout.strip() == spoken["answer"] and f"heard: {spoken['heard']}" in readable.stderr
+    both = mmserve("vqa", str(image), question, "--question-audio", str(audio), "--url", server.url)
+    assert both.returncode == 2 and "one of them" in both.stderr
