@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ import soxr
 
 from model.hf import load_hf_model
 from tests.support.audio import encode, speech, tone
+from tests.support.recordings import RATE, long_recording
 from tests.support.server import error_of
 
 pytestmark = pytest.mark.anyio
@@ -129,3 +131,27 @@ async def test_a_builtin_checkpoint_without_an_audio_tower_cannot_transcribe(ser
         response = await client.post("/transcribe", **upload(encode(tone(1.0), 16_000)))  # type: ignore[arg-type]
         assert response.status_code == 501
         assert "MMSERVE_TRANSCRIBE_MODEL" in error_of(response)["message"]
+
+
+async def test_segments_asked_within_the_window_whole_and_streamed(client: httpx.AsyncClient) -> None:
+    """`segments`: a clip within the window is cut at its pause too; streamed, a `segment` event per piece, in
+    order, equal to the whole answer's segments, then `done` with that answer."""
+    recording = long_recording(["a red circle", "a blue square"], pauses_s=[1.0], lead_s=0.3)
+    wav = encode(recording.samples, RATE)
+    whole = await client.post("/transcribe", files={"audio": ("r.wav", wav)}, data={"segments": "true"})
+    assert whole.status_code == 200, whole.text
+    segments = whole.json()["segments"]
+    assert segments, "a random tiny Whisper says something for each sentence"
+    for segment in segments:  # each piece is one sentence's speech (one heard as nothing gives no segment)
+        assert any(
+            abs(segment["start"] - s.start_s) <= 0.3 and abs(segment["end"] - s.end_s) <= 0.3 for s in recording.speech
+        ), (segment, recording.speech)
+    plain = (await client.post("/transcribe", files={"audio": ("r.wav", wav)})).json()
+    assert "segments" not in plain  # heard whole
+    streamed = await client.post(
+        "/transcribe", files={"audio": ("r.wav", wav)}, data={"segments": "true", "stream": "true"}
+    )
+    blocks = [dict(line.split(": ", 1) for line in b.splitlines()) for b in streamed.text.strip().split("\n\n")]
+    assert [b["event"] for b in blocks] == ["segment"] * len(segments) + ["done"]
+    assert [json.loads(b["data"]) for b in blocks[:-1]] == segments
+    assert json.loads(blocks[-1]["data"])["text"] == whole.json()["text"]
