@@ -155,3 +155,19 @@ async def test_segments_asked_within_the_window_whole_and_streamed(client: httpx
     assert [b["event"] for b in blocks] == ["segment"] * len(segments) + ["done"]
     assert [json.loads(b["data"]) for b in blocks[:-1]] == segments
     assert json.loads(blocks[-1]["data"])["text"] == whole.json()["text"]
+
+
+async def test_audio_uploads_have_their_own_byte_limit(serve, tiny_whisper_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """`max_audio_upload_bytes` bounds a file on the transcription routes, multipart or base64 JSON; images (and
+    everything else) keep `max_upload_bytes`."""
+    wav = encode(*speech("a red circle"))  # ~60 KB of float WAV at the espeak rate
+    small, large = len(wav) // 2, len(wav) * 2
+    settings = {"transcribe_model": str(tiny_whisper_dir), "max_upload_bytes": small, "max_audio_upload_bytes": large}
+    async with serve(**settings) as client:
+        assert (await client.post("/transcribe", **upload(wav))).status_code == 200  # type: ignore[arg-type]
+        audio = base64.b64encode(wav).decode()
+        assert (await client.post("/transcribe", json={"audio": audio})).status_code == 200
+        image = await client.post("/caption", files={"image": ("a.png", bytes(small + 1), "image/png")})
+        assert image.status_code == 413
+        too_large = await client.post("/transcribe", **upload(wav + bytes(large)))  # type: ignore[arg-type]
+        assert too_large.status_code == 413
