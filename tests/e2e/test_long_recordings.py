@@ -125,7 +125,7 @@ def test_srt_and_vtt_parse_back_to_the_segments(server: ServerProcess, recording
     subtitles = list(srt.parse(as_srt.text))
     assert [s.content for s in subtitles] == texts
     assert [t.total_seconds() for s in subtitles for t in (s.start, s.end)] == pytest.approx(times, abs=1e-3)
-    captions = webvtt.from_buffer(io.StringIO(as_vtt.text))
+    captions = webvtt.from_buffer(io.StringIO(as_vtt.text)).captions
     assert [c.text for c in captions] == texts
     assert [seconds(t) for c in captions for t in (c.start, c.end)] == pytest.approx(times, abs=1e-3)
     check_times(recording, [(s.start.total_seconds(), s.end.total_seconds()) for s in subtitles])

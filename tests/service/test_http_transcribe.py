@@ -128,7 +128,7 @@ async def test_a_builtin_checkpoint_without_an_audio_tower_cannot_transcribe(ser
     """The default app serves the `tiny` checkpoint (no audio tower; `tiny+audio` has one: tests/e2e)."""
     async with serve() as client:
         assert "transcribe" not in (await client.get("/health")).json()["tasks"]
-        response = await client.post("/transcribe", **upload(encode(tone(1.0), 16_000)))  # type: ignore[arg-type]
+        response = await client.post("/transcribe", **upload(encode(tone(1.0), 16_000)))
         assert response.status_code == 501
         assert "MMSERVE_TRANSCRIBE_MODEL" in error_of(response)["message"]
 
@@ -164,10 +164,10 @@ async def test_audio_uploads_have_their_own_byte_limit(serve, tiny_whisper_dir: 
     small, large = len(wav) // 2, len(wav) * 2
     settings = {"transcribe_model": str(tiny_whisper_dir), "max_upload_bytes": small, "max_audio_upload_bytes": large}
     async with serve(**settings) as client:
-        assert (await client.post("/transcribe", **upload(wav))).status_code == 200  # type: ignore[arg-type]
+        assert (await client.post("/transcribe", **upload(wav))).status_code == 200
         audio = base64.b64encode(wav).decode()
         assert (await client.post("/transcribe", json={"audio": audio})).status_code == 200
         image = await client.post("/caption", files={"image": ("a.png", bytes(small + 1), "image/png")})
         assert image.status_code == 413
-        too_large = await client.post("/transcribe", **upload(wav + bytes(large)))  # type: ignore[arg-type]
+        too_large = await client.post("/transcribe", **upload(wav + bytes(large)))
         assert too_large.status_code == 413
