@@ -13,6 +13,11 @@ deadline), `_prepare` (work in the decode pool, several at once, timed), `_run_s
 submitted items' outputs) and `_stream` (iterate one item's updates). Each kind has a whole method, a
 streamed one and an `_as_asked` one (the request's body says which).
 
+A transcription is one item, or, for a recording longer than the model's window (or with segments asked),
+one item per chunk cut at pauses (`model.speech_chunks`, in the decode pool), room reserved for all;
+their texts are stitched into timed segments (`service.segments`), and streamed one chunk at a time
+(`service.serving.chunks.ChunkStream`). Audio within the window, no segments asked, is heard whole.
+
 Extension point, for text-to-image next (`images` / `images_stream`: prompt → PNG images, with progress):
 a pair of methods (or a mixin in its own module that `Serving` inherits) doing
     async with self._call("images", client) as call, with self._admit("images") as slot:
