@@ -32,6 +32,9 @@ from service.routes import router
 from service.runtime import Runtime
 from service.settings import Settings
 
+# The transcription routes take one audio file of up to `max_audio_upload_bytes` (a long recording).
+AUDIO_UPLOAD_PATHS = ("/transcribe", "/v1/audio/transcriptions")
+
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = """Captions, visual question answering and text/image embeddings in one space,
@@ -86,7 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_playground(app)
     # Middleware, innermost first: the body limit, API keys (a refusal reads no body), CORS (its headers
     # on refusals too, so a browser can read them), request ids and log lines, OpenAI's error shape on /v1.
-    app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
+    audio = {path: settings.max_audio_upload_bytes for path in AUDIO_UPLOAD_PATHS}
+    app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes, larger=audio)
     keys = settings.api_key_list()
     if keys:
         app.add_middleware(ApiKeyAuth, keys=keys, protect_health=settings.protect_health)

@@ -1,4 +1,8 @@
-"""`mmserve caption|vqa|embed`: the service's client, for a shell, against a running server.
+"""`mmserve caption|vqa|embed|transcribe`: the service's client, for a shell, against a running server.
+
+`vqa IMAGE QUESTION` asks a typed question; `vqa IMAGE --question-audio FILE` a spoken one (the answer, and
+on stderr what was heard). `transcribe FILE --format text|json|srt|vtt`: the transcript's text, the
+server's JSON with segment times (/transcribe with `segments`), or subtitles (OpenAI's route's `srt`/`vtt`).
 
 The server is `--url` (else `MMSERVE_URL`, else http://127.0.0.1:8000) and the key `--api-key` (else
 `MMSERVE_API_KEY`). Output is readable by default and the server's JSON with `--json`. Exit codes:
@@ -22,6 +26,7 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+FORMATS = ("text", "json", "srt", "vtt")
 
 
 class ClientError(Exception):
@@ -31,7 +36,7 @@ class ClientError(Exception):
 
 
 def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The three client subcommands, on the `mmserve` parser."""
+    """The client subcommands, on the `mmserve` parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=None, help=f"the server (MMSERVE_URL; default {DEFAULT_URL})")
     common.add_argument("--api-key", default=None, help="sent as 'Authorization: Bearer' (MMSERVE_API_KEY)")
@@ -45,8 +50,17 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
     vqa = commands.add_parser("vqa", parents=[common], help="ask a running server a question about an image")
     vqa.add_argument("image", type=Path, metavar="IMAGE")
-    vqa.add_argument("question", metavar="QUESTION")
+    vqa.add_argument("question", metavar="QUESTION", nargs="?", help="typed (or give --question-audio)")
+    vqa.add_argument("--question-audio", type=Path, metavar="FILE", help="a spoken question (WAV, FLAC, Ogg, MP3)")
     vqa.set_defaults(run=run_vqa)
+
+    transcribe = commands.add_parser("transcribe", parents=[common], help="transcribe speech on a running server")
+    transcribe.add_argument("audio", type=Path, metavar="FILE")
+    transcribe.add_argument(
+        "--format", choices=FORMATS, default="text", help="text (default), json (with segment times), srt or vtt"
+    )
+    transcribe.add_argument("--language", default=None, help="an ISO 639-1 code; default: the model detects it")
+    transcribe.set_defaults(run=run_transcribe)
 
     embed = commands.add_parser("embed", parents=[common], help="embed texts on a running server")
     embed.add_argument("texts", nargs="+", metavar="TEXT")
@@ -77,8 +91,30 @@ def run_caption(client: httpx.Client, args: argparse.Namespace) -> None:
 
 
 def run_vqa(client: httpx.Client, args: argparse.Namespace) -> None:
-    answer = post(client, "/vqa", files=upload(args.image), data={"question": args.question})
+    if (args.question is None) == (args.question_audio is None):
+        raise ClientError("give a QUESTION or --question-audio FILE (one of them)", EXIT_USAGE)
+    if args.question_audio is None:
+        answer = post(client, "/vqa", files=upload(args.image), data={"question": args.question})
+    else:
+        files = {**upload(args.image), **upload(args.question_audio, "question_audio")}
+        answer = post(client, "/vqa", files=files)
+        if not args.json:
+            print(f"heard: {answer['heard']}", file=sys.stderr)
     show(args, answer, answer["answer"])
+
+
+def run_transcribe(client: httpx.Client, args: argparse.Namespace) -> None:
+    language = {"language": args.language} if args.language else {}
+    audio = upload(args.audio, "audio")
+    if args.format in ("srt", "vtt"):  # the server writes the subtitles (OpenAI's route)
+        model = str(get(client, "/health").get("models", {}).get("transcribe", ""))
+        files = {"file": audio["audio"]}
+        data = {"model": model, "response_format": args.format, **language}
+        print(request(client, "/v1/audio/transcriptions", files=files, data=data).text, end="")
+        return
+    segments = {"segments": "true"} if args.format == "json" else {}
+    answer = post(client, "/transcribe", files=audio, data={**language, **segments})
+    show(args, answer, json.dumps(answer, indent=2) if args.format == "json" else answer["text"])
 
 
 def run_embed(client: httpx.Client, args: argparse.Namespace) -> None:
@@ -96,26 +132,36 @@ def run_embed(client: httpx.Client, args: argparse.Namespace) -> None:
     show(args, answer, "\n".join(lines))
 
 
-def upload(path: Path) -> dict[str, tuple[str, bytes, str]]:
+def upload(path: Path, field: str = "image") -> dict[str, tuple[str, bytes, str]]:
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ClientError(f"cannot read {path}: {e.strerror}", EXIT_USAGE) from e
-    return {"image": (path.name, data, mimetypes.guess_type(path.name)[0] or "application/octet-stream")}
+    return {field: (path.name, data, mimetypes.guess_type(path.name)[0] or "application/octet-stream")}
 
 
-def post(client: httpx.Client, route: str, **request: Any) -> dict[str, Any]:
+def post(client: httpx.Client, route: str, **fields: Any) -> dict[str, Any]:
     """The JSON answer of a POST, or a `ClientError` saying what went wrong, as the server put it."""
+    body: dict[str, Any] = request(client, route, **fields).json()
+    return body
+
+
+def get(client: httpx.Client, route: str) -> dict[str, Any]:
+    body: dict[str, Any] = request(client, route, method="GET").json()
+    return body
+
+
+def request(client: httpx.Client, route: str, method: str = "POST", **fields: Any) -> httpx.Response:
+    """A successful response, or a `ClientError` saying what went wrong, as the server put it."""
     try:
-        response = client.post(route, **request)
+        response = client.request(method, route, **fields)
     except httpx.TimeoutException as e:
         raise ClientError(f"{client.base_url} did not answer within {client.timeout.read} s", EXIT_UNREACHABLE) from e
     except httpx.TransportError as e:
         message = f"cannot reach the server at {client.base_url} ({e}); is it running?"
         raise ClientError(message, EXIT_UNREACHABLE) from e
     if response.is_success:
-        body: dict[str, Any] = response.json()
-        return body
+        return response
     raise ClientError(f"{response.status_code} {response.reason_phrase}: {server_message(response)}", EXIT_SERVER_ERROR)
 
 

@@ -26,24 +26,26 @@ _FRAMING_BYTES = 64 * 1024
 
 
 class BodySizeLimit:
-    """Refuse request bodies larger than one image upload (413)."""
+    """Refuse request bodies larger than one upload (413): an image's, or a path's own (`larger`: audio)."""
 
-    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_upload_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_upload_bytes = max_upload_bytes
+        self.larger = larger or {}
 
-    def limit_for(self, headers: Headers) -> int:
-        """Multipart carries the raw image; JSON carries it in base64, a third larger."""
+    def limit_for(self, headers: Headers, path: str = "") -> int:
+        """Multipart carries the raw file; JSON carries it in base64, a third larger."""
+        upload = self.larger.get(path, self.max_upload_bytes)
         if headers.get("content-type", "").startswith("multipart/"):
-            return self.max_upload_bytes + _FRAMING_BYTES
-        return self.max_upload_bytes * 4 // 3 + _FRAMING_BYTES
+            return upload + _FRAMING_BYTES
+        return upload * 4 // 3 + _FRAMING_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        limit = self.limit_for(headers)
+        limit = self.limit_for(headers, scope.get("path", ""))
         too_large = PayloadTooLarge(f"the request body is larger than {limit} bytes")
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

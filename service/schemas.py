@@ -208,6 +208,12 @@ class TranscribeParams(StreamParam):
         max_length=8,
         description="The spoken language's ISO 639-1 code (en, fr, ...); leave it out to let the model detect it",
     )
+    segments: Annotated[bool, BeforeValidator(_form_boolean)] = Field(
+        default=False,
+        strict=True,
+        description="Segment times: the audio is cut at pauses and each piece's text comes with its start and "
+        "end (always, for audio longer than the model's window)",
+    )
 
 
 class TranscribeJSON(TranscribeParams):
@@ -297,12 +303,24 @@ class VqaResponse(BaseModel):
     timings: Timings
 
 
+class TranscriptSegment(BaseModel):
+    id: int
+    start: float = Field(description="Where its speech starts in the recording, in seconds")
+    end: float = Field(description="Where its speech ends, in seconds")
+    text: str
+
+
 class TranscribeResponse(BaseModel):
     text: str
     model: str
     language: str | None = Field(description="The language asked for; null when the model detected it")
     duration: float = Field(description="The audio's duration in seconds")
     timings: Timings
+    segments: list[TranscriptSegment] | None = Field(
+        default=None,
+        description="What was said when, in order of time: with `segments`, and for audio longer than the "
+        "model's window (cut at pauses); absent when the audio was heard whole",
+    )
 
 
 class Embedding(BaseModel):

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
 
     # Input limits.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)  # one image, before decoding
+    # one audio file on the transcription routes (/transcribe, /v1/audio/transcriptions): 10 minutes of 16 kHz
+    # 16-bit mono WAV is 19 MB (FLAC or MP3 are far smaller); /vqa's spoken question keeps `max_upload_bytes`
+    max_audio_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)  # width × height, read from the header
     # one audio recording; one longer than the model's window is cut at pauses into chunks that fit it, where a
     # route chunks (model.speech_chunks; docs/models.md), and refused past the window where it does not
@@ -133,7 +136,6 @@ class Settings(BaseSettings):
     allow_image_urls: bool = False
     image_url_hosts: str = ""  # comma-separated host names (or IP literals) images may be fetched from
     image_url_timeout_s: float = Field(default=10.0, gt=0)
-
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

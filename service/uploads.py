@@ -105,14 +105,16 @@ async def read_form(
     settings: Settings,
     file_field: str = "image",
     optional_files: tuple[str, ...] = (),
+    limit: int | None = None,
 ) -> tuple[bytes, M]:
     """The uploaded file (`file_field`: "image", "audio", ...) and the other fields, validated against `params`.
 
     `optional_files` are further file fields `params` takes as bytes (e.g. /vqa's spoken `question_audio`).
+    `limit`: the file's most bytes (else `max_upload_bytes`; the optional files always have that).
     """
     form = await request.form(max_files=1 + len(optional_files), max_fields=MAX_FORM_FIELDS)
     try:
-        data = await _read_file(form, file_field, settings)
+        data = await _read_file(form, file_field, settings, limit)
         lists = _list_fields(params)
         fields: dict[str, Any] = {}
         for key, value in form.multi_items():
@@ -141,15 +143,15 @@ def _list_fields(params: type[BaseModel]) -> set[str]:
     return names
 
 
-async def _read_file(form: FormData, name: str, settings: Settings) -> bytes:
+async def _read_file(form: FormData, name: str, settings: Settings, limit: int | None = None) -> bytes:
     """The bytes of the file field `name` (422 when it is missing or a text field; 413 over the limit)."""
     upload = form.get(name)
     if upload is None:
         raise missing(name, f"Field required: a file field named '{name}'")
     if not isinstance(upload, UploadFile):
         raise missing(name, f"{name} must be a file upload, not a text field")
-    data = await upload.read(settings.max_upload_bytes + 1)
-    check_size(data, settings, name)
+    data = await upload.read((limit or settings.max_upload_bytes) + 1)
+    check_size(data, settings, name, limit)
     return data
 
 
@@ -162,20 +164,22 @@ async def read_image_request(
     file_field: str = "image",
     optional_files: tuple[str, ...] = (),
     offload: Offload = to_thread,
+    limit: int | None = None,
 ) -> tuple[bytes, M]:
     """File bytes and fields from either body kind; `json_model` is `params` plus the base64 `file_field`
-    (and base64 `optional_files`)."""
+    (and base64 `optional_files`). `limit`: the file's most bytes, as `read_form`'s."""
     if kind is BodyKind.MULTIPART:
-        return await read_form(request, params, settings, file_field, optional_files)
+        return await read_form(request, params, settings, file_field, optional_files, limit)
     body = await read_json(request, json_model, settings, offload)
     data: bytes = getattr(body, file_field)
     for name in (file_field, *optional_files):
         if (value := getattr(body, name)) is not None:
-            check_size(value, settings, name)
+            check_size(value, settings, name, limit if name == file_field else None)
     return data, body
 
 
-def check_size(data: bytes, settings: Settings, what: str = "image") -> None:
-    """413 for an upload (an image, an audio file) over the upload limit."""
-    if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"the {what} is larger than the limit of {settings.max_upload_bytes} bytes")
+def check_size(data: bytes, settings: Settings, what: str = "image", limit: int | None = None) -> None:
+    """413 for an upload (an image, an audio file) over the upload limit (`limit`, else `max_upload_bytes`)."""
+    most = limit or settings.max_upload_bytes
+    if len(data) > most:
+        raise PayloadTooLarge(f"the {what} is larger than the limit of {most} bytes")

@@ -1,5 +1,9 @@
 """POST /transcribe: speech to text, whole or streamed (`stream`: `token` events, then `done`, as /caption).
 
+Audio up to `MMSERVE_MAX_AUDIO_SECONDS` is taken: a recording longer than the model's window, or any with
+`segments` asked, is cut at pauses and answered with `segments` (id, start, end, text); streamed, such a
+recording gives a `segment` event per finished segment (in order of time), then `done`.
+
 Serving runs the request (`Serving.transcribe_as_asked`): readiness (503) and task support (501),
 admission (429), then this route's reading of the fields (415, 422, 413), decoding the audio and its
 features off the event loop (400, 413, 415, 422: see `service.audio`), queueing, and the answer (504).
@@ -7,6 +11,7 @@ features off the event loop (400, 413, 415, 422: see `service.audio`), queueing,
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -14,9 +19,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.routes.common import ERROR_RESPONSES, ServingDep, disconnect_waiter, request_body
-from service.routes.streaming import token_events
-from service.schemas import ErrorResponse, TranscribeJSON, TranscribeParams, TranscribeResponse
-from service.serving import Transcript, TranscriptionAsk
+from service.routes.streaming import EventStream, sse, stream_error, token_events
+from service.schemas import ErrorResponse, TranscribeJSON, TranscribeParams, TranscribeResponse, TranscriptSegment
+from service.serving import ChunkStream, TextUpdate, Transcript, TranscriptionAsk
 from service.uploads import body_kind, read_image_request
 
 AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -50,20 +55,49 @@ async def transcribe(request: Request, serving: ServingDep) -> Response:
     async def read() -> TranscriptionAsk:
         data, params = await read_image_request(
             request, body_kind(request, "audio"), TranscribeParams, TranscribeJSON, serving.settings, "audio",
-            offload=serving.in_pool,
+            offload=serving.in_pool, limit=serving.settings.max_audio_upload_bytes,
         )  # fmt: skip
-        return TranscriptionAsk(data, params.language, stream=params.stream)
+        return TranscriptionAsk(data, params.language, stream=params.stream, segments=params.segments)
 
     def reply(transcript: Transcript) -> dict[str, Any]:
-        return TranscribeResponse(
+        body = TranscribeResponse(
             text=transcript.text,
             model=transcript.model,
             language=transcript.language,
             duration=transcript.duration_s,
             timings=transcript.timings,
+            segments=segments_of(transcript),
         ).model_dump()
+        if transcript.segments is None:
+            del body["segments"]  # heard whole: no segment times
+        return body
 
     result = await serving.transcribe_as_asked(read, disconnect_waiter(request))
     if isinstance(result, Transcript):
         return Response(orjson.dumps(reply(result)), media_type="application/json")
+    if isinstance(result, ChunkStream):
+        return segment_events(result, reply)
     return token_events(result, reply)
+
+
+def segments_of(transcript: Transcript) -> list[TranscriptSegment] | None:
+    if transcript.segments is None:
+        return None
+    return [TranscriptSegment(id=s.id, start=s.start_s, end=s.end_s, text=s.text) for s in transcript.segments]
+
+
+def segment_events(stream: ChunkStream[TextUpdate[Transcript]], reply: Callable[[Transcript], Any]) -> EventStream:
+    """A `segment` event per finished segment (`{"id", "start", "end", "text"}`), then `done`."""
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for update in stream:
+                if update.segment is not None:
+                    s = update.segment
+                    yield sse("segment", {"id": s.id, "start": s.start_s, "end": s.end_s, "text": s.text})
+                if update.done is not None:
+                    yield sse("done", reply(update.done))
+        except Exception as e:
+            yield sse("error", {"error": stream_error(e)})
+
+    return EventStream(events(), stream)

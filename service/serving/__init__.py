@@ -7,7 +7,8 @@ See `service.serving.serving` for the order of the steps and how to add a kind o
 """
 
 from service.serving.call import Disconnected
-from service.serving.serving import Serving
+from service.serving.chunks import ChunkStream
+from service.serving.serving import Serving, TranscriptStream
 from service.serving.stream import Stream
 from service.serving.types import (
     EmbedAsk,
@@ -22,6 +23,7 @@ from service.serving.types import (
 )
 
 __all__ = [
+    "ChunkStream",
     "Disconnected",
     "EmbedAsk",
     "Embeddings",
@@ -32,6 +34,7 @@ __all__ = [
     "Stream",
     "TextUpdate",
     "Transcript",
+    "TranscriptStream",
     "TranscriptionAsk",
     "given",
 ]

@@ -80,16 +80,17 @@ class Call:
 
     def time(self, items: Sequence[Item[Any, Any]], earlier: Sequence[Item[Any, Any]] = ()) -> Timings:
         """The response's timings; with several items the slowest of each phase. `earlier`: the items of a step
-        that ran before (a spoken question's transcription), whose queue and inference times add to these."""
+        that ran before (a spoken question's transcription), whose queue and inference times add to these. No items
+        (a long recording with no speech): zeros but for the decode and total times."""
         now = time.monotonic()
         phases = [_phases(item, now) for item in items]
         before = [_phases(item, now) for item in earlier]
         self.timings = Timings(
-            queue_ms=_ms(max(q for q, _ in phases) + sum(q for q, _ in before)),
-            inference_ms=_ms(max(i for _, i in phases) + sum(i for _, i in before)),
+            queue_ms=_ms(max((q for q, _ in phases), default=0.0) + sum(q for q, _ in before)),
+            inference_ms=_ms(max((i for _, i in phases), default=0.0) + sum(i for _, i in before)),
             decode_ms=_ms(self.decode_s),
             total_ms=_ms(now - self.started),
-            batch_size=max(item.batch_size for item in items),
+            batch_size=max((item.batch_size for item in items), default=0),  # no items: nothing to hear
         )
         return self.timings
 

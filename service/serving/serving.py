@@ -13,6 +13,11 @@ deadline), `_prepare` (work in the decode pool, several at once, timed), `_run_s
 submitted items' outputs) and `_stream` (iterate one item's updates). Each kind has a whole method, a
 streamed one and an `_as_asked` one (the request's body says which).
 
+A transcription is one item, or, for a recording longer than the model's window (or with segments asked),
+one item per chunk cut at pauses (`model.speech_chunks`, in the decode pool), room reserved for all;
+their texts are stitched into timed segments (`service.segments`), and streamed one chunk at a time
+(`service.serving.chunks.ChunkStream`). Audio within the window, no segments asked, is heard whole.
+
 Extension point, for text-to-image next (`images` / `images_stream`: prompt → PNG images, with progress):
 a pair of methods (or a mixin in its own module that `Serving` inherits) doing
     async with self._call("images", client) as call, with self._admit("images") as slot:
@@ -29,11 +34,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi.exceptions import RequestValidationError
 
-from model import Task
+from model import AudioSpec, SpeechChunk, Task, speech_chunks
 from model.api import Update
 from service.audio import decode_audio, language_code
 from service.batching import Item, Reservation
@@ -41,7 +48,9 @@ from service.engine import Engine, Generated
 from service.errors import InvalidImage
 from service.images import decode_image
 from service.schemas import check_question
+from service.segments import stitch, transcript_text
 from service.serving.call import Call, Disconnected
+from service.serving.chunks import ChunkStream
 from service.serving.core import Core
 from service.serving.stream import Stream, sink
 from service.serving.types import (
@@ -56,6 +65,8 @@ from service.serving.types import (
 )
 
 SPOKEN_FIELD = "question_audio"
+# a transcription's stream: the clip's text as it decodes, or a chunked recording's segments as they finish
+TranscriptStream = Stream[TextUpdate[Transcript]] | ChunkStream[TextUpdate[Transcript]]
 
 
 class Serving(Core):
@@ -151,36 +162,62 @@ class Serving(Core):
         assert isinstance(result, Transcript)
         return result
 
-    async def transcribe_stream(
-        self, read: Read[TranscriptionAsk], client: Disconnected
-    ) -> Stream[TextUpdate[Transcript]]:
-        """Speech to text as it is decoded (one last update for models that transcribe whole batches)."""
+    async def transcribe_stream(self, read: Read[TranscriptionAsk], client: Disconnected) -> TranscriptStream:
+        """Speech to text as it is decoded (one last update for models that transcribe whole batches); a chunked
+        recording's one segment at a time (`ChunkStream`)."""
         result = await self._transcribe(read, client, stream=True)
-        assert isinstance(result, Stream)
+        assert not isinstance(result, Transcript)
         return result
 
     async def transcribe_as_asked(
         self, read: Read[TranscriptionAsk], client: Disconnected
-    ) -> Transcript | Stream[TextUpdate[Transcript]]:
+    ) -> Transcript | TranscriptStream:
         """Whole or streamed, as the ask says."""
         return await self._transcribe(read, client, stream=None)
 
     async def _transcribe(
         self, read: Read[TranscriptionAsk], client: Disconnected, stream: bool | None
-    ) -> Transcript | Stream[TextUpdate[Transcript]]:
+    ) -> Transcript | TranscriptStream:
         async with self._call("transcribe", client) as call:
             updates: asyncio.Queue[Any] = asyncio.Queue()
-            item, seconds, language = await self._submit_transcription(call, read, stream, updates)
-            if item.on_update is None:
-                [result] = await self._run_submitted(call, [item])
-                return self._transcript(call, result.text, item, seconds, language)
+            heard = await self._submit_transcription(call, read, stream, updates)
+            items = heard.items
+            if heard.chunks is not None:
+                if not heard.streamed:
+                    results = await self._run_submitted(call, items)
+                    return self._transcript(call, [r.text for r in results], heard)
+                return await self._chunk_stream(call, heard)
+            if items[0].on_update is None:
+                [result] = await self._run_submitted(call, items)
+                return self._transcript(call, [result.text], heard)
 
             def convert(entry: Any) -> tuple[TextUpdate[Transcript], bool]:
                 update = _text_update(entry)
-                done = self._transcript(call, update.text or "", item, seconds, language) if update.finished else None
+                done = self._transcript(call, [update.text or ""], heard) if update.finished else None
                 return TextUpdate(update.delta, done), update.finished
 
-            return await self._stream(call, item, updates, convert)
+            return await self._stream(call, items[0], updates, convert)
+
+    async def _chunk_stream(self, call: Call, heard: Heard) -> ChunkStream[TextUpdate[Transcript]]:
+        """A chunked recording's transcript, a segment per update (in order of time) as its chunk finishes."""
+        assert heard.chunks is not None
+        chunks, texts, told = heard.chunks, list[str](), 0
+
+        def convert(index: int, result: Any) -> tuple[TextUpdate[Transcript], bool]:
+            nonlocal told
+            last = index >= len(chunks) - 1
+            if result is None:  # no chunks: no speech
+                return TextUpdate("", self._transcript(call, [], heard)), True
+            texts.append(result.text)
+            segments = stitch(chunks[: index + 1], texts)  # in order of time: earlier segments are as told
+            segment = segments[-1] if len(segments) > told else None
+            delta = "" if segment is None else (" " if told else "") + segment.text
+            told = len(segments)
+            return TextUpdate(delta, self._transcript(call, texts, heard) if last else None, segment), last
+
+        stream = ChunkStream(call, heard.items, convert)
+        await stream.start()
+        return stream
 
     # Generation's and transcription's own steps.
     async def _submit_generation(
@@ -262,26 +299,42 @@ class Serving(Core):
 
     async def _submit_transcription(
         self, call: Call, read: Read[TranscriptionAsk], stream: bool | None, updates: asyncio.Queue[Any]
-    ) -> tuple[Item[Any, Any], float, str | None]:
-        with self._admit("transcribe") as slot:
+    ) -> Heard:
+        """The audio decoded (up to `max_audio_seconds`) and, when it is longer than the model's window or
+        segments are asked for, cut at pauses (`model.speech_chunks`, in the decode pool): each chunk is its own
+        item, room reserved for all of them. Audio that fits the window, with no segments asked, is one item."""
+        with ExitStack() as stack:
+            first = stack.enter_context(self._admit("transcribe"))
             ask = await self._read(call, read)
             spec = self.runtime.ensure_ready().audio_spec("transcribe")
             language = language_code(ask.language, spec)
             max_seconds = self.settings.max_audio_seconds
 
-            def prepare(engine: Engine) -> tuple[Any, float]:
-                audio = decode_audio(ask.audio, spec, max_seconds, ask.field)
-                return engine.prepare_transcription("transcribe", audio.samples, language), audio.seconds
+            def prepare(engine: Engine) -> tuple[list[Any], list[SpeechChunk] | None, float]:
+                audio = decode_audio(ask.audio, spec, max_seconds, ask.field, chunked=True)
+                fits = audio.samples.size <= spec.max_seconds * spec.sampling_rate
+                chunks = heard_chunks(audio.samples, spec, fits) if ask.segments or not fits else None
+                pieces = [c.samples for c in chunks] if chunks is not None else [audio.samples]
+                return [engine.prepare_transcription("transcribe", p, language) for p in pieces], chunks, audio.seconds
 
-            [(payload, seconds)] = await self._prepare(call, prepare)
+            [(payloads, chunks, seconds)] = await self._prepare(call, prepare)
             streamed = ask.stream if stream is None else stream
-            item = slot.submit(payload, call.deadline, sink(updates) if streamed else None)
-        return item, seconds, language
+            if chunks is not None:
+                items = [first.submit(payloads[0], call.deadline)] if payloads else []
+                if len(payloads) > 1:  # room for the other chunks too (429 if the queue has none)
+                    more = stack.enter_context(self._admit("transcribe", len(payloads) - 1))
+                    items += [more.submit(p, call.deadline) for p in payloads[1:]]
+            else:
+                items = [first.submit(payloads[0], call.deadline, sink(updates) if streamed else None)]
+        return Heard(items, chunks, seconds, language, streamed)
 
-    def _transcript(
-        self, call: Call, text: str, item: Item[Any, Any], seconds: float, language: str | None
-    ) -> Transcript:
-        return Transcript(text, self.model_name("transcribe"), language, round(seconds, 3), call.time([item]))
+    def _transcript(self, call: Call, texts: list[str], heard: Heard) -> Transcript:
+        """The transcript of the items' texts: stitched into segments when the audio was cut into chunks."""
+        segments = stitch(heard.chunks, texts) if heard.chunks is not None else None
+        text = transcript_text(segments) if segments is not None else texts[0]
+        model = self.model_name("transcribe")
+        timings = call.time(heard.items)
+        return Transcript(text, model, heard.language, round(heard.seconds, 3), timings, segments)
 
     async def _count_tokens(self, texts: list[str], payloads: list[Any]) -> int:
         """The texts' tokens, from the ids their preparation made (no second tokenisation); models whose
@@ -290,6 +343,27 @@ class Serving(Core):
             return sum(len(p) for p in payloads)
         engine = self.runtime.ensure_ready()
         return sum(await self.in_pool(lambda: engine.count_tokens(texts)))
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A transcription submitted: its items (one per chunk, in order of time, or the whole clip's one)."""
+
+    items: list[Item[Any, Any]]
+    chunks: list[SpeechChunk] | None  # None: heard whole
+    seconds: float  # the audio's duration
+    language: str | None
+    streamed: bool
+
+
+def heard_chunks(samples: np.ndarray, spec: AudioSpec, fits: bool) -> list[SpeechChunk]:
+    """The recording cut at pauses; audio that fits the window and where no speech was found is one chunk (the
+    whole clip, as it is heard without segments: a tone is transcribed as it always was). A longer recording
+    with no speech gives no chunks (an empty transcript)."""
+    chunks = speech_chunks(samples, spec.sampling_rate, spec.max_seconds)
+    if chunks or not fits:
+        return chunks
+    return [SpeechChunk(0.0, samples.size / spec.sampling_rate, 0.0, samples)]
 
 
 def _submit_all(slots: Reservation[Any, Any] | None, payloads: Sequence[Any], call: Call) -> list[Item[Any, Any]]:

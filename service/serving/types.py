@@ -10,6 +10,7 @@ import numpy as np
 
 from model import Task
 from service.schemas import Timings
+from service.segments import Segment
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,6 +47,7 @@ class TranscriptionAsk:
     language: str | None = None  # an ISO 639-1 code, or None: the model detects it
     field: str = "audio"  # the request field holding the audio (named in a 4xx)
     stream: bool = False  # for `transcribe_as_asked`: the updates as they are decoded
+    segments: bool = False  # segment times asked for: cut at pauses even when the audio fits the model's window
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class Transcript:
     language: str | None
     duration_s: float  # the audio's duration
     timings: Timings
+    # what was said when, in order of time; None when the audio was heard whole (it fits the model's window
+    # and no segments were asked for)
+    segments: list[Segment] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class TextUpdate(Generic[R]):
 
     delta: str
     done: R | None = None
+    segment: Segment | None = None  # a chunked recording's transcript streams one finished segment at a time
 
 
 def given(value: T) -> Read[T]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ import soxr
 
 from model.hf import load_hf_model
 from tests.support.audio import encode, speech, tone
+from tests.support.recordings import RATE, long_recording
 from tests.support.server import error_of
 
 pytestmark = pytest.mark.anyio
@@ -40,7 +42,10 @@ def expected(tiny_whisper_dir: Path, clips: list[tuple[np.ndarray, int]]) -> lis
 
 @pytest.fixture(scope="module")
 async def client(serve, tiny_whisper_dir: Path):  # type: ignore[no-untyped-def]
-    async with serve(transcribe_model=str(tiny_whisper_dir), transcribe_max_wait_ms=100) as client:
+    # audio longer than the window (4 s) is cut at pauses; longer than 4.5 s is refused
+    async with serve(
+        transcribe_model=str(tiny_whisper_dir), transcribe_max_wait_ms=100, max_audio_seconds=4.5
+    ) as client:
         yield client
 
 
@@ -103,7 +108,7 @@ async def test_bad_audio_fails_alone_next_to_good_audio(
     assert error_of(responses[1])["type"] == "invalid_audio"
     assert responses[2].json()["detail"][0]["type"] == "silent_audio"
     assert error_of(responses[4])["message"] == (
-        "the audio is 5.0 s long; the model's window is 4 s (longer audio is refused, not chunked)"
+        "the audio is 5.0 s long; the limit is 4.5 s (MMSERVE_MAX_AUDIO_SECONDS)"
     )
     assert error_of(responses[5])["type"] == "unsupported_audio_format"
 
@@ -123,6 +128,46 @@ async def test_a_builtin_checkpoint_without_an_audio_tower_cannot_transcribe(ser
     """The default app serves the `tiny` checkpoint (no audio tower; `tiny+audio` has one: tests/e2e)."""
     async with serve() as client:
         assert "transcribe" not in (await client.get("/health")).json()["tasks"]
-        response = await client.post("/transcribe", **upload(encode(tone(1.0), 16_000)))  # type: ignore[arg-type]
+        response = await client.post("/transcribe", **upload(encode(tone(1.0), 16_000)))
         assert response.status_code == 501
         assert "MMSERVE_TRANSCRIBE_MODEL" in error_of(response)["message"]
+
+
+async def test_segments_asked_within_the_window_whole_and_streamed(client: httpx.AsyncClient) -> None:
+    """`segments`: a clip within the window is cut at its pause too; streamed, a `segment` event per piece, in
+    order, equal to the whole answer's segments, then `done` with that answer."""
+    recording = long_recording(["a red circle", "a blue square"], pauses_s=[1.0], lead_s=0.3)
+    wav = encode(recording.samples, RATE)
+    whole = await client.post("/transcribe", files={"audio": ("r.wav", wav)}, data={"segments": "true"})
+    assert whole.status_code == 200, whole.text
+    segments = whole.json()["segments"]
+    assert segments, "a random tiny Whisper says something for each sentence"
+    for segment in segments:  # each piece is one sentence's speech (one heard as nothing gives no segment)
+        assert any(
+            abs(segment["start"] - s.start_s) <= 0.3 and abs(segment["end"] - s.end_s) <= 0.3 for s in recording.speech
+        ), (segment, recording.speech)
+    plain = (await client.post("/transcribe", files={"audio": ("r.wav", wav)})).json()
+    assert "segments" not in plain  # heard whole
+    streamed = await client.post(
+        "/transcribe", files={"audio": ("r.wav", wav)}, data={"segments": "true", "stream": "true"}
+    )
+    blocks = [dict(line.split(": ", 1) for line in b.splitlines()) for b in streamed.text.strip().split("\n\n")]
+    assert [b["event"] for b in blocks] == ["segment"] * len(segments) + ["done"]
+    assert [json.loads(b["data"]) for b in blocks[:-1]] == segments
+    assert json.loads(blocks[-1]["data"])["text"] == whole.json()["text"]
+
+
+async def test_audio_uploads_have_their_own_byte_limit(serve, tiny_whisper_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """`max_audio_upload_bytes` bounds a file on the transcription routes, multipart or base64 JSON; images (and
+    everything else) keep `max_upload_bytes`."""
+    wav = encode(*speech("a red circle"))  # ~60 KB of float WAV at the espeak rate
+    small, large = len(wav) // 2, len(wav) * 2
+    settings = {"transcribe_model": str(tiny_whisper_dir), "max_upload_bytes": small, "max_audio_upload_bytes": large}
+    async with serve(**settings) as client:
+        assert (await client.post("/transcribe", **upload(wav))).status_code == 200
+        audio = base64.b64encode(wav).decode()
+        assert (await client.post("/transcribe", json={"audio": audio})).status_code == 200
+        image = await client.post("/caption", files={"image": ("a.png", bytes(small + 1), "image/png")})
+        assert image.status_code == 413
+        too_large = await client.post("/transcribe", **upload(wav + bytes(large)))
+        assert too_large.status_code == 413
