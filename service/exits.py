@@ -15,6 +15,8 @@ import threading
 import time
 from enum import IntEnum
 
+from service.logs import flush_logs
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,6 +42,7 @@ def one_line(error: BaseException) -> str:
 def exit_now(status: ExitStatus, reason: str) -> None:
     """Log `reason` as one line and end the process with `status`, whatever its threads are doing."""
     logger.critical("%s (exiting with status %d)", reason, status)
+    flush_logs()  # the log's writer thread: what it holds, written now
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stderr.flush()

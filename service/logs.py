@@ -17,6 +17,7 @@ import json
 import logging
 import logging.handlers
 import queue
+import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -136,6 +137,14 @@ def configure_logging(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def flush_logs(timeout_s: float = 2.0) -> None:
+    """Write what is queued now (before `os._exit`, which runs no atexit hooks), waiting at most `timeout_s`
+    for a slow stderr."""
+    writer = threading.Thread(target=_stop_listener, name="mmserve-log-flush", daemon=True)
+    writer.start()
+    writer.join(timeout_s)
 
 
 def _stop_listener() -> None:

@@ -31,6 +31,9 @@ class RecordingEngine:
     def stepwise(self, task: str) -> None:
         return None
 
+    def denoiser(self) -> None:  # no text-to-image
+        return None
+
     def warm_up(self) -> None:
         pass
 

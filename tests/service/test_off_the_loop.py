@@ -44,9 +44,9 @@ async def test_embeddings_decode_images_in_parallel_and_count_tokens_from_the_id
     both_decoding = threading.Barrier(2, timeout=30)  # passes only if two images decode at the same time
     real_decode = service.images.decode_image
 
-    def decode_image(data: bytes, max_pixels: int) -> Any:
+    def decode_image(data: bytes, max_pixels: int, input_size: Any = None) -> Any:
         both_decoding.wait()
-        return real_decode(data, max_pixels)
+        return real_decode(data, max_pixels, input_size)
 
     monkeypatch.setattr(service.serving.serving, "decode_image", decode_image)
     images = [base64.b64encode(encode_image(noise_image(seed))).decode() for seed in (3, 4)]
