@@ -11,7 +11,7 @@ others. Each row has its own limit on new tokens.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -98,11 +98,17 @@ class ImageEncoding:
 
 @dataclass(frozen=True)
 class SequenceSpec:
-    """One sequence to generate: its prompt ids, its limit, and how its text is shown."""
+    """One sequence to generate: its prompt ids, its limit, and how its text is shown.
+
+    `generated`: tokens it has generated already (a sequence preempted and prefilled again): they are
+    prefilled after the prompt, count against its limit and are part of its text, and it goes on from there
+    as if never interrupted (its first update is its next token's, the text before it counted as shown).
+    """
 
     prompt: tuple[int, ...]
     max_new_tokens: int
     answer_only: bool = False  # VQA: the visible text is what follows the last [SEP] (the scratchpad is hidden)
+    generated: tuple[int, ...] = ()
 
 
 @dataclass
@@ -200,11 +206,12 @@ class DecodeState:
                 for layer, cache in enumerate(self._cross_kv):
                     cache.k[slots, :, :n] = torch.stack([images[i].cross_kv[layer][0] for i in group])
                     cache.v[slots, :, :n] = torch.stack([images[i].cross_kv[layer][1] for i in group])
-        length = max(len(spec.prompt) for spec in specs)
+        inputs = [(*spec.prompt, *spec.generated) for spec in specs]  # what is prefilled
+        length = max(len(tokens) for tokens in inputs)
         ids = torch.full((k, length), self._pad, dtype=torch.long)
-        for i, spec in enumerate(specs):  # right-padded: a prompt starts at position 0 of its slot
-            ids[i, : len(spec.prompt)] = torch.tensor(spec.prompt, dtype=torch.long)
-        lengths = torch.tensor([len(spec.prompt) for spec in specs])
+        for i, tokens in enumerate(inputs):  # right-padded: a prompt starts at position 0 of its slot
+            ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        lengths = torch.tensor([len(tokens) for tokens in inputs])
         valid = torch.arange(length)[None, :] < lengths[:, None]
         ids, lengths, valid = ids.to(self._device), lengths.to(self._device), valid.to(self._device)
         positions = self._keys[:length].expand(k, length)
@@ -214,11 +221,21 @@ class DecodeState:
         )
         last = hidden[torch.arange(k, device=self._device), lengths - 1]  # each prompt's last token
         next_ids = self.decoder.logits(last).argmax(-1)
+        tokens = next_ids.tolist()
         self._last[rows] = next_ids
-        for spec, context in zip(specs, contexts, strict=True):
+        for spec, filled, context in zip(specs, lengths.tolist(), contexts, strict=True):
             limit = max(0, min(spec.max_new_tokens, room - len(spec.prompt)))
-            self._rows.append(_Row(spec, limit, filled=len(spec.prompt), context=context))
-        return [self._advance(row, token) for row, token in zip(self._rows[start:], next_ids.tolist(), strict=True)]
+            row = _Row(spec, limit, filled=filled, context=context)
+            for token in spec.generated:  # its state as it was: the same ids, the same text shown
+                self._advance(row, token)
+            self._rows.append(row)
+        return [self._advance(row, token) for row, token in zip(self._rows[start:], tokens, strict=True)]
+
+    def resumable(self, index: int) -> SequenceSpec:
+        """The spec that goes on with row `index` from where it is (its tokens so far as `generated`), when
+        prefilled into this state or another after the row has left."""
+        row = self._rows[index]
+        return replace(row.spec, generated=tuple(row.ids))
 
     @torch.inference_mode()
     def step(self) -> list[Update]:
@@ -238,10 +255,11 @@ class DecodeState:
             self._last[:n, None], positions, mask, self._self_kv, cross, rows, keys, context_mask
         )
         next_ids = self.decoder.logits(hidden[:, -1]).argmax(-1)
+        tokens = next_ids.tolist()  # (a failure up to here leaves the rows as they were: the step can be rerun)
         self._last[:n] = next_ids
         for row in self._rows:
             row.filled += 1
-        return [self._advance(row, token) for row, token in zip(self._rows, next_ids.tolist(), strict=True)]
+        return [self._advance(row, token) for row, token in zip(self._rows, tokens, strict=True)]
 
     @torch.inference_mode()
     def filter(self, keep: Sequence[int]) -> None:

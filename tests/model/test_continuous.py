@@ -149,3 +149,57 @@ def test_limits_and_room() -> None:
     assert updates[0].finished and updates[0].text == "2" and updates[0].finish_reason == "length"
     with pytest.raises(ValueError, match="free slots"):
         state.prefill([SequenceSpec((2,), 1)] * 3, _encodings(module, torch.cat([tokens, tokens[:1]])))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_preempted_sequence_resumed_with_its_tokens_equals_greedy_decoding_alone(
+    config: ModelConfig, seed: int
+) -> None:
+    """Rows preempted at random steps (their specs taken with `resumable`, the rows filtered out) and
+    prefilled again, into the same state or a fresh one, with their tokens so far: every text, and every
+    stream's deltas after the tokens it had, equal the uninterrupted greedy decoding."""
+    rng = random.Random(seed)
+    module = _random_module(config, seed)
+    n = 4
+    tokens = _image_tokens(module, n)
+    encodings = _encodings(module, tokens)
+    prompts = [[2, *[rng.randrange(5, 40) for _ in range(rng.randrange(0, 4))]] for _ in range(n)]
+    expected = [_alone(module, tokens[i : i + 1], prompts[i], 16, -1) for i in range(n)]
+    detokenize = lambda ids: " ".join(map(str, ids))  # noqa: E731
+    state = DecodeState(module.decoder, n, tokens.shape[1], -1, PAD, SEP, detokenize)
+    rows = list(range(n))  # row → sequence (a resumed one joins at the end)
+    shown = [""] * n
+    texts: dict[int, str] = {}
+    updates = state.prefill([SequenceSpec(tuple(p), 16) for p in prompts], encodings)
+    preempted = 0
+    while rows:
+        keep = []
+        for r, update in enumerate(updates):
+            shown[rows[r]] += update.delta
+            if update.finished:
+                texts[rows[r]] = update.text or ""
+            else:
+                keep.append(r)
+        state.filter(keep)
+        rows = [rows[r] for r in keep]
+        if len(rows) > 1 and rng.random() < 0.4:  # preempt the newest half, then let them back in
+            victims = list(range(len(rows) // 2, len(rows)))
+            specs = [state.resumable(r) for r in victims]
+            assert all(spec.generated for spec in specs)
+            again = [rows[r] for r in victims]
+            state.filter(range(len(rows) // 2))
+            rows = rows[: len(rows) // 2]
+            if rows and rng.random() < 0.5:  # the others into a fresh state too: nothing of the old one is kept
+                fresh = DecodeState(module.decoder, n, tokens.shape[1], -1, PAD, SEP, detokenize)
+                older = fresh.prefill([state.resumable(r) for r in range(len(rows))], [encodings[i] for i in rows])
+                state = fresh
+            else:  # the others go on decoding in their slots
+                older = state.step() if rows else []
+            resumed = state.prefill(specs, [encodings[i] for i in again])
+            preempted += 1
+            updates, rows = [*older, *resumed], rows + again
+            continue
+        updates = state.step() if rows else []
+    assert preempted
+    assert [texts[i] for i in range(n)] == expected
+    assert shown == expected
