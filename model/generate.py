@@ -209,8 +209,8 @@ class DecodeState:
         inputs = [(*spec.prompt, *spec.generated) for spec in specs]  # what is prefilled
         length = max(len(tokens) for tokens in inputs)
         ids = torch.full((k, length), self._pad, dtype=torch.long)
-        for i, tokens in enumerate(inputs):  # right-padded: a prompt starts at position 0 of its slot
-            ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        for i, sequence in enumerate(inputs):  # right-padded: a prompt starts at position 0 of its slot
+            ids[i, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
         lengths = torch.tensor([len(tokens) for tokens in inputs])
         valid = torch.arange(length)[None, :] < lengths[:, None]
         ids, lengths, valid = ids.to(self._device), lengths.to(self._device), valid.to(self._device)
