@@ -176,6 +176,11 @@ class GenerationState(Protocol):
         """Keep the rows `keep` (ascending): they become rows 0, 1, ... in that order."""
         ...
 
+    def resumable(self, index: int) -> Any:
+        """The spec that goes on with row `index` from where it is (its tokens so far part of it): prefilled
+        after the row has left (preempted), it continues with the same tokens and text as if never interrupted."""
+        ...
+
 
 @runtime_checkable
 class StepwiseGenerator(Protocol):

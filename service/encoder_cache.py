@@ -2,7 +2,8 @@
 
 A VQA client often asks several questions about one image; the second one skips the image encoder and
 takes the image's cross-attention keys and values from here. Bounded in bytes (the encodings' own
-sizes, on the device). Only the inference thread touches it, so it takes no lock.
+sizes, on the device), and emptied when the device runs out of memory (`clear`). Only the inference thread
+touches it, so it takes no lock.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ class EncoderCache:
     @property
     def nbytes(self) -> int:
         return self._bytes
+
+    def clear(self) -> None:
+        """Let every encoding go (after out-of-memory: their device memory is freed before the retry)."""
+        self._entries.clear()
+        self._bytes = 0
 
     def get_or_compute(self, keys: Sequence[Hashable | None], compute: Callable[[list[int]], Sequence[E]]) -> list[E]:
         """The encoding of each key; `compute(indices)` encodes the misses (each distinct key once).

@@ -3,8 +3,9 @@
 - Out of memory (`torch.cuda.OutOfMemoryError`, or the CPU allocator's "can't allocate memory"): the
   failed attempt's tensors are let go (outside the `except` block, so its traceback does not keep them),
   the CUDA cache is emptied, and the batch is retried in halves, down to one item; only an item that does
-  not fit alone fails (507). The task's batch size is then capped (`BatchCap`): halved, and grown back by
-  one after every `GROW_AFTER` batches that fit.
+  not fit alone fails (507). The task's batch size is then capped (`BatchCap`): halved, and doubled back
+  (up to its maximum) after every `GROW_AFTER_S` seconds without out-of-memory, so a memory-tight device
+  settles near what fits instead of failing again every few milliseconds.
 - A broken device (a CUDA error that is not out of memory, a device-side assert): sticky, so nothing is
   retried; `DeviceBroken` stops the inference thread and the service turns unhealthy at once.
 - Any other error: retried item by item, so one bad item fails alone.
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -24,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-GROW_AFTER = 16  # batches that fit before a capped task may take one item more
+GROW_AFTER_S = 10.0  # seconds without out-of-memory before a capped task may take twice as many items
 
 _OOM_MESSAGES = ("can't allocate memory", "out of memory", "failed to allocate")
 _BROKEN_MESSAGES = ("cuda error", "device-side assert", "cublas_status", "cudnn_status", "illegal memory access")
@@ -58,29 +60,33 @@ def free_device_memory() -> None:
 
 
 class BatchCap:
-    """The most items one batch of a task may hold now: halved on out-of-memory, grown back slowly."""
+    """The most items one batch of a task may hold now: halved on out-of-memory, doubled back (up to the
+    maximum) after each `GROW_AFTER_S` seconds of `clock` without one."""
 
-    def __init__(self, maximum: int, on_change: Callable[[int], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        maximum: int,
+        on_change: Callable[[int], None] = lambda _: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.maximum = maximum
         self.limit = maximum
-        self._fits = 0  # batches that fitted since the last change
+        self._clock = clock
+        self._since = clock()  # the last change (an out-of-memory, or a growth)
         self._on_change = on_change
         on_change(maximum)
 
     def out_of_memory(self, size: int) -> None:
-        """A batch of `size` did not fit: allow at most half of it from now on."""
+        """A batch of `size` did not fit: allow at most half of it from now on (and wait again to grow)."""
         self._set(min(self.limit, max(1, size // 2)))
 
     def fitted(self) -> None:
-        """A batch fitted; after `GROW_AFTER` of them in a row, allow one more item."""
-        if self.limit >= self.maximum:
-            return
-        self._fits += 1
-        if self._fits >= GROW_AFTER:
-            self._set(self.limit + 1)
+        """A batch fitted: once `GROW_AFTER_S` seconds have passed since the last change, allow twice as many."""
+        if self.limit < self.maximum and self._clock() - self._since >= GROW_AFTER_S:
+            self._set(min(self.maximum, self.limit * 2))
 
     def _set(self, limit: int) -> None:
-        self.limit, self._fits = limit, 0
+        self.limit, self._since = limit, self._clock()
         self._on_change(limit)
 
 

@@ -17,10 +17,14 @@ error, and the state is made afresh when next needed (never inside an `except`);
 fails fails that request alone. So no error of the model or the state ends the inference thread.
 
 Faults (`service.faults`): a prefill that runs out of memory is retried in halves (one sequence that does
-not fit alone fails with 507); a decoding step that runs out of memory puts every running sequence back to
-be prefilled again from the start (greedy decoding is deterministic, so each produces the same tokens; the
-updates a stream has already had are not sent twice) and halves the cap on running sequences, which grows
-back slowly. A broken device fails every sequence with 503 and stops the loop (`DeviceBroken`).
+not fit alone fails with 507). A decoding step that runs out of memory halves the cap on running sequences
+and preempts the newest (vLLM's policy: the latest to arrive leave until the rest fit the new cap; one that
+ran alone fails with 507): each keeps the tokens it generated (`GenerationState.resumable`) and, when room
+allows, is prefilled again with its prompt and those tokens and goes on where it was, so its stream is
+neither repeated nor changed; the oldest keep their keys and values and decode on, never prefilled again.
+The cap doubles back after `GROW_AFTER_S` seconds without out-of-memory. Any out-of-memory empties the
+encoder cache (its tensors freed before the retry). A broken device fails every sequence with 503 and
+stops the loop (`DeviceBroken`).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Row:
     task: Task
     delivered: int = 0  # tokens its stream has been told of (none is sent twice when it is prefilled again)
     context: Any = None  # its context's encoding, when computed before it joins (a transcript's audio)
+    resume: Any = None  # preempted: the spec that goes on where it was (its tokens so far), for its next prefill
 
 
 class Generation:
@@ -74,7 +79,7 @@ class Generation:
         self.metrics = metrics
         self._state: GenerationState | None = model.new_state(self.capacity)  # None: give up, make anew
         self.rows: list[Row] = []  # row i of the state
-        self.rejoining: list[Row] = []  # put back after out-of-memory (or waiting for room), oldest first
+        self.rejoining: list[Row] = []  # preempted after out-of-memory (or waiting for room), oldest first
         self.encoding: list[tuple[list[Row], Any]] = []  # transcripts whose audio is encoded a block a turn
         self.cap = BatchCap(self.capacity, metrics.batch_cap.labels("decode_step").set)  # running sequences
 
@@ -192,6 +197,7 @@ class Generation:
         def out_of_memory(size: int) -> None:
             self.metrics.out_of_memory.labels(task).inc()
             self.cap.out_of_memory(len(self.rows) + size)
+            self._free_cache()
 
         try:
             run_split(rows, lambda part: self._prefill(task, part, started), _fail, out_of_memory, task)
@@ -202,10 +208,10 @@ class Generation:
         self.metrics.inference_duration.labels(task).observe(time.monotonic() - started)
 
     def _prefill(self, task: Task, rows: Sequence[Row], started: float) -> None:
-        payloads = [row.item.payload for row in rows]
+        specs = [row.item.payload.spec if row.resume is None else row.resume for row in rows]
         state, before = self.state, len(self.rows)
         try:
-            updates = state.prefill([p.spec for p in payloads], self._encode(task, rows))
+            updates = state.prefill(specs, self._encode(task, rows))
             if len(updates) != len(rows):
                 raise RuntimeError(f"a prefill of {len(rows)} sequences gave {len(updates)} updates")
         except BaseException:
@@ -218,7 +224,7 @@ class Generation:
             row.item.batch_size = max(row.item.batch_size, before + len(rows))
         self.metrics.batch_size.labels(task).observe(len(rows))
         for row in rows:
-            row.context = None  # (the state holds it now)
+            row.context = row.resume = None  # (the state holds them now)
         self.rows += rows
         self._apply(rows, updates)
 
@@ -269,26 +275,41 @@ class Generation:
             self._stepped(updates)
             return
         # Out of memory, outside the except block (its traceback no longer holds the step's tensors).
-        self._put_back_all()
-        free_device_memory()
+        self._free_cache()
+        self._preempt_newest()
 
-    def _put_back_all(self) -> None:
-        """Every running sequence leaves the state, to be prefilled again (`rejoin`), and the cap is halved;
-        a sequence that ran alone fails (507)."""
+    def _preempt_newest(self) -> None:
+        """After a step out of memory: the cap is halved, and the latest sequences to arrive leave the state
+        until the rest fit it, each with the spec that goes on where it was, to join again (`rejoin`) when
+        room allows; the others stay, their keys and values kept. A sequence that ran alone fails (507)."""
         running = len(self.rows)
-        logger.warning("a decoding step of %d sequences ran out of memory; prefilling them again", running)
         self.metrics.out_of_memory.labels("decode_step").inc()
         self.cap.out_of_memory(running)
         if running == 1:  # it ran alone: it will never fit
             _fail(self.rows[0], OutOfMemory("the sequence does not fit in the device's memory, even alone"))
-        else:
-            self.rejoining = [*self.rows, *self.rejoining]
-        self.rows = []
+            self._keep([])
+            return
+        by_arrival = sorted(range(running), key=lambda i: (self.rows[i].item.enqueued_at, i))
+        stay = set(by_arrival[: self.cap.limit])
+        leave = [self.rows[i] for i in by_arrival[self.cap.limit :]]
         try:
-            self.state.filter([])  # no rows: whatever the failed step left in their slots is never read again
-        except Exception:
-            logger.exception("emptying the decoding state failed; a new one will be made")
-            self._state = None
+            for i, row in enumerate(self.rows):
+                if i not in stay:
+                    row.resume = self.state.resumable(i)
+        except Exception as e:
+            logger.exception("preempting sequences failed; failing the running sequences")
+            self._give_up_state(e)
+            return
+        logger.warning(
+            "a decoding step of %d sequences ran out of memory; preempting the newest %d", running, len(leave)
+        )
+        self.rejoining = sorted([*leave, *self.rejoining], key=lambda row: row.item.enqueued_at)  # oldest first
+        self._keep([row for i, row in enumerate(self.rows) if i in stay])
+
+    def _free_cache(self) -> None:
+        """Out of memory: the encoder cache lets its tensors go, and the device gets their memory back."""
+        self.cache.clear()
+        free_device_memory()
 
     def _stepped(self, updates: Sequence[Update]) -> None:
         self.cap.fitted()

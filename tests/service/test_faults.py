@@ -20,9 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 import service.faults
 import service.runtime
 from model import MultimodalModel
-from model.generate import DecodeState
+from model.generate import DecodeState, SequenceSpec
 from service.engine import Engine
-from service.faults import GROW_AFTER, BatchCap
+from service.faults import GROW_AFTER_S, BatchCap
+from service.generation import Generation
 from tests.service.test_continuous_batching import parse_events
 from tests.support.server import encode_image, error_of, noise_image
 
@@ -75,21 +76,35 @@ def upload(seed: int, **fields: str) -> dict[str, Any]:
 
 
 # Out of memory.
-def test_the_batch_cap_halves_and_grows_back_one_at_a_time() -> None:
+def test_the_batch_cap_halves_and_doubles_back_after_a_while_without_out_of_memory() -> None:
     seen: list[int] = []
-    cap = BatchCap(64, seen.append)
+    now = [0.0]
+    cap = BatchCap(64, seen.append, clock=lambda: now[0])
     cap.out_of_memory(40)
     assert cap.limit == 20
     cap.out_of_memory(40)  # never raised by a batch larger than the cap
     assert cap.limit == 20
-    for _ in range(GROW_AFTER - 1):
+    for _ in range(1000):  # fitting batches alone do not grow it
         cap.fitted()
-    assert cap.limit == 20
+    now[0] = GROW_AFTER_S - 0.5
     cap.fitted()
-    assert cap.limit == 21
+    assert cap.limit == 20
+    now[0] = GROW_AFTER_S
+    cap.fitted()
+    assert cap.limit == 40
+    now[0] = 1.5 * GROW_AFTER_S
+    cap.out_of_memory(40)  # a failure restarts the wait
+    now[0] = 2.4 * GROW_AFTER_S
+    cap.fitted()
+    assert cap.limit == 20
+    now[0] = 2.5 * GROW_AFTER_S
+    cap.fitted()
+    now[0] = 3.5 * GROW_AFTER_S
+    cap.fitted()
+    assert cap.limit == 64  # doubled, and never past the maximum
     cap.out_of_memory(1)
     assert cap.limit == 1  # never below one
-    assert seen == [64, 20, 20, 21, 1]
+    assert seen == [64, 20, 20, 40, 20, 40, 64, 1]
 
 
 async def test_an_embedding_batch_out_of_memory_is_split_in_halves_and_capped(
@@ -184,11 +199,13 @@ async def test_a_prefill_out_of_memory_is_retried_in_halves(
         assert metric(metrics, "mmserve_batch_cap", task="decode_step") == 1  # (0 running + 2 joining) // 2
 
 
-async def test_a_decoding_step_out_of_memory_prefills_its_sequences_again(
+async def test_a_decoding_step_out_of_memory_preempts_the_newest(
     serve, monkeypatch: pytest.MonkeyPatch, reference: MultimodalModel
 ) -> None:  # type: ignore[no-untyped-def]
-    """Every running sequence is put back and prefilled again (greedy: the same tokens); a stream gets
-    no update twice; the cap on running sequences is halved."""
+    """Four running, one step out of memory: the cap halves to two, the two latest to arrive leave with
+    their tokens and are prefilled again with them (once the others have finished), the two oldest keep
+    their keys and values and are never prefilled again; the encoder cache is emptied; every stream gets
+    each token once and its text equals the model's alone."""
     failed = threading.Event()
 
     def fail_once_with_four(state: DecodeState, args: Sequence[Any]) -> None:
@@ -196,22 +213,46 @@ async def test_a_decoding_step_out_of_memory_prefills_its_sequences_again(
             failed.set()
             run_out_of_memory()
 
+    prefilled: list[SequenceSpec] = []
+    preempted: list[tuple[list[float], list[float]]] = []  # (arrivals of those who stayed, of those who left)
+    cached: list[tuple[int, int]] = []  # the encoder cache's entries before and after the failure
+    real_preempt, real_free = Generation._preempt_newest, Generation._free_cache
+
+    def preempt(self: Generation) -> None:
+        before = list(self.rows)
+        real_preempt(self)
+        stayed = [row.item.enqueued_at for row in self.rows]
+        left = [row.item.enqueued_at for row in before if row not in self.rows]
+        assert all(row.resume is not None for row in self.rejoining)
+        preempted.append((stayed, left))
+
+    def free(self: Generation) -> None:
+        size = len(self.cache)
+        real_free(self)
+        cached.append((size, len(self.cache)))
+
     expected = [reference.caption([noise_image(s)], 12)[0] for s in range(4)]  # (before the patch)
-    monkeypatch.setattr(service.faults, "GROW_AFTER", 10_000)  # the cap stays where the failure put it
+    monkeypatch.setattr(service.faults, "GROW_AFTER_S", 1e9)  # the cap stays where the failure put it
+    monkeypatch.setattr(Generation, "_preempt_newest", preempt)
+    monkeypatch.setattr(Generation, "_free_cache", free)
     async with serve(caption_max_wait_ms=60_000, caption_max_batch_size=4) as client:
         steps = patch_decode_state(monkeypatch, "step", fail_once_with_four)
-        joined = patch_decode_state(monkeypatch, "prefill", lambda state, args: None)
-        requests = [client.post("/caption", **upload(seed, max_new_tokens="12")) for seed in range(3)]
-        requests.append(client.post("/caption", **upload(3, max_new_tokens="12", stream="true")))
+        joined = patch_decode_state(monkeypatch, "prefill", lambda state, args: prefilled.extend(args[0]))
+        requests = [client.post("/caption", **upload(seed, max_new_tokens="12", stream="true")) for seed in range(4)]
         responses = await asyncio.gather(*requests)
         assert failed.is_set() and steps[0] == 4
-        assert [r.json()["caption"] for r in responses[:3]] == expected[:3]
-        events = parse_events(responses[3].text)
-        tokens = [data for kind, data in events if kind == "token"]
-        assert [t["index"] for t in tokens] == list(range(len(tokens)))
-        assert "".join(t["text"] for t in tokens) == events[-1][1]["caption"] == expected[3]
-        assert joined[0] == 4 and sum(joined[1:]) == 4  # all four prefilled again, at most two at a time
-        assert max(joined[1:]) <= 2
+        for response, caption in zip(responses, expected, strict=True):
+            events = parse_events(response.text)
+            tokens = [data for kind, data in events if kind == "token"]
+            assert [t["index"] for t in tokens] == list(range(len(tokens)))  # nothing sent twice or skipped
+            assert "".join(t["text"] for t in tokens) == events[-1][1]["caption"] == caption
+        [(stayed, left)] = preempted
+        assert len(stayed) == len(left) == 2 and max(stayed) < min(left)  # the newest left
+        assert joined == [4, 2]  # only those two were prefilled again, with the tokens they had
+        assert not any(spec.generated for spec in prefilled[:4])
+        assert all(len(spec.generated) >= 1 for spec in prefilled[4:])
+        assert max(steps[1:]) == 2
+        assert cached == [(4, 0)]
         metrics = await metrics_of(client)
         assert metric(metrics, "mmserve_oom_total", task="decode_step") == 1
         assert metric(metrics, "mmserve_batch_cap", task="decode_step") == 2

@@ -97,6 +97,9 @@ class FaultyState:
         self._state.filter(keep)
         self._faults.hit("filter_after")  # the rows have moved
 
+    def resumable(self, index: int) -> Any:
+        return self._state.resumable(index)
+
 
 class FaultyEncoding:
     """An audio encoding run a block at a time, whose next block raises on cue."""
