@@ -3,10 +3,11 @@
 The step loop of the real tiny model that hears (`tiny+audio`: captions and transcripts are rows of one
 decoding state) is turned by hand between random submits, clients that leave, and faults armed at random
 points: the encoders (join; an audio's block by block), the state's `prefill`, `step` and `filter` (each
-before or after the real work, so that a state may have changed when it raises), making a new state, and
+before or after the real work, so that a state may have changed when it raises; and a real out-of-memory
+before a prefill or a step: retried in halves, or the newest preempted and resumed), making a new state, and
 answering a request. After every turn the rows and the state agree and no row holds an answered request;
 at the end every request was answered exactly once, with its own output or the injected error (or its
-client's leaving), nothing is left in flight, and the loop still generates correctly.
+client's leaving, or 507 for one out of memory alone), nothing is left in flight, and the loop still generates correctly.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from model.api import Update
 from model.checkpoint import load_builtin
 from model.multimodal import BuiltinModel
 from service.engine import Engine, Generated
-from service.errors import ClientDisconnected, Timeout
+from service.errors import ClientDisconnected, OutOfMemory, Timeout
 from service.generation import Generation
 from tests.service.test_scheduler_properties import Driver, Request
 from tests.support.audio import tone
@@ -37,8 +38,10 @@ from tests.support.server import noise_image
 POINTS = (
     "encode",
     "encode_step",
+    "prefill_oom",
     "prefill_before",
     "prefill_after",
+    "step_oom",
     "step_before",
     "step_after",
     "filter_before",
@@ -63,6 +66,8 @@ class Faults:
         if point in self.armed:
             self.armed.discard(point)
             event(f"fault: {point}")
+            if point.endswith("_oom"):  # a real allocation failure (out of memory: retried, or preempted)
+                torch.empty(1 << 60, dtype=torch.uint8)
             raise InjectedFault(f"injected at {point}")
 
 
@@ -81,12 +86,14 @@ class FaultyState:
         return int(self._state.free)
 
     def prefill(self, specs: Sequence[Any], images: Sequence[Any]) -> list[Update]:
+        self._faults.hit("prefill_oom")
         self._faults.hit("prefill_before")
         updates: list[Update] = self._state.prefill(specs, images)
         self._faults.hit("prefill_after")  # the state holds the new rows; their updates are lost
         return updates
 
     def step(self) -> list[Update]:
+        self._faults.hit("step_oom")
         self._faults.hit("step_before")
         updates: list[Update] = self._state.step()
         self._faults.hit("step_after")  # every row has advanced; its token is lost
@@ -187,7 +194,7 @@ def _answered_rightly(request: Request, alone: dict[tuple[str, Any], str]) -> No
     elif isinstance(error, Timeout):
         assert request.expired
     elif error is not None:
-        assert isinstance(error, InjectedFault), repr(error)
+        assert isinstance(error, InjectedFault | OutOfMemory), repr(error)  # (507: out of memory even alone)
     else:
         result: Generated = request.item.future.result()
         assert result.text == alone[request.about]
