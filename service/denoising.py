@@ -11,7 +11,8 @@ has one, as they come.
 Faults (`service.faults`): a join that runs out of memory is retried in halves (an image that does not fit
 alone fails with 507); a step that runs out of memory puts every running image back to start again (its
 seed makes the same image; the updates a stream has had are not sent twice) and halves the cap on
-running images, which doubles back after `GROW_AFTER_S` seconds without out-of-memory. A broken device fails every image with 503 and stops the loop.
+running images, which doubles back after `GROW_AFTER_S` seconds without out-of-memory. A broken device
+fails every image with 503 and stops the loop.
 """
 
 from __future__ import annotations

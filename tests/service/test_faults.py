@@ -184,6 +184,15 @@ async def test_a_prefill_out_of_memory_is_retried_in_halves(
     serve, monkeypatch: pytest.MonkeyPatch, reference: MultimodalModel
 ) -> None:  # type: ignore[no-untyped-def]
     expected = [reference.caption([noise_image(s)], 6)[0] for s in range(4)]  # (before the patch)
+    cached: list[tuple[int, int]] = []  # the encoder cache's entries before and after each failure
+    real_free = Generation._free_cache
+
+    def free(self: Generation) -> None:
+        size = len(self.cache)
+        real_free(self)
+        cached.append((size, len(self.cache)))
+
+    monkeypatch.setattr(Generation, "_free_cache", free)
     async with serve(caption_max_wait_ms=60_000, caption_max_batch_size=4) as client:
         joined = patch_decode_state(
             monkeypatch, "prefill", lambda state, args: run_out_of_memory() if len(args[0]) > 1 else None
@@ -194,6 +203,7 @@ async def test_a_prefill_out_of_memory_is_retried_in_halves(
         assert [r.status_code for r in responses] == [200] * 4
         assert [r.json()["caption"] for r in responses] == expected
         assert joined == [4, 2, 1, 1, 2, 1, 1]
+        assert len(cached) == 3 and all(before > 0 and after == 0 for before, after in cached)  # emptied each time
         metrics = await metrics_of(client)
         assert metric(metrics, "mmserve_oom_total", task="caption") == 3
         assert metric(metrics, "mmserve_batch_cap", task="decode_step") == 1  # (0 running + 2 joining) // 2

@@ -7,7 +7,8 @@ before or after the real work, so that a state may have changed when it raises; 
 before a prefill or a step: retried in halves, or the newest preempted and resumed), making a new state, and
 answering a request. After every turn the rows and the state agree and no row holds an answered request;
 at the end every request was answered exactly once, with its own output or the injected error (or its
-client's leaving, or 507 for one out of memory alone), nothing is left in flight, and the loop still generates correctly.
+client's leaving, or 507 for one out of memory alone), nothing is left in flight, and the loop still
+generates correctly.
 """
 
 from __future__ import annotations
