@@ -19,12 +19,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.image_schemas import GenerateJSON, GenerateResponse, format_size, parse_size
-from service.routes.common import ServingDep, disconnect_waiter, json_body
+from service.routes.common import ERROR_RESPONSES, ServingDep, disconnect_waiter, json_body
 from service.routes.streaming import EventStream, sse, stream_error
 from service.serving import ImageAsk, Images, ImageStream
 from service.uploads import read_json_body
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 _SSE_EVENT = {  # one server-sent event: `progress` ({"index", "step", "steps", "preview"?}), then `done` or `error`
     "type": "object",
