@@ -265,3 +265,20 @@ async def test_past_the_deadline_is_504(slow_server: ServerProcess) -> None:
         # the server still makes images
         quick = await client.post("/generate", json={"prompt": PROMPT, "steps": 2})
         assert quick.status_code == 200
+
+
+def test_whole_request_batching_makes_the_same_images(
+    base_settings: dict[str, str], tiny_generator_dir: Path, server: ServerProcess
+) -> None:
+    """`MMSERVE_SCHEDULER=static`: images run to their end together, no step updates: a stream has only `done`."""
+    settings = {**base_settings, "MMSERVE_GENERATE_MODEL": str(tiny_generator_dir), "MMSERVE_SCHEDULER": "static"}
+    body = {"prompt": PROMPT, "seed": 31, "steps": 5, "n": 2}
+    with ServerProcess(settings) as static:
+        whole = httpx.post(f"{static.url}/generate", json=body, timeout=60)
+        streamed = httpx.post(f"{static.url}/generate", json={**body, "stream": True, "preview_every": 1}, timeout=60)
+    events = parse_events(streamed.text)
+    assert [kind for kind, _ in events] == ["done"]
+    continuous = pngs_of(httpx.post(f"{server.url}/generate", json=body, timeout=60))
+    for a, b, c in zip(pngs_of(whole), continuous, events[0][1]["images"], strict=True):
+        assert np.array_equal(pixels(a), pixels(b))
+        assert np.array_equal(pixels(a), pixels(base64.b64decode(c["png"])))
