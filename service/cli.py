@@ -1,5 +1,5 @@
 """The `mmserve` command: `serve` (the HTTP service), `train` and `evaluate` (the model's, imported lazily),
-and `caption`, `vqa`, `embed`, `generate`: a client of a running server (service.client_cli).
+and `caption`, `vqa`, `embed`: a client of a running server (service.client_cli).
 
 `serve` takes its settings from `MMSERVE_*` environment variables; flags override them. It runs one
 uvicorn worker: a second worker would load a second copy of the model onto the same device. It binds
@@ -29,7 +29,7 @@ from service.settings import DType, LogLevel, Settings
 
 logger = logging.getLogger(__name__)
 
-CLIENT_COMMANDS = ("caption", "vqa", "embed", "generate")  # against a running server: service.client_cli
+CLIENT_COMMANDS = ("caption", "vqa", "embed")  # against a running server: service.client_cli
 
 
 def serve(overrides: dict[str, Any]) -> None:
@@ -122,6 +122,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         evaluate.main(argv[1:])
         return
     args = build_parser().parse_args(argv)
-    if args.command in CLIENT_COMMANDS:
+    if args.command in (*CLIENT_COMMANDS, "generate"):  # generate: service.client_generate
         sys.exit(run_client(args))
     serve({key: getattr(args, key) for key in ("host", "port", "model", "device", "dtype", "log_level")})

@@ -86,7 +86,6 @@ class Settings(BaseSettings):
     # text to image: the most images denoising at once (each image is one row of every denoising step)
     text_to_image_max_batch_size: int = Field(default=8, ge=1)
     text_to_image_max_wait_ms: float = Field(default=0.0, ge=0)
-    text_to_image_max_steps: int = Field(default=100, ge=1)  # the most denoising steps a request may ask for
     encoder_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)  # image encodings kept for reuse; 0: off
     queue_capacity: int = Field(default=1024, ge=1)  # admitted, unfinished items per task; beyond it: 429
 
@@ -102,6 +101,7 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=2000, ge=1)  # one /embed text
     max_question_chars: int = Field(default=500, ge=1)
     max_embed_inputs: int = Field(default=256, ge=1)  # texts in one /embed call
+    text_to_image_max_steps: int = Field(default=100, ge=1)  # the most denoising steps a request may ask for
     default_max_new_tokens: int = Field(default=32, ge=1)  # /caption when the request names none
     max_new_tokens_limit: int = Field(default=128, ge=1)  # the most a /caption request may ask for
     vqa_max_new_tokens: int = Field(default=16, ge=1)

@@ -25,7 +25,7 @@ from service.image_schemas import PromptParams, format_size, parse_size
 from service.openai.errors import ModelNotFound, UnsupportedParameter
 from service.routes.common import ServingDep, disconnect_waiter, json_body
 from service.routes.streaming import EventStream, stream_error
-from service.serving import ImageAsk, Images, ImageStream
+from service.serving.images import ImageAsk, Images, ImageStream
 from service.uploads import read_json_body
 
 router = APIRouter()

@@ -21,7 +21,7 @@ from fastapi.responses import Response
 from service.image_schemas import GenerateJSON, GenerateResponse, format_size, parse_size
 from service.routes.common import ERROR_RESPONSES, ServingDep, disconnect_waiter, json_body
 from service.routes.streaming import EventStream, sse, stream_error
-from service.serving import ImageAsk, Images, ImageStream
+from service.serving.images import ImageAsk, Images, ImageStream
 from service.uploads import read_json_body
 
 router = APIRouter(responses=ERROR_RESPONSES)

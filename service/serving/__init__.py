@@ -7,7 +7,6 @@ See `service.serving.serving` for the order of the steps and how to add a kind o
 """
 
 from service.serving.call import Disconnected
-from service.serving.images import ImageAsk, ImageProgress, Images, ImageStream
 from service.serving.serving import Serving
 from service.serving.stream import Stream
 from service.serving.types import (
@@ -28,10 +27,6 @@ __all__ = [
     "Embeddings",
     "Generation",
     "GenerationAsk",
-    "ImageAsk",
-    "ImageProgress",
-    "ImageStream",
-    "Images",
     "Read",
     "Serving",
     "Stream",

@@ -42,6 +42,7 @@ from service.errors import InvalidImage
 from service.images import decode_image
 from service.schemas import check_question
 from service.serving.call import Call, Disconnected
+from service.serving.core import Core
 from service.serving.images import ImageServing
 from service.serving.stream import Stream, sink
 from service.serving.types import (
@@ -58,7 +59,7 @@ from service.serving.types import (
 SPOKEN_FIELD = "question_audio"
 
 
-class Serving(ImageServing):  # ImageServing (text-to-image) is a Core
+class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serving.images`)
     """Generate (captions, answers), embed (texts, images), transcribe, make images: whole or streamed."""
 
     # What routes ask besides the work itself.
