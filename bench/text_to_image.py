@@ -250,6 +250,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--requests-per-client", type=int, default=2, help="requests in the list per client (c=1: 4)")
     parser.add_argument("--threads", default="1", help="MMSERVE_TORCH_THREADS (and the in-process limit's)")
+    parser.add_argument("--no-embed", action="store_true", help="skip the embedding-under-load cells")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--render", type=Path, default=None, help="print the tables of a results file, run nothing")
     return parser.parse_args(argv)
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         reference = InProcess(folder)
         cells = {c: workload(max(4, c * args.requests_per_client), seed=c) for c in args.clients}
-        embed_asks = workload(16, seed=99)
+        embed_asks = workload(16, seed=99) if not args.no_embed else []
         started = time.perf_counter()
         for asks in [*cells.values(), embed_asks]:
             reference.reference(asks)
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
                     results["runs"].append({"order": order[0] + " first", **limit.row()})
                     print(results["runs"][-1], flush=True)
             results["embed"] = []
-            for order in (("continuous", "static"), ("static", "continuous")):
+            for order in (("continuous", "static"), ("static", "continuous")) if not args.no_embed else ():
                 for mode in order:
                     cell = asyncio.run(embed_under_load(servers[mode], mode, embed_asks, reference))
                     results["embed"].append({"order": order[0] + " first", **cell})
