@@ -122,6 +122,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         evaluate.main(argv[1:])
         return
     args = build_parser().parse_args(argv)
-    if args.command in CLIENT_COMMANDS:
+    if args.command in (*CLIENT_COMMANDS, "generate"):  # generate: service.client_generate
         sys.exit(run_client(args))
     serve({key: getattr(args, key) for key in ("host", "port", "model", "device", "dtype", "log_level")})

@@ -66,6 +66,10 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     embed.add_argument("texts", nargs="+", metavar="TEXT")
     embed.set_defaults(run=run_embed)
 
+    from service.client_generate import add_generate_command  # (it uses this module's helpers)
+
+    add_generate_command(commands, common)
+
 
 def run(args: argparse.Namespace) -> int:
     """Run a client subcommand; the exit code."""

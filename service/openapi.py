@@ -21,6 +21,9 @@ _LIMITS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "max_new_tokens": (("integer", "maximum", "max_new_tokens_limit"),),
     "question": (("string", "maxLength", "max_question_chars"),),
     "input": (("string", "maxLength", "max_text_chars"), ("array", "maxItems", "max_embed_inputs")),
+    "prompt": (("string", "maxLength", "max_text_chars"),),  # text-to-image
+    "steps": (("integer", "maximum", "text_to_image_max_steps"),),
+    "preview_every": (("integer", "maximum", "text_to_image_max_steps"),),
 }
 
 

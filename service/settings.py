@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=2000, ge=1)  # one /embed text
     max_question_chars: int = Field(default=500, ge=1)
     max_embed_inputs: int = Field(default=256, ge=1)  # texts in one /embed call
+    text_to_image_max_steps: int = Field(default=100, ge=1)  # the most denoising steps a request may ask for
     default_max_new_tokens: int = Field(default=32, ge=1)  # /caption when the request names none
     max_new_tokens_limit: int = Field(default=128, ge=1)  # the most a /caption request may ask for
     vqa_max_new_tokens: int = Field(default=16, ge=1)

@@ -94,7 +94,8 @@ async def read_json_body(
     request: Request, model: type[M], settings: Settings, hint: str, offload: Offload = to_thread
 ) -> M:
     """A body that must be JSON (415 otherwise, saying `hint`), validated against `model`."""
-    if body_kind(request) is not BodyKind.JSON:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != BodyKind.JSON.value:
         raise UnsupportedMediaType(f"send application/json: {hint}")
     return await read_json(request, model, settings, offload)
 

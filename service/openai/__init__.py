@@ -1,9 +1,9 @@
-"""OpenAI-compatible routes under /v1: the models list, embeddings, chat completions and audio transcriptions, in
-OpenAI's shapes and error shape."""
+"""OpenAI-compatible routes under /v1: the models list, embeddings, chat completions, audio transcriptions and
+image generations, in OpenAI's shapes and error shape."""
 
 from fastapi import APIRouter
 
-from service.openai import chat, embeddings, models, transcriptions
+from service.openai import chat, embeddings, images, models, transcriptions
 from service.openai.errors import OpenAIErrorShape
 from service.openai.schemas import OpenAIErrorResponse
 
@@ -29,5 +29,6 @@ router.include_router(models.router)
 router.include_router(embeddings.router)
 router.include_router(chat.router)
 router.include_router(transcriptions.router)
+router.include_router(images.router)
 
 __all__ = ["OpenAIErrorShape", "router"]

@@ -52,6 +52,7 @@ from service.segments import stitch, transcript_text
 from service.serving.call import Call, Disconnected
 from service.serving.chunks import ChunkStream
 from service.serving.core import Core
+from service.serving.images import ImageServing
 from service.serving.stream import Stream, sink
 from service.serving.types import (
     EmbedAsk,
@@ -69,8 +70,8 @@ SPOKEN_FIELD = "question_audio"
 TranscriptStream = Stream[TextUpdate[Transcript]] | ChunkStream[TextUpdate[Transcript]]
 
 
-class Serving(Core):
-    """Generate (captions, answers), embed (texts, images), transcribe: whole or streamed."""
+class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serving.images`)
+    """Generate (captions, answers), embed (texts, images), transcribe, make images: whole or streamed."""
 
     # What routes ask besides the work itself.
     def max_new_tokens(self, task: Task, asked: int | None) -> int:

@@ -16,10 +16,12 @@ MARKER = "body-marker-5f3c9a"
 
 
 @pytest.fixture(scope="session")
-def fuzz_server(tiny_checkpoint_dir: Path, tiny_whisper_dir: Path) -> Iterator[ServerProcess]:
+def fuzz_server(tiny_checkpoint_dir: Path, tiny_whisper_dir: Path, tiny_generator_dir: Path) -> Iterator[ServerProcess]:
     settings = {
         "MMSERVE_MODEL": str(tiny_checkpoint_dir),
         "MMSERVE_TRANSCRIBE_MODEL": str(tiny_whisper_dir),  # so the audio routes are served, not 501
+        "MMSERVE_GENERATE_MODEL": str(tiny_generator_dir),  # and the text-to-image ones
+        "MMSERVE_TEXT_TO_IMAGE_MAX_STEPS": "20",  # (the document says so: no request outlasts the deadline)
         "MMSERVE_DEVICE": "cpu",
         "MMSERVE_TORCH_THREADS": "1",
         "MMSERVE_LOG_LEVEL": "debug",
