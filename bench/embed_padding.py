@@ -79,6 +79,7 @@ def main() -> None:
                     row[f"{name}_{key}"] = round(statistics.median(run[aware][key] for run in runs), 1)
             row["speedup_wall"] = round(row["aware_texts_per_s"] / row["naive_texts_per_s"], 3)
             row["speedup_cpu"] = round(row["aware_texts_per_cpu_s"] / row["naive_texts_per_cpu_s"], 3)
+            row["fitted_call_tokens"] = tower.call_cost.tokens
             print(json.dumps(row), flush=True)
 
 

@@ -10,6 +10,7 @@ through the encoder in calls of texts of similar length, so little of it is padd
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from model.length_batches import length_batches
+from model.length_batches import CallCost, length_batches
 from model.pooling import mean_pool
 from model.tokens import TokenCounter
 
@@ -38,7 +39,8 @@ class TextTower(nn.Module):
         self, path: Path | None = None, batch_size: int = 64, padding_aware: bool = True, call_tokens: int = 48
     ) -> None:
         """`batch_size`: the most rows in one encoder call; `padding_aware`: calls of texts of similar length,
-        each call costing about `call_tokens` tokens' work of its own (see model.length_batches)."""
+        each call costing about `call_tokens` tokens' work of its own at first, then as its timings show
+        (see model.length_batches)."""
         super().__init__()
         path = path or minilm_path()
         hf_logging.disable_progress_bar()  # no 'Loading weights' bar in the service's log
@@ -51,7 +53,7 @@ class TextTower(nn.Module):
         self.dim: int = self.encoder.config.hidden_size
         self.batch_size = batch_size
         self.padding_aware = padding_aware
-        self.call_tokens = call_tokens
+        self.call_cost = CallCost(call_tokens)  # learnt from the calls' timings
         self.count_tokens = TokenCounter(self.tokenizer, self.max_tokens)  # any thread; see model.tokens
 
     def train(self, mode: bool = True) -> TextTower:
@@ -68,14 +70,16 @@ class TextTower(nn.Module):
         ids = [t if isinstance(t, list) else self.tokenize(t) for t in texts]
         out = torch.zeros(len(ids), self.dim)
         for group in self.calls([len(row) for row in ids]):
+            started = time.perf_counter()
             out[group] = self._encode([ids[i] for i in group])
+            self.call_cost.observe(len(group) * max(len(ids[i]) for i in group), time.perf_counter() - started)
         return out
 
     def calls(self, lengths: Sequence[int]) -> list[list[int]]:
         """Which rows go through the encoder together: of similar length when `padding_aware` (see
         model.length_batches), else `batch_size` at a time in order."""
         if self.padding_aware:
-            return length_batches(lengths, self.batch_size, self.call_tokens)
+            return length_batches(lengths, self.batch_size, self.call_cost.tokens)
         return [list(range(i, min(i + self.batch_size, len(lengths)))) for i in range(0, len(lengths), self.batch_size)]
 
     def _encode(self, ids: list[list[int]]) -> torch.Tensor:

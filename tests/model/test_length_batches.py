@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.workload import embed_texts
-from model.length_batches import length_batches, padding_fraction
+from model.length_batches import CallCost, length_batches, padding_fraction
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -36,3 +36,16 @@ def test_embeddings_equal_one_text_at_a_time_in_order(text_tower) -> None:  # ty
     cosine = (batched * alone).sum(-1)
     assert cosine.min() >= 0.9999, cosine
     assert batched.shape == (48, 384)
+
+
+def test_the_call_cost_is_fitted_from_timings() -> None:
+    cost = CallCost(48)
+    for tokens in (64, 256, 512, 1024, 96, 300, 700, 128):
+        assert cost.tokens == 48  # until enough calls are seen
+        cost.observe(tokens, 0.010 + 0.0002 * tokens)  # 10 ms a call, 0.2 ms a token: 50 tokens a call
+    assert cost.tokens == 50
+    for _ in range(64):  # a busy machine: every call costs the same, whatever its size
+        cost.observe(100, 0.5)
+        cost.observe(900, 0.49)
+    assert cost.tokens == 4096  # one call per batch from now on
+    assert len(length_batches([5, 40, 6, 41], max_rows=64, call_tokens=cost.tokens)) == 1
