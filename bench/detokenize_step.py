@@ -44,33 +44,32 @@ class FullText:
 
 @contextmanager
 def _rule(text_class: type) -> Iterator[None]:
-    saved = model.generate.StreamingText
-    model.generate.StreamingText = text_class  # type: ignore[misc]
+    saved = getattr(model.generate, "StreamingText")  # noqa: B009 (the name DecodeState looks up)
+    setattr(model.generate, "StreamingText", text_class)  # noqa: B010
     try:
         yield
     finally:
-        model.generate.StreamingText = saved  # type: ignore[misc]
+        setattr(model.generate, "StreamingText", saved)  # noqa: B010
 
 
 def run(builtin: BuiltinModel, n: int, text_class: type) -> dict[str, float]:
     """Step times of `n` rows from their first token to the decoder's room (ms per row per step)."""
     detokenizing = [0.0]
 
-    class Timed(text_class):  # type: ignore[misc, valid-type]
+    class Timed(text_class):  # type: ignore[misc]
         def push(self, ids: list[int]) -> str | None:
             started = time.perf_counter()
             text: str | None = super().push(ids)
             detokenizing[0] += time.perf_counter() - started
             return text
 
-    tokenizer = builtin.tokenizer
     state = DecodeState(
         builtin.module.decoder,
         n,
         builtin._context_len,
         eos_id=-1,  # never ends: every row runs to max_len
-        pad_id=tokenizer.token_to_id(PAD),
-        sep_id=tokenizer.token_to_id(SEP),
+        pad_id=builtin._ids[PAD],
+        sep_id=builtin._ids[SEP],
         detokenize=builtin._decode,
         masked_context=builtin.module.config.audio is not None,
     )

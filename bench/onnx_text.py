@@ -77,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.packages:
         sys.path.append(str(args.packages))
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-not-found, unused-ignore]
 
     torch.set_num_threads(1)
     tower = TextTower(padding_aware=False)
