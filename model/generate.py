@@ -18,6 +18,7 @@ import torch
 from model.api import Update
 from model.decoder import Decoder, causal_mask
 from model.layers import SlotKV
+from model.streaming_text import StreamingText
 
 
 @torch.inference_mode()
@@ -117,6 +118,7 @@ class _Row:
     limit: int  # max_new_tokens, bounded by the room left in max_len
     filled: int  # cache positions written (the prompt, then each fed token)
     context: int  # its context tokens (an image's, or its audio's own length)
+    text: StreamingText  # its visible text, decoded a few tokens at a time
     ids: list[int] = field(default_factory=list)
     shown: str = ""  # visible text already reported
     finished: bool = False
@@ -225,7 +227,8 @@ class DecodeState:
         self._last[rows] = next_ids
         for spec, filled, context in zip(specs, lengths.tolist(), contexts, strict=True):
             limit = max(0, min(spec.max_new_tokens, room - len(spec.prompt)))
-            row = _Row(spec, limit, filled=filled, context=context)
+            text = StreamingText(self._detokenize, self._sep, spec.answer_only)
+            row = _Row(spec, limit, filled=filled, context=context, text=text)
             for token in spec.generated:  # its state as it was: the same ids, the same text shown
                 self._advance(row, token)
             self._rows.append(row)
@@ -315,7 +318,7 @@ class DecodeState:
         row.ids.append(token)
         if len(row.ids) >= row.limit:
             return self._finish(row, "length")
-        visible = self._visible(row)
+        visible = row.text.push(row.ids)
         if visible is None or not visible.startswith(row.shown):
             return Update("", tokens=len(row.ids))  # held back: not yet known to be final
         delta, row.shown = visible[len(row.shown) :], visible
@@ -328,12 +331,6 @@ class DecodeState:
         delta = text[len(row.shown) :] if text.startswith(row.shown) else ""
         row.shown = text
         return Update(delta, True, reason, text, len(row.ids))
-
-    def _visible(self, row: _Row) -> str | None:
-        """The text shown so far; an answer is held back until its scratchpad's [SEP] is out."""
-        if not row.spec.answer_only:
-            return self._detokenize(row.ids)
-        return self._detokenize(after_scratchpad(row.ids, self._sep)) if self._sep in row.ids else None
 
 
 def after_scratchpad(ids: list[int], sep_id: int) -> list[int]:
