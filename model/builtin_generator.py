@@ -88,6 +88,7 @@ def load_builtin_generator(
         image_processor=VaeImageProcessor(vae_scale_factor=vae_scale),
         pixel_shuffle=fold,
         guide_below_one=True,
+        prediction="sample" if index.get("prediction") == "sample" else "model",
     )
     steps, guidance = int(index["default_steps"]), float(index["default_guidance_scale"])
     name = "builtin-generator" if path.resolve() == GENERATOR_DIR.resolve() else path.name

@@ -48,6 +48,10 @@ class DiffusionParts:
     # whenever it is not 1 (a scale below one then leans towards the unconditional prediction).
     guide_below_one: bool = False
     eta: float = 0.0  # DDIM's eta, as the pipeline's default
+    # What the UNet predicts: "model" (what the scheduler steps with: noise, v or a flow's velocity, as
+    # diffusers' pipelines take it), or "sample" (the clean sample, as the built-in generator does; turned into
+    # the flow's velocity (x_σ - prediction) / σ for a flow-matching scheduler).
+    prediction: str = "model"
 
     @property
     def vae_scale(self) -> int:
@@ -187,6 +191,9 @@ class DenoiseState:
                 noise = predicted[offset : offset + 1]
                 offset += 1
             t = row.scheduler.timesteps[row.done]
+            if self.parts.prediction == "sample":  # σ = t / T for flow matching, > 0 at every visited step
+                sigma = float(t) / row.scheduler.config.num_train_timesteps
+                noise = (row.latents.float() - noise.float()) / sigma
             output = row.scheduler.step(noise, t, row.latents, **self._step_kwargs(row), return_dict=True)
             row.done += 1
             if row.done == row.steps:
