@@ -9,14 +9,16 @@ The generator is trained by `mmserve train --stage generate` (model/train/genera
 
 How an image is made (the loop below is the parity reference for any other serving path):
 - conditioning: the frozen all-MiniLM-L6-v2's last hidden state of the prompt (its [CLS] ... [SEP] tokens,
-  at most `text_max_tokens`), with its attention mask passed as `encoder_attention_mask`; the unconditional
+  at most `max_text_tokens`), with its attention mask passed as `encoder_attention_mask`; the unconditional
   input for classifier-free guidance is the same for the empty prompt "";
 - the UNet works at `sample_size`×`sample_size` with `pixel_shuffle`² × 3 channels: the 64×64 RGB image
   in [-1, 1] folded space-to-depth (`F.pixel_unshuffle(image, 4)`: 16×16×48), so it sees every pixel at a
   sixteenth of the positions (the cost of a 16×16 UNet, no autoencoder to train, nothing lost to
   upsampling); `F.pixel_shuffle(sample, 4)` gives the image back;
-- flow matching (rectified flow): x_σ = (1 - σ)·image + σ·noise, the UNet predicts noise - image at
-  timestep σ·1000; sampling starts from `torch.randn(..., generator=torch.Generator().manual_seed(seed))`
+- flow matching (rectified flow): x_σ = (1 - σ)·image + σ·noise at timestep σ·1000; the UNet predicts
+  the clean sample ("prediction": "sample"), and the velocity noise - image that the scheduler's Euler
+  step takes is (x_σ - prediction) / σ (guidance is the same on either);
+- sampling starts from `torch.randn((1, 48, 16, 16), generator=torch.Generator().manual_seed(seed))`
   (float32, on the CPU) and takes the scheduler's Euler steps from σ=1 to 0 with guidance
   v = v_uncond + g·(v_cond - v_uncond).
 """
@@ -47,16 +49,20 @@ class GeneratorIndex:
 
     sample_size: int = 16  # the UNet's spatial size
     output_size: int = 64  # the image's side after `pixel_shuffle`
-    pixel_shuffle: int = 4  # space-to-depth factor: UNet channels = 3 * pixel_shuffle**2
+    # the UNet's samples are the image folded space-to-depth: 3 * pixel_shuffle**2 channels at sample_size;
+    # F.pixel_shuffle(sample, pixel_shuffle) unfolds one into the output_size image (no upsampling)
+    pixel_shuffle: int = 4
     default_steps: int = 20  # scheduler steps
     default_guidance_scale: float = 4.0
-    text_max_tokens: int = 64  # prompts keep their first tokens ([CLS] and [SEP] included)
-    encoder_attention_mask: bool = True  # the prompt's mask goes to the UNet's cross-attention
+    max_text_tokens: int = 64  # prompts keep their first tokens ([CLS] and [SEP] included)
+    text_attention_mask: bool = True  # the prompt's mask goes to the UNet's cross-attention (encoder_attention_mask)
     _class_name: str = CLASS_NAME
     text_encoder: str = "builtin-minilm"  # all-MiniLM-L6-v2's last hidden state (model.text.TextTower)
     uncond_prompt: str = UNCOND_PROMPT
     vae: str | None = None  # pixel space: no autoencoder
-    prediction: str = "flow"  # the UNet predicts noise - image (rectified flow)
+    # what the UNet's output is: "sample", the clean sample (velocity = (x - output) / σ, σ = t / 1000), or
+    # "flow", the velocity noise - sample itself
+    prediction: str = "sample"
     training: dict[str, Any] = field(default_factory=dict)  # how the weights were made (the stage's log)
 
     @classmethod
@@ -125,6 +131,14 @@ def encode_prompts(tower: TextTower, prompts: Sequence[str], max_tokens: int) ->
     return hidden.clone(), mask.to(device)  # clone: usable outside inference mode (training)
 
 
+def velocity(output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
+    """The flow's velocity (noise - sample) from the UNet's output at timestep `t` (σ = t / 1000)."""
+    if prediction == "flow":
+        return output
+    sigma = t.float() / 1000  # > 0 at every timestep the scheduler visits
+    return (x.float() - output.float()) / sigma
+
+
 def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     """The starting sample of one request: float32 CPU noise from its own generator."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
@@ -165,7 +179,7 @@ class TextToImage:
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts → (states, mask) for the UNet's cross-attention, in its dtype."""
-        states, mask = encode_prompts(self.tower, prompts, self.index.text_max_tokens)
+        states, mask = encode_prompts(self.tower, prompts, self.index.max_text_tokens)
         return states.to(self.dtype), mask
 
     @torch.inference_mode()
@@ -190,7 +204,8 @@ class TextToImage:
         scheduler.set_timesteps(steps, device=self.device)
         for t in scheduler.timesteps:
             both = torch.cat([x, x])
-            v = self.unet(both, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+            output = self.unet(both, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+            v = velocity(output, both, t, self.index.prediction)
             v_cond, v_uncond = v[:n], v[n:]
             v = v_uncond + scale * (v_cond - v_uncond)
             x = scheduler.step(v.float(), t, x.float()).prev_sample.to(self.dtype)

@@ -59,9 +59,11 @@ class GeneratorConfig:
     lr: float = 5e-4
     warmup_steps: int = 100
     weight_decay: float = 0.0
+    # what the UNet predicts: "sample" (the clean image; the velocity follows from it) or "flow" (the velocity)
+    prediction: str = "sample"
     uncond_share: float = 0.1  # captions replaced by "" (classifier-free guidance)
     ema_decay: float = 0.999  # the shipped weights: this average of the trained ones
-    text_max_tokens: int = 64
+    max_text_tokens: int = 64
     default_steps: int = 20  # sampling steps of the shipped model
     default_guidance_scale: float = 4.0
     checkpoint_every: int = 100
@@ -86,14 +88,24 @@ def batch_at(config: GeneratorConfig, step: int) -> tuple[torch.Tensor, list[str
     return images, captions
 
 
-def flow_loss(unet: Any, samples: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Flow-matching loss of one batch: the UNet's velocity against noise - sample at logit-normal σ."""
+def flow_loss(
+    unet: Any, samples: torch.Tensor, states: torch.Tensor, mask: torch.Tensor, prediction: str = "sample"
+) -> torch.Tensor:
+    """Flow-matching loss of one batch at logit-normal σ.
+
+    "flow": the UNet's output against the velocity noise - sample. "sample": the UNet's output is the clean
+    sample (the velocity is then (x_σ - output) / σ), scored by its squared error weighted 1 / (σ² + 0.05):
+    the velocity's error at high σ, capped near 20 at low σ, where 1/σ² would blow up.
+    """
     sigma = torch.sigmoid(torch.randn(samples.shape[0]))
     noise = torch.randn_like(samples)
     s = sigma[:, None, None, None]
     noisy = (1 - s) * samples + s * noise
-    velocity = unet(noisy, sigma * 1000, encoder_hidden_states=states, encoder_attention_mask=mask).sample
-    return F.mse_loss(velocity, noise - samples)
+    output = unet(noisy, sigma * 1000, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+    if prediction == "flow":
+        return F.mse_loss(output, noise - samples)
+    weight = 1 / (s**2 + 0.05)
+    return (weight * (output - samples) ** 2).mean()
 
 
 def export(unet: Any, config: GeneratorConfig, out: Path, training: dict[str, Any]) -> None:
@@ -111,7 +123,8 @@ def export(unet: Any, config: GeneratorConfig, out: Path, training: dict[str, An
         pixel_shuffle=_factor(config),
         default_steps=config.default_steps,
         default_guidance_scale=config.default_guidance_scale,
-        text_max_tokens=config.text_max_tokens,
+        max_text_tokens=config.max_text_tokens,
+        prediction=config.prediction,
         training=training,
     ).write(tmp)
     old = out.with_name(out.name + ".old")
@@ -178,8 +191,8 @@ def train_generator(
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup_steps)
         images, captions = batch_at(config, step)
-        states, mask = encode_prompts(tower, captions, config.text_max_tokens)
-        loss = flow_loss(unet, to_sample(images, _factor(config)), states, mask)
+        states, mask = encode_prompts(tower, captions, config.max_text_tokens)
+        loss = flow_loss(unet, to_sample(images, _factor(config)), states, mask, config.prediction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
