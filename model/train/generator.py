@@ -101,7 +101,7 @@ def flow_loss(
     noise = torch.randn_like(samples)
     s = sigma[:, None, None, None]
     noisy = (1 - s) * samples + s * noise
-    output = unet(noisy, sigma * 1000, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+    output: torch.Tensor = unet(noisy, sigma * 1000, encoder_hidden_states=states, encoder_attention_mask=mask).sample
     if prediction == "flow":
         return F.mse_loss(output, noise - samples)
     weight = 1 / (s**2 + 0.05)
