@@ -90,3 +90,18 @@ def test_one_seed_one_image_two_seeds_two_images(generator: TextToImage) -> None
 def test_any_prompt_gets_an_image(generator: TextToImage, prompt: str) -> None:
     (image,) = generator.generate([prompt], [0], steps=4, guidance_scale=2.0)
     assert image.size == (64, 64)
+
+
+def test_the_card_section_is_rewritten_between_its_markers(tmp_path: Path) -> None:
+    from model.generator_eval import CARD_BEGIN, CARD_END, EVALUATION_FILE, write_card_section
+
+    curve = [{"step": 5, "minutes": 1.0, "round_trip_exact_match": 0.25, "object_colour": 0.5}]
+    curve[0] |= {"object_shape": 0.5, "object_size": 0.5, "object_count": 0.75}
+    GeneratorIndex(training={"steps_done": 5, "curve": curve}).write(tmp_path)
+    (tmp_path / EVALUATION_FILE).write_text(json.dumps({"captions": 4, "metrics": {"round_trip_exact_match": 0.5}}))
+    card = tmp_path / "CARD.md"
+    card.write_text(f"before\n{CARD_BEGIN}\nold numbers\n{CARD_END}\nafter\n")
+    write_card_section(tmp_path, card)
+    text = card.read_text()
+    assert text.startswith("before\n") and text.endswith(f"{CARD_END}\nafter\n") and "old numbers" not in text
+    assert "| round_trip_exact_match | 0.500 |" in text and "| 5 | 1.0 | 0.250 |" in text
