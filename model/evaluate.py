@@ -4,7 +4,9 @@ Held-out scenes come from seeds at and above `HELD_OUT_SEED_START`, which traini
 caption exact match and token F1, per-attribute accuracy, VQA accuracy per question family, text→image
 and image→text recall@1 among 100, the text tower's parity with sentence-transformers, and for a model
 that hears, the word error rate on held-out sentences spoken in training voices and in held-out voices
-(`model.train.speech`; needs espeak-ng); the full run writes them into `model/MODEL_CARD.md`.
+(`model.train.speech`; needs espeak-ng); the full run writes them into `model/MODEL_CARD.md`. With
+`--generate` it evaluates the text-to-image generator instead (`model.generator_eval`: its images of
+held-out captions, read back by the captioner) and writes the card's generator section.
 """
 
 from __future__ import annotations
@@ -173,9 +175,12 @@ def text_tower_parity(model: MultimodalModel) -> float:
 
 
 def write_card(metrics: dict[str, float], meta: dict[str, Any], path: Path = CARD) -> None:
+    from model.generator_eval import card_section
+    from model.text_to_image import GENERATOR_DIR
+
     template = (Path(__file__).resolve().parent / "MODEL_CARD.template.md").read_text()
     rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in metrics.items())
-    path.write_text(template.format(metrics=rows, **meta))
+    path.write_text(template.format(metrics=rows, generator=card_section(GENERATOR_DIR), **meta))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,12 +189,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-card", action="store_true", help="print only; leave MODEL_CARD.md alone")
+    parser.add_argument(
+        "--generate",
+        action="store_true",
+        help="evaluate the text-to-image generator instead: its images of held-out captions, read back by --model",
+    )
+    parser.add_argument("--generator", type=Path, default=None, help="the generator folder (default: the shipped one)")
+    parser.add_argument("--captions", type=int, default=None, help="held-out captions for --generate (default 500)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from model import load_model
     from model.checkpoint import WEIGHTS_DIR
 
     model = load_model(args.model, args.device)
+    if args.generate:
+        from model import generator_eval
+        from model.text_to_image import GENERATOR_DIR
+
+        n = args.captions or generator_eval.ROUND_TRIP_CAPTIONS
+        folder = args.generator or GENERATOR_DIR
+        for k, v in generator_eval.main(model, folder, n, None if args.no_card else CARD).items():
+            print(f"{k:40s} {v:.4f}")
+        return
     metrics = evaluate_model(model, n_scenes=args.scenes)
     try:
         metrics["text_tower_parity_min_cosine"] = text_tower_parity(model)

@@ -7,7 +7,9 @@ command line) and runs them in order, each from the previous stage's weights.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,6 +64,12 @@ _STAGE_FIELDS = (
 )
 
 
+def _is_generate(argv: list[str] | None) -> bool:
+    """Whether the command asks for `--stage generate` (the generator, trained apart from the recipe)."""
+    args = sys.argv[1:] if argv is None else argv
+    return "--stage=generate" in args or any(a == "--stage" and b == "generate" for a, b in itertools.pairwise(args))
+
+
 class Stage(NamedTuple):
     name: str
     config: TrainConfig
@@ -82,7 +90,11 @@ class Plan:
 def parse_args(argv: list[str] | None = None) -> Plan:
     parser = argparse.ArgumentParser(prog="mmserve train", description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
-        "--stage", choices=list(STAGES), default=None, help="run this stage alone (default: every stage, in order)"
+        "--stage",
+        choices=[*STAGES, "generate"],
+        default=None,
+        help="run this stage alone (default: every stage, in order); 'generate' trains the text-to-image "
+        "generator instead (its own flags: --stage generate --help)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=None, help="steps between held-out quick checks")
@@ -153,6 +165,11 @@ def parse_args(argv: list[str] | None = None) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if _is_generate(argv):  # the text-to-image generator: its own stage, flags and loop
+        from model.train.generator import main as train_generator
+
+        train_generator(argv)
+        return
     plan = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if plan.threads:
@@ -162,4 +179,3 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("stage %s: %d steps, writing %s", stage.name, stage.config.steps, stage.out)
         train(stage.config, stage.out, stage.run_dir, plan.resume, init=stage.init)
     logger.info("finished in %.1f minutes; the model is in %s", (time.time() - started) / 60, plan.stages[-1].out)
-
