@@ -20,4 +20,9 @@ def reference(tiny_checkpoint_dir: Path) -> MultimodalModel:
 @pytest.fixture(scope="session")
 def base_settings(tiny_checkpoint_dir: Path) -> dict[str, str]:
     """Settings for a server on the session's tiny checkpoint (tests/conftest.py writes it)."""
-    return {"MMSERVE_MODEL": str(tiny_checkpoint_dir), "MMSERVE_DEVICE": "cpu", "MMSERVE_TORCH_THREADS": "1"}
+    return {
+        "MMSERVE_MODEL": str(tiny_checkpoint_dir),
+        "MMSERVE_DEVICE": "cpu",
+        "MMSERVE_TORCH_THREADS": "1",
+        "MMSERVE_GENERATE_MODEL": "none",  # no text-to-image unless a test names a generator
+    }

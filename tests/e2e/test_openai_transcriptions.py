@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.slow]
 @pytest.fixture(scope="module")
 def server(tiny_whisper_dir: Path) -> Iterator[ServerProcess]:
     settings = {"MMSERVE_MODEL": str(tiny_whisper_dir), "MMSERVE_DEVICE": "cpu", "MMSERVE_TORCH_THREADS": "1"}
+    settings["MMSERVE_GENERATE_MODEL"] = "none"  # Whisper alone: /v1/models lists it only
     with ServerProcess(settings) as server:
         yield server
 

@@ -74,6 +74,7 @@ def serve(checkpoint: Path) -> Serve:
             "device": "cpu",
             "torch_threads": 1,
             "decode_threads": 2,
+            "generate_model": "none",  # no text-to-image unless a test names a generator
             "exit_on_failure": False,  # in this process: a fatal state stays up, unhealthy, for the test to see
         }
         app = create_app(Settings(**{**defaults, **overrides}))

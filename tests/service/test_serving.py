@@ -41,6 +41,7 @@ async def stays() -> None:
 @asynccontextmanager
 async def running(checkpoint: Path, **overrides: Any) -> AsyncIterator[Serving]:
     defaults = {"model": str(checkpoint), "device": "cpu", "torch_threads": 1, "exit_on_failure": False}
+    defaults |= {"generate_model": "none"}  # no text-to-image unless a test names a generator
     settings = Settings(**{**defaults, **overrides})
     runtime = Runtime(settings, Metrics())
     runtime.start()
