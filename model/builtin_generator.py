@@ -28,14 +28,12 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 
 from model.api import ModelLoadError
-from model.checkpoint import WEIGHTS_DIR
 from model.devices import default_dtype
 from model.diffusion import DiffusionParts
 from model.image_generator import DiffusionGenerator
 from model.text import TextTower
+from model.text_to_image import CLASS_NAME, GENERATOR_DIR
 
-GENERATOR_DIR = WEIGHTS_DIR / "generator"
-CLASS_NAME = "MmserveTextToImage"
 TEXT_ENCODER = "builtin-minilm"
 DEFAULT_MAX_TEXT_TOKENS = 64
 

@@ -82,7 +82,8 @@ def load_image_generator(
 ) -> DiffusionGenerator:
     """The built-in generator (`"builtin"`: `model/weights/generator/`, or a folder of its format) or a
     diffusers Stable Diffusion folder, loaded onto `device`. Raises `ModelLoadError` naming it and why."""
-    from model.builtin_generator import GENERATOR_DIR, is_builtin_generator, load_builtin_generator
+    from model.builtin_generator import is_builtin_generator, load_builtin_generator
+    from model.text_to_image import GENERATOR_DIR
 
     path = GENERATOR_DIR if str(path_or_name) == "builtin" else Path(path_or_name)
     if not (path / "model_index.json").is_file():

@@ -337,7 +337,8 @@ def _load_generator(
     settings: Settings, device: torch.device, dtype: torch.dtype | None, loaded: Iterable[MultimodalModel]
 ) -> ImageGenerator | None:
     """The text-to-image model: `MMSERVE_GENERATE_MODEL`, else the built-in generator if installed, else None."""
-    from model.builtin_generator import GENERATOR_DIR, is_builtin_generator
+    from model.builtin_generator import is_builtin_generator
+    from model.text_to_image import GENERATOR_DIR
 
     spec = settings.generate_model
     if spec == "none":

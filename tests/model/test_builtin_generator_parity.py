@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.builtin_generator import GENERATOR_DIR
 from model.image_generator import load_image_generator
-from model.text_to_image import TextToImage
+from model.text_to_image import GENERATOR_DIR, TextToImage
 
 pytestmark = pytest.mark.skipif(not (GENERATOR_DIR / "model_index.json").is_file(), reason="no shipped generator")
 
