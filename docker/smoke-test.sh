@@ -248,12 +248,14 @@ until (($(restarts "$api") >= 2)); do
   ((SECONDS - t0 < 300)) || fail "a bad model: $(restarts "$api") restarts in 300 s ($(docker inspect -f '{{.State.Status}}' "$api"))"
   sleep 1
 done
-health=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$api")
-[[ $health != unhealthy ]] || fail "a bad model left the container unhealthy"
+# Docker shows a container waiting out its restart back-off as "restarting" and "unhealthy" (its health is
+# reset to "starting" when it runs again): only running and unhealthy would be the old defect.
+read -r state health < <(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$api")
+[[ "$state $health" != "running unhealthy" ]] || fail "a bad model left the container running but unhealthy"
 log=$(docker logs "$api" 2>&1)
 grep -q "loading the model failed: cannot load model '/models/nonexistent'" <<<"$log" || fail "no reason in the log"
 grep -q "(exiting with status 4)" <<<"$log" || fail "no exit with status 4 in the log"
-echo "  exited with status 4 and restarted $(restarts "$api") times in $((SECONDS - t0)) s (health: ${health:-none}); the reason:"
+echo "  exited with status 4 and restarted $(restarts "$api") times in $((SECONDS - t0)) s (now $state, health ${health:-none}); the reason:"
 grep -m1 "loading the model failed" <<<"$log" | cut -c1-200 | sed 's/^/    /'
 "${single[@]}" down -v --remove-orphans >/dev/null 2>&1
 

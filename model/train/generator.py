@@ -136,7 +136,12 @@ def export(unet: Any, config: GeneratorConfig, out: Path, training: dict[str, An
 
 
 def train_generator(
-    config: GeneratorConfig, out: Path, run_dir: Path, resume: bool, tower: TextTower | None = None
+    config: GeneratorConfig,
+    out: Path,
+    run_dir: Path,
+    resume: bool,
+    tower: TextTower | None = None,
+    init_from: Path | None = None,
 ) -> Path:
     """Train (or go on training) the generator; its folder ends up in `out`."""
     from diffusers import UNet2DConditionModel
@@ -154,6 +159,7 @@ def train_generator(
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "train_state.pt"
     start, minutes_before, curve = 0, 0.0, []
+    warm_from = 0  # the step the learning rate warms up from: a fresh optimizer warms up again
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=False)
         unet.load_state_dict(state["unet"])
@@ -162,6 +168,10 @@ def train_generator(
         start, minutes_before, curve = state["step"], state["minutes"], state["curve"]
         torch.set_rng_state(state["rng"])
         logger.info("resumed from %s at step %d (%.1f minutes trained)", state_path, start, minutes_before)
+    elif init_from is not None:
+        start, minutes_before, curve = _init_from(init_from, unet, ema)
+        warm_from = start
+        logger.info("continuing %s from step %d (%.1f minutes trained)", init_from, start, minutes_before)
     n_params = sum(p.numel() for p in unet.parameters())
     logger.info("training the generator (%.2fM parameters) for %d steps", n_params / 1e6, config.steps)
 
@@ -189,7 +199,7 @@ def train_generator(
             logger.info("stopping at step %d: the %.0f-minute budget is spent", step, config.max_minutes)
             break
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup_steps)
+            group["lr"] = config.lr * min(1.0, (step - warm_from + 1) / config.warmup_steps)
         images, captions = batch_at(config, step)
         states, mask = encode_prompts(tower, captions, config.max_text_tokens)
         loss = flow_loss(unet, to_sample(images, _factor(config)), states, mask, config.prediction)
@@ -227,6 +237,22 @@ def train_generator(
         export(ema, config, out, training_log(step, minutes))
     logger.info("trained %d steps in %.1f minutes (%.1f this leg)", step, minutes, minutes - minutes_before)
     return out
+
+
+def _init_from(folder: Path, unet: Any, ema: Any) -> tuple[int, float, list[dict[str, Any]]]:
+    """Load an exported generator's averaged weights into both nets; its step, minutes and curve go on.
+
+    For going on where only the shipped folder is left (the run state is not committed): the optimizer
+    starts fresh, so the leg warms up again; the folder's UNet is the average, so the trained weights
+    restart from it.
+    """
+    from diffusers import UNet2DConditionModel
+
+    trained = UNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=torch.float32)
+    unet.load_state_dict(trained.state_dict())
+    ema.load_state_dict(trained.state_dict())
+    training = GeneratorIndex.read(folder).training or {}
+    return int(training.get("steps_done", 0)), float(training.get("minutes", 0.0)), list(training.get("curve", []))
 
 
 def _check(
@@ -288,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=GENERATOR_DIR, help="where the generator folder goes")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="resumable state (in generate/)")
     parser.add_argument("--resume", action="store_true", help="continue from --run-dir's state")
+    parser.add_argument(
+        "--init-from", type=Path, default=None, help="without run state: go on from this exported generator folder"
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     defaults = GeneratorConfig()
     for name in (
@@ -312,5 +341,5 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
-    train_generator(config, args.out, args.run_dir / "generate", args.resume)
+    train_generator(config, args.out, args.run_dir / "generate", args.resume, init_from=args.init_from)
     logger.info("finished in %.1f minutes; the generator is in %s", (time.time() - started) / 60, args.out)
