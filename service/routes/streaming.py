@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from service.errors import ServiceError
-from service.serving import ChunkStream, Stream, TextUpdate
+from service.serving import Stream, TextUpdate, Updates
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class EventStream(StreamingResponse):
     """An event-stream response over a serving stream, which it closes when the response ends, however."""
 
-    def __init__(self, events: AsyncIterator[bytes], stream: Stream[Any] | ChunkStream[Any]) -> None:
+    def __init__(self, events: AsyncIterator[bytes], stream: Updates[Any]) -> None:
         super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
         self._stream = stream
 

@@ -9,7 +9,7 @@ See `service.serving.serving` for the order of the steps and how to add a kind o
 from service.serving.call import Disconnected
 from service.serving.chunks import ChunkStream
 from service.serving.serving import Serving, TranscriptStream
-from service.serving.stream import Stream
+from service.serving.stream import Stream, Updates
 from service.serving.types import (
     EmbedAsk,
     Embeddings,
@@ -36,5 +36,6 @@ __all__ = [
     "Transcript",
     "TranscriptStream",
     "TranscriptionAsk",
+    "Updates",
     "given",
 ]

@@ -42,41 +42,35 @@ def sink(queue: asyncio.Queue[Any]) -> Callable[[Any], None]:
     return put
 
 
-class Stream(Generic[U]):
-    """The typed updates of one submitted item; counts its request when it ends."""
+class Updates(Generic[U]):
+    """What every stream of typed updates shares: it ends exactly once, and then its request is counted.
 
-    def __init__(self, call: Call, item: Item[Any, Any], updates: asyncio.Queue[Any], convert: Convert[U]) -> None:
+    A subclass says how the first update is awaited (`_wait_first`, watching the client and the deadline)
+    and how each update is taken (`_take`: the typed update and whether it is the last).
+    """
+
+    def __init__(self, call: Call, items: list[Item[Any, Any]]) -> None:
         call.streaming = True
         self.call = call
-        self._item = item
-        self._updates = updates
-        self._convert = convert
-        self._first: Any = None
+        self._items = items
         self._ended = False
-        put = sink(updates)
-        item.future.add_done_callback(put)
 
     async def start(self) -> None:
         """Wait for the first update, watching the client (499) and the deadline (504); errors raise."""
-        getter = asyncio.ensure_future(self._updates.get())
         try:
-            await self.call.until([getter])
+            await self._wait_first()
         except BaseException as e:
             self._end(ended_status(e))
             raise
-        self._first = getter.result()
 
-    def __aiter__(self) -> Stream[U]:
+    def __aiter__(self) -> Updates[U]:
         return self
 
     async def __anext__(self) -> U:
         if self._ended:
             raise StopAsyncIteration
         try:
-            entry, self._first = self._first, None
-            if entry is None:
-                entry = await self._next()
-            update, last = self._convert(self._unwrap(entry))
+            update, last = await self._take()
         except asyncio.CancelledError:
             raise  # the client left: the response closes the stream
         except BaseException as e:
@@ -94,6 +88,45 @@ class Stream(Generic[U]):
         """The client left (or the response ended without reading on): drop the rest; counted 499 if not ended."""
         self._end(ClientDisconnected.status_code)
 
+    async def _wait_first(self) -> None:
+        raise NotImplementedError
+
+    async def _take(self) -> tuple[U, bool]:
+        raise NotImplementedError
+
+    def _end(self, status: int) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        for item in self._items:
+            if not item.future.done():
+                item.abandon()  # queued: skipped; running: dropped at the next step
+        if self.call.timings is None:
+            self.call.time(self._items)  # for the request's log line
+        self.call.end(status)
+
+
+class Stream(Updates[U]):
+    """The typed updates of one submitted item; counts its request when it ends."""
+
+    def __init__(self, call: Call, item: Item[Any, Any], updates: asyncio.Queue[Any], convert: Convert[U]) -> None:
+        super().__init__(call, [item])
+        self._updates = updates
+        self._convert = convert
+        self._first: Any = None
+        item.future.add_done_callback(sink(updates))
+
+    async def _wait_first(self) -> None:
+        getter = asyncio.ensure_future(self._updates.get())
+        await self.call.until([getter])
+        self._first = getter.result()
+
+    async def _take(self) -> tuple[U, bool]:
+        entry, self._first = self._first, None
+        if entry is None:
+            entry = await self._next()
+        return self._convert(self._unwrap(entry))
+
     async def _next(self) -> Any:
         try:
             async with asyncio.timeout(self.call.left_s()):
@@ -110,13 +143,3 @@ class Stream(Generic[U]):
         if (error := entry.exception()) is not None:
             raise error
         return entry.result()
-
-    def _end(self, status: int) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        if not self._item.future.done():
-            self._item.abandon()  # queued: skipped; running: dropped at the next step
-        if self.call.timings is None:
-            self.call.time([self._item])  # for the request's log line
-        self.call.end(status)
