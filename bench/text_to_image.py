@@ -17,6 +17,7 @@ machine whose load drifts shows it in the ratios.
     python -m bench.text_to_image --out /tmp/t2i.json                  # the random built-in-shaped UNet
     python -m bench.text_to_image --generator model/weights/generator  # a real folder
     python -m bench.text_to_image --render /tmp/t2i.json                # the tables again, from a result file
+    python -m bench.text_to_image --render /tmp/t2i.json --plot docs/benchmarks-text-to-image.png
 """
 
 from __future__ import annotations
@@ -253,13 +254,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-embed", action="store_true", help="skip the embedding-under-load cells")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--render", type=Path, default=None, help="print the tables of a results file, run nothing")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw the results as a PNG here")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.render:
-        print(markdown(json.loads(args.render.read_text())))
+        rendered = json.loads(args.render.read_text())
+        print(markdown(rendered))
+        if args.plot:
+            plot(rendered, args.plot)
         return
     with tempfile.TemporaryDirectory(prefix="mmserve-t2i-bench-") as tmp:
         folder = args.generator or builtin_shaped_generator(Path(tmp) / "generator")
@@ -301,6 +306,47 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     print(markdown(results))
+    if args.plot:
+        plot(results, args.plot)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Images/s and p50 against clients, a line per mode and order; and an embedding's p50 alone and under load."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (rate, latency, embed) = plt.subplots(1, 3, figsize=(17, 4.8))
+    runs = results["runs"]
+    for i, order in enumerate(dict.fromkeys(r["order"] for r in runs)):
+        for j, mode in enumerate(("continuous", "static", "in-process")):
+            points = sorted((r for r in runs if r["order"] == order and r["mode"] == mode), key=lambda r: r["clients"])
+            line = "-" if i == 0 else "--"
+            style = {"marker": "o", "color": f"C{j}", "linestyle": line, "label": f"{mode} ({order})"}
+            rate.plot([r["clients"] for r in points], [r["images_per_s"] for r in points], **style)
+            if mode != "in-process":  # the limit's latency is a batch's, not a request's
+                latency.plot([r["clients"] for r in points], [r["p50_ms"] for r in points], **style)
+    rate.set_title("/generate: images/s (steps mixed 8-50)")
+    latency.set_title("/generate: p50 latency (ms)")
+    for axis in (rate, latency):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=7)
+    cells = results.get("embed", [])
+    labels = [f"{c['mode']}\n({c['order']})" for c in cells]
+    x = np.arange(len(cells))
+    embed.bar(x - 0.2, [c["embed_p50_p90_alone_ms"][0] for c in cells], 0.4, label="alone")
+    embed.bar(x + 0.2, [c["embed_p50_p90_under_8_generating_ms"][0] for c in cells], 0.4, label="while 8 generate")
+    embed.set_xticks(x, labels, fontsize=7)
+    embed.set_title("/embed p50 (ms)")
+    embed.legend(fontsize=7)
+    figure.suptitle(f"text to image on {results.get('generator', '?')}")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
 
 
 def markdown(results: dict[str, Any]) -> str:
