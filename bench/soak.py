@@ -29,12 +29,13 @@ import json
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import psutil
+import psutil  # type: ignore[import-untyped]
 import soundfile
 import torch
 
@@ -128,14 +129,14 @@ def speech_cases(model: MultimodalModel, n: int, seed: int) -> list[Case]:
     return cases
 
 
-def mismatch(case: Case, response: httpx.Response) -> str | None:
+def mismatch(case: Case, response: httpx.Response, pixel_differences: Counter[int]) -> str | None:
     """Why the response is not the case's expected answer; None when it is."""
     if response.status_code != case.status:
         return f"{response.status_code}, not {case.status}: {response.text[:200]}"
     if case.status != 200:
         return None
     if case.task == "text_to_image":
-        return image_mismatch(case, response)
+        return image_mismatch(case, response, pixel_differences)
     body = response.json()
     if case.route == "/caption":
         same = body["caption"] == case.answer
@@ -171,7 +172,7 @@ async def client_loop(
             tally.late += 1
         if response.status_code >= 500:
             tally.server_errors += 1
-        reason = mismatch(case, response)
+        reason = mismatch(case, response, tallies.pixel_differences)
         if reason is not None:
             tally.mismatched += 1
             if len(tallies.examples) < 20:
@@ -179,7 +180,7 @@ async def client_loop(
 
 
 def rss_mb(process: psutil.Process) -> float:
-    return round(process.memory_info().rss / 2**20, 1)
+    return round(float(process.memory_info().rss) / 2**20, 1)
 
 
 async def soak(args: argparse.Namespace, server: ServerProcess, pool: Pool) -> dict[str, Any]:
@@ -229,6 +230,8 @@ async def soak(args: argparse.Namespace, server: ServerProcess, pool: Pool) -> d
         **total,
         "per_task": {task: tally.summary() for task, tally in sorted(tallies.tasks.items())},
         "memory": memory,
+        # served images by their largest difference from the reference loop's (8-bit levels; 1 is allowed)
+        "image_max_pixel_difference": {str(k): n for k, n in sorted(tallies.pixel_differences.items())},
         "examples": tallies.examples,
     }
 

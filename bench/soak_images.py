@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -85,8 +86,9 @@ def decoded(png: bytes) -> np.ndarray:
         return pixels(image)
 
 
-def image_mismatch(case: Case, response: httpx.Response) -> str | None:
-    """Why a 200 from a text-to-image route is not the expected answer; None when it is."""
+def image_mismatch(case: Case, response: httpx.Response, differences: Counter[int] | None = None) -> str | None:
+    """Why a 200 from a text-to-image route is not the expected answer; None when it is. `differences`
+    counts each compared image's largest difference from the expected one (in 8-bit levels)."""
     try:
         if case.route == "/v1/images/generations":
             return _openai_mismatch(case, response)
@@ -104,13 +106,12 @@ def image_mismatch(case: Case, response: httpx.Response) -> str | None:
             got = decoded(base64.b64decode(body["images"][0]["png"]))
     except (ValueError, KeyError, TypeError, OSError) as e:
         return f"unreadable answer: {type(e).__name__}: {e}"
-    return _pixel_mismatch(case.answer, got)
-
-
-def _pixel_mismatch(expected: np.ndarray, got: np.ndarray) -> str | None:
+    expected: np.ndarray = case.answer
     if got.shape != expected.shape:
         return f"shape {got.shape}, not {expected.shape}"
     difference = np.abs(got - expected)
+    if differences is not None:
+        differences[int(difference.max())] += 1
     if difference.max() > MAX_PIXEL_DIFFERENCE:
         over = int((difference > MAX_PIXEL_DIFFERENCE).sum())
         return f"pixels differ by up to {int(difference.max())}/255 ({over} values by more than {MAX_PIXEL_DIFFERENCE})"

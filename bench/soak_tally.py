@@ -43,6 +43,8 @@ class Tallies:
 
     tasks: dict[str, Tally] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)  # the first mismatches and losses, of any task
+    # text to image: how many served images were off the expected one by at most 0, 1, ... 8-bit levels
+    pixel_differences: Counter[int] = field(default_factory=Counter)
 
     def of(self, task: str) -> Tally:
         return self.tasks.setdefault(task, Tally())

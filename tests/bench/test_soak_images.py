@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import random
+from collections import Counter
 
 import httpx
 import numpy as np
@@ -41,10 +42,13 @@ def test_an_image_within_one_level_matches_and_two_levels_do_not() -> None:
     nudged = EXPECTED.copy()
     nudged[5, 9, 1] += 1
     nudged[60, 3, 2] -= 1
-    assert image_mismatch(PNG_CASE, as_png(nudged)) is None
+    differences: Counter[int] = Counter()
+    assert image_mismatch(PNG_CASE, as_png(EXPECTED), differences) is None
+    assert image_mismatch(PNG_CASE, as_png(nudged), differences) is None
     assert image_mismatch(JSON_CASE, as_json(nudged)) is None
     nudged[30, 30, 0] += 2
-    assert "2/255" in str(image_mismatch(PNG_CASE, as_png(nudged)))
+    assert "2/255" in str(image_mismatch(PNG_CASE, as_png(nudged), differences))
+    assert differences == Counter({0: 1, 1: 1, 2: 1})
     assert "2/255" in str(image_mismatch(JSON_CASE, as_json(nudged)))
 
 
