@@ -6,13 +6,17 @@ clients for `--duration-s` over every endpoint, JSON and multipart, valid inputs
 (truncated image, bytes that are not UTF-8, blank question, empty input list, wrong content type); when the
 model hears, also `/transcribe` and spoken questions on `/vqa` (scene sentences spoken by espeak-ng, the
 expected transcript from the model on the samples as the service decodes them), and audio that is not
-audio or is silent. Counts
-lost answers (no response), mismatched ones (a wrong answer or status), late ones (beyond the
-request timeout) and 5xx; the server's resident memory at start, after 1,000 requests and at the end;
-latency percentiles of the valid requests. Prints one JSON object.
+audio or is silent; when a generator is served, text to image on `/generate` and `/v1/images/generations`
+(`bench/soak_images.py`: images checked against the reference sampling loop within 1/255), a
+`--generate-share` of the requests (they cost the most). Counts lost answers (no response), mismatched ones
+(a wrong answer or status), late ones (beyond the request timeout) and 5xx, in all and per task; the
+server's resident memory at start, after 1,000 requests, every minute (also printed to stderr as it goes)
+and at the end, with its growth from the first 1,000 requests on; latency percentiles of the valid requests.
+Prints one JSON object (and writes it to `--out`).
 
     python bench/soak.py                                  # 10 minutes at concurrency 64, built-in model
     python bench/soak.py --duration-s 60 --model PATH     # a short one
+    python bench/soak.py --duration-s 1800 --out docs/soak-30min.json   # issue 22's 30 minutes
 """
 
 from __future__ import annotations
@@ -26,18 +30,20 @@ import random
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import psutil
+import psutil  # type: ignore[import-untyped]
 import soundfile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from bench.soak_case import Case, Pool
+from bench.soak_images import generator_folder, image_cases, image_mismatch
+from bench.soak_tally import Tallies
 from model import MultimodalModel, load_model
 from model.scenes import make_scene, render
 from model.train.speech import sentence, synthesise, utterance
@@ -46,33 +52,6 @@ from tests.support.server import ServerProcess, encode_image
 
 QUESTIONS = ("what colour is the circle?", "what shape is on the left?", "is there a square?", "how many shapes?")
 TEXTS = ("a red circle", "a small blue square", "two shapes", "a large green triangle and a yellow circle")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One request and what must come back: a status, and for a 200 the answer (text or vectors)."""
-
-    name: str
-    route: str
-    kwargs: dict[str, Any]
-    status: int
-    answer: Any = None
-    heard: str | None = None  # a spoken question: what the response must say was heard
-
-
-@dataclass
-class Tally:
-    statuses: Counter[str] = field(default_factory=Counter)
-    lost: int = 0
-    mismatched: int = 0
-    late: int = 0
-    server_errors: int = 0
-    latencies_s: list[float] = field(default_factory=list)
-    examples: list[str] = field(default_factory=list)
-
-    @property
-    def requests(self) -> int:
-        return sum(self.statuses.values()) + self.lost
 
 
 def build_cases(model_spec: str, images: int, seed: int) -> list[Case]:
@@ -150,33 +129,40 @@ def speech_cases(model: MultimodalModel, n: int, seed: int) -> list[Case]:
     return cases
 
 
-def matches(case: Case, response: httpx.Response) -> bool:
+def mismatch(case: Case, response: httpx.Response, pixel_differences: Counter[int]) -> str | None:
+    """Why the response is not the case's expected answer; None when it is."""
     if response.status_code != case.status:
-        return False
+        return f"{response.status_code}, not {case.status}: {response.text[:200]}"
     if case.status != 200:
-        return True
+        return None
+    if case.task == "text_to_image":
+        return image_mismatch(case, response, pixel_differences)
     body = response.json()
     if case.route == "/caption":
-        return bool(body["caption"] == case.answer)
-    if case.route == "/vqa":
-        return bool(body["answer"] == case.answer and body.get("heard") == case.heard)
-    if case.route == "/transcribe":
-        return bool(body["text"] == case.answer)
-    got = torch.tensor([item["embedding"] for item in body["data"]])
-    return bool(torch.allclose(got, torch.tensor(case.answer), atol=1e-4))
+        same = body["caption"] == case.answer
+    elif case.route == "/vqa":
+        same = body["answer"] == case.answer and body.get("heard") == case.heard
+    elif case.route == "/transcribe":
+        same = body["text"] == case.answer
+    else:
+        got = torch.tensor([item["embedding"] for item in body["data"]])
+        same = torch.allclose(got, torch.tensor(case.answer), atol=1e-4)
+    return None if same else f"200: {response.text[:200]}"
 
 
 async def client_loop(
-    client: httpx.AsyncClient, cases: list[Case], tally: Tally, stop_at: float, timeout_s: float, rng: random.Random
+    client: httpx.AsyncClient, pool: Pool, tallies: Tallies, stop_at: float, timeout_s: float, rng: random.Random
 ) -> None:
     while time.monotonic() < stop_at:
-        case = rng.choice(cases)
+        case = pool.pick(rng)
+        tally = tallies.of(case.task)
         started = time.monotonic()
         try:
             response = await client.post(case.route, **case.kwargs)
         except httpx.HTTPError as e:
             tally.lost += 1
-            tally.examples.append(f"{case.name}: lost ({type(e).__name__})")
+            if len(tallies.examples) < 20:
+                tallies.examples.append(f"{case.name}: lost ({type(e).__name__})")
             continue
         elapsed = time.monotonic() - started
         tally.statuses[str(response.status_code)] += 1
@@ -186,82 +172,113 @@ async def client_loop(
             tally.late += 1
         if response.status_code >= 500:
             tally.server_errors += 1
-        if not matches(case, response):
+        reason = mismatch(case, response, tallies.pixel_differences)
+        if reason is not None:
             tally.mismatched += 1
-            if len(tally.examples) < 20:
-                tally.examples.append(f"{case.name}: {response.status_code} {response.text[:200]}")
+            if len(tallies.examples) < 20:
+                tallies.examples.append(f"{case.name}: {reason}")
 
 
 def rss_mb(process: psutil.Process) -> float:
-    return round(process.memory_info().rss / 2**20, 1)
+    return round(float(process.memory_info().rss) / 2**20, 1)
 
 
-async def soak(args: argparse.Namespace, server: ServerProcess, cases: list[Case]) -> dict[str, Any]:
+async def soak(args: argparse.Namespace, server: ServerProcess, pool: Pool) -> dict[str, Any]:
     assert server.process is not None
     process = psutil.Process(server.process.pid)
-    tally = Tally()
+    tallies = Tallies()
     memory: dict[str, Any] = {"start_mb": rss_mb(process)}
     series: list[tuple[int, float]] = []  # (requests so far, RSS MB), once a minute
-    stop_at = time.monotonic() + args.duration_s
+    started = time.monotonic()
+    stop_at = started + args.duration_s
     limits = httpx.Limits(max_connections=args.concurrency * 2)
     async with httpx.AsyncClient(base_url=server.url, timeout=args.timeout_s * 4, limits=limits) as client:
 
         async def watch_memory() -> None:
             while "after_1000_mb" not in memory and time.monotonic() < stop_at:
-                if tally.requests >= 1000:
+                if tallies.requests >= 1000:
                     memory["after_1000_mb"] = rss_mb(process)
                 await asyncio.sleep(0.2)
 
         async def sample_memory() -> None:  # the RSS every minute, to tell a plateau from a leak
             while time.monotonic() < stop_at - 1:
                 await asyncio.sleep(min(60.0, max(0.0, stop_at - 1 - time.monotonic())))
-                series.append((tally.requests, rss_mb(process)))
+                series.append((tallies.requests, rss_mb(process)))
+                progress(time.monotonic() - started, tallies, series[-1][1])
 
         rngs = [random.Random(args.seed * 1000 + i) for i in range(args.concurrency)]
         await asyncio.gather(
             watch_memory(),
             sample_memory(),
-            *(client_loop(client, cases, tally, stop_at, args.timeout_s, rng) for rng in rngs),
+            *(client_loop(client, pool, tallies, stop_at, args.timeout_s, rng) for rng in rngs),
         )
     memory["end_mb"] = rss_mb(process)
     memory["per_minute"] = series
-    latencies = sorted(tally.latencies_s)
-
-    def percentile(q: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1) if latencies else 0.0
-
+    if "after_1000_mb" in memory:  # issue 22's bound: flat within 10% from the first 1,000 requests on
+        base = memory["after_1000_mb"]
+        memory["growth_after_1000_pct"] = round(100 * (memory["end_mb"] - base) / base, 1)
+        highest = max([memory["end_mb"], *(mb for requests, mb in series if requests >= 1000)])
+        memory["highest_after_1000_pct"] = round(100 * (highest - base) / base, 1)
+    total = tallies.total().summary()
     return {
         "duration_s": args.duration_s,
         "concurrency": args.concurrency,
         "model": args.model,
-        "requests": tally.requests,
-        "requests_per_s": round(tally.requests / args.duration_s, 1),
-        "statuses": dict(sorted(tally.statuses.items())),
-        "lost": tally.lost,
-        "mismatched": tally.mismatched,
-        "late": tally.late,
-        "server_errors_5xx": tally.server_errors,
+        "generate_model": args.generate_model if pool.image_cases else "none",
+        "generate_share": pool.image_share if pool.image_cases else 0.0,
+        "requests_per_s": round(total["requests"] / args.duration_s, 1),
+        **total,
+        "per_task": {task: tally.summary() for task, tally in sorted(tallies.tasks.items())},
         "memory": memory,
-        "latency_ms_valid": {"p50": percentile(0.50), "p99": percentile(0.99), "max": percentile(1.0)},
-        "examples": tally.examples,
+        # served images by their largest difference from the reference loop's (8-bit levels; 1 is allowed)
+        "image_max_pixel_difference": {str(k): n for k, n in sorted(tallies.pixel_differences.items())},
+        "examples": tallies.examples,
     }
+
+
+def progress(elapsed_s: float, tallies: Tallies, rss: float) -> None:
+    """One line on stderr a minute, so a long soak shows how it goes."""
+    total = tallies.total()
+    print(
+        f"soak {elapsed_s / 60:.0f} min: {total.requests} requests, RSS {rss} MB, lost {total.lost}, "
+        f"mismatched {total.mismatched}, late {total.late}, 5xx {total.server_errors}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="builtin", help="what the server serves and the expectations use")
+    parser.add_argument(
+        "--generate-model", default="builtin", help="the text-to-image generator (a built-in-format folder); none: off"
+    )
+    parser.add_argument(
+        "--generate-share", type=float, default=0.05, help="the share of requests that are text to image (0-1)"
+    )
     parser.add_argument("--duration-s", type=float, default=600.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--images", type=int, default=24, help="distinct scenes in the request pool")
+    parser.add_argument("--image-prompts", type=int, default=8, help="distinct text-to-image prompts in the pool")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="the server's request timeout")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=None, help="the server's CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
+    if not 0 <= args.generate_share <= 1:
+        parser.error("--generate-share must be between 0 and 1")
     torch.set_num_threads(1)
-    cases = build_cases(args.model, args.images, args.seed)
+    pictures: list[Case] = []
+    if args.generate_model != "none" and args.generate_share > 0:
+        folder = generator_folder(args.generate_model)
+        if folder is None:
+            parser.error(f"--generate-model {args.generate_model}: not a built-in-format generator folder")
+        pictures = image_cases(folder, args.image_prompts, args.seed)
+    generating = bool(pictures)
+    pool = Pool(build_cases(args.model, args.images, args.seed), pictures, args.generate_share)
     settings = {
         "MMSERVE_MODEL": args.model,
+        "MMSERVE_GENERATE_MODEL": args.generate_model if generating else "none",
         "MMSERVE_DEVICE": "cpu",
         "MMSERVE_REQUEST_TIMEOUT_S": str(args.timeout_s),
         "MMSERVE_QUEUE_CAPACITY": str(max(1024, args.concurrency * 8)),
@@ -269,7 +286,7 @@ def main() -> None:
     if args.torch_threads:
         settings["MMSERVE_TORCH_THREADS"] = str(args.torch_threads)
     with ServerProcess(settings) as server:
-        result = asyncio.run(soak(args, server, cases))
+        result = asyncio.run(soak(args, server, pool))
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
