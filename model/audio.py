@@ -50,10 +50,12 @@ def log_mel(samples: np.ndarray, config: AudioConfig) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(features.T))
 
 
-def pad_features(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(frames_i, n_mels) features → zero-padded (B, T, n_mels) and their lengths (B,)."""
+def pad_features(features: list[torch.Tensor], pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frames_i, n_mels) features → zero-padded (B, T, n_mels) and their lengths (B,); `pin`: the batch in
+    page-locked memory, so that its copy to a CUDA device is really asynchronous."""
     lengths = torch.tensor([f.shape[0] for f in features])
-    batch = torch.zeros(len(features), int(lengths.max()), features[0].shape[1], dtype=features[0].dtype)
+    shape = (len(features), int(lengths.max()), features[0].shape[1])
+    batch = torch.zeros(shape, dtype=features[0].dtype, pin_memory=pin)
     for i, f in enumerate(features):
         batch[i, : f.shape[0]] = f
     return batch, lengths

@@ -132,13 +132,16 @@ class BuiltinModel:
             AudioSpec(heard.sampling_rate, heard.max_seconds, self.LANGUAGES) if heard else None
         )
 
+    @property
+    def _pinned(self) -> bool:
+        """Whether batches for the device are stacked in page-locked memory (on CUDA)."""
+        return self.device.type == "cuda"
+
     # -- preprocessing (any thread) --------------------------------------------------------------
     def prepare_image(self, image: Image.Image) -> PreparedImage:
         """Resized and scaled pixels (3, S, S), keyed by a digest of exactly those pixels."""
         pixels = to_pixels([image], self.config.vision.image_size)[0]
         key = hashlib.blake2b(pixels.numpy().tobytes(), digest_size=16).digest()
-        if self.device.type == "cuda":
-            pixels = pixels.pin_memory()  # so the copy to the device can be asynchronous
         return PreparedImage(pixels, key)
 
     def prepare_text(self, text: str) -> list[int]:
@@ -160,7 +163,10 @@ class BuiltinModel:
         return [im if isinstance(im, PreparedImage) else self.prepare_image(im) for im in images]
 
     def _pixels(self, images: Sequence[Image.Image | PreparedImage]) -> torch.Tensor:
-        pixels = torch.stack([p.pixels for p in self._prepared(images)])  # (B, 3, H, W) float32
+        each = [p.pixels for p in self._prepared(images)]
+        # stacked into page-locked memory on CUDA: a pageable batch would make the "non-blocking" copy wait
+        pixels = torch.empty((len(each), *each[0].shape), dtype=each[0].dtype, pin_memory=self._pinned)
+        torch.stack(each, out=pixels)  # (B, 3, H, W) float32
         return pixels.to(self.device, self.dtype, non_blocking=True)
 
     @torch.inference_mode()
@@ -235,7 +241,7 @@ class BuiltinModel:
         if self.module.config.audio is None:
             raise self._no_audio()
         features = log_mel(audio, self.module.config.audio)
-        return features.pin_memory() if self.device.type == "cuda" else features
+        return features
 
     @torch.inference_mode()
     def encode_audios(self, audios: Sequence[np.ndarray | torch.Tensor]) -> list[ImageEncoding]:
@@ -251,8 +257,10 @@ class BuiltinModel:
         if self.module.audio is None:
             raise self._no_audio()
         features = [a if isinstance(a, torch.Tensor) else self.prepare_audio(a) for a in audios]
-        batch, lengths = pad_features(features)
-        return AudioEncoding(self.module, batch.to(self.device, self.dtype), lengths.to(self.device))
+        batch, lengths = pad_features(features, pin=self._pinned)
+        return AudioEncoding(
+            self.module, batch.to(self.device, self.dtype, non_blocking=True), lengths.to(self.device)
+        )
 
     @torch.inference_mode()
     def transcribe(
