@@ -50,13 +50,16 @@ function askAloud(blob, name) {
   return askVqa({ question_audio: new File([blob], name, { type: blob.type }) }, "/vqa (spoken)");
 }
 
-// A chosen file goes as audioUpload makes it (as it is, or converted to WAV here).
-const fromFile = (send) => async (file) => {
+// A chosen file goes as audioUpload makes it (as it is, or converted to WAV here); `clock` names it.
+const fromFile = (clock, send) => async (file) => {
+  clock.hidden = false;
+  clock.dataset.state = "file";
+  clock.textContent = file.name;
   const { blob, name } = await audioUpload(file);
   return send(blob, name);
 };
 
 recordButton($("transcribe-record"), $("transcribe-clock"), transcribe);
-fileDrop($("transcribe-drop"), $("transcribe-file"), fromFile(transcribe));
+fileDrop($("transcribe-drop"), $("transcribe-file"), fromFile($("transcribe-clock"), transcribe));
 recordButton($("vqa-record"), $("vqa-clock"), askAloud);
-fileDrop($("vqa-audio-drop"), $("vqa-audio"), fromFile(askAloud));
+fileDrop($("vqa-audio-drop"), $("vqa-audio"), fromFile($("vqa-clock"), askAloud));

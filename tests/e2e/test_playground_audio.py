@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -41,10 +42,10 @@ def spoken(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     return path, LEAD_S + len(samples) / rate
 
 
-def transcript_of(server: ServerProcess, wav: Path) -> str:
-    response = httpx.post(f"{server.url}/transcribe", files={"audio": wav.read_bytes()}, timeout=60)
+def transcribed(server: ServerProcess, wav: Path, **fields: str) -> dict[str, Any]:
+    response = httpx.post(f"{server.url}/transcribe", files={"audio": wav.read_bytes()}, data=fields, timeout=60)
     assert response.status_code == 200, response.text
-    return str(response.json()["text"])
+    return dict(response.json())
 
 
 def record(page: sync_api.Page, button: str, clock: str, seconds: float) -> None:
@@ -61,7 +62,7 @@ def test_recorded_and_chosen_speech_is_transcribed_and_asked(
     server: ServerProcess, spoken: tuple[Path, float], tmp_path: Path
 ) -> None:
     wav, speech_ends_s = spoken
-    expected = transcript_of(server, wav)
+    expected = transcribed(server, wav)["text"]
     assert expected == QUESTION  # the built-in model hears espeak's default voice
     image = tmp_path / "scene.png"
     render(SCENE).save(image)
@@ -74,8 +75,13 @@ def test_recorded_and_chosen_speech_is_transcribed_and_asked(
         sync_api.expect(page.locator("#transcribe-clock")).to_contain_text("recorded")
         sync_api.expect(page.locator("#transcribe-timings")).to_contain_text("s of audio")
 
-        page.set_input_files("#transcribe-file", str(wav))  # a file: sent as it is
-        sync_api.expect(page.locator("#transcript[data-state=streaming]")).to_have_count(0)
+        page.check("#transcribe-segments")
+        page.set_input_files("#transcribe-file", str(wav))  # a file: sent as it is, here with segment times
+        sync_api.expect(page.locator("#transcribe-clock")).to_have_text("speech.wav")
+        segments = transcribed(server, wav, segments="true")["segments"]
+        assert [s["text"] for s in segments] == [QUESTION]
+        times = [f"{s['start']:.2f} s – {s['end']:.2f} s{s['text']}" for s in segments]
+        sync_api.expect(page.locator("#segments li")).to_have_text(times)
         sync_api.expect(transcript).to_have_text(expected)
 
         page.set_input_files("#file", str(image))
