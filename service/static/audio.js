@@ -52,7 +52,8 @@ async function audioUpload(file) {
 
 // A record button: a click starts the microphone (MediaRecorder), the next stops it and hands the recording,
 // as a WAV, to `onRecorded(blob, name)`; `clock` shows how long it has been recording (and `data-seconds`).
-function recordButton(button, clock, onRecorded) {
+// `unready()` says why not to record yet (nothing to ask about), or nothing.
+function recordButton(button, clock, onRecorded, unready = () => null) {
   const idleLabel = button.textContent;
   if (!navigator.mediaDevices || !window.MediaRecorder) {
     button.disabled = true;
@@ -62,6 +63,8 @@ function recordButton(button, clock, onRecorded) {
   let recording = null;
 
   async function start() {
+    const reason = unready();
+    if (reason) throw new Error(reason);
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
     const recorder = new MediaRecorder(stream);
     const chunks = [];

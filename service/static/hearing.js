@@ -61,5 +61,5 @@ const fromFile = (clock, send) => async (file) => {
 
 recordButton($("transcribe-record"), $("transcribe-clock"), transcribe);
 fileDrop($("transcribe-drop"), $("transcribe-file"), fromFile($("transcribe-clock"), transcribe));
-recordButton($("vqa-record"), $("vqa-clock"), askAloud);
+recordButton($("vqa-record"), $("vqa-clock"), askAloud, () => (state.image ? null : "pick an image first"));
 fileDrop($("vqa-audio-drop"), $("vqa-audio"), fromFile($("vqa-clock"), askAloud));

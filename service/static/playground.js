@@ -132,7 +132,7 @@ async function askVqa(fields, route) {
   logRequest(route, response.status, startedAt, body.timings);
 }
 
-function ask(event) {
+async function ask(event) {
   event.preventDefault();
   return askVqa({ question: $("question").value }, "/vqa");
 }
@@ -243,11 +243,12 @@ async function checkServer() {
   }
 }
 
-// Runs a user's action: an earlier error is cleared as it starts, a new one shown.
+// Runs a user's action (at once: a handler's preventDefault must come before the event's default action): an
+// earlier error is cleared as it starts, a new one shown.
 function guard(handler) {
   return (...args) => {
     showError("");
-    return Promise.resolve().then(() => handler(...args)).catch((error) => showError(error.message));
+    return Promise.resolve(handler(...args)).catch((error) => showError(error.message));
   };
 }
 

@@ -84,6 +84,9 @@ def test_recorded_and_chosen_speech_is_transcribed_and_asked(
         sync_api.expect(page.locator("#segments li")).to_have_text(times)
         sync_api.expect(transcript).to_have_text(expected)
 
+        page.click("#vqa-record")  # nothing to ask about yet: it says so, and does not record
+        sync_api.expect(page.locator("#error")).to_have_text("pick an image first")
+        assert page.locator("#vqa-record").get_attribute("data-state") is None
         page.set_input_files("#file", str(image))
         sync_api.expect(page.locator("#caption[data-state=done]")).to_have_text(SCENE.caption)
         record(page, "#vqa-record", "#vqa-clock", speech_ends_s + 1.0)  # the microphone's file plays anew

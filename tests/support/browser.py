@@ -22,9 +22,8 @@ WAIT_MS = 60_000  # for a page's actions and waits: the machine may be busy
 
 
 def fake_microphone(wav: Path) -> list[str]:
-    """Chromium's arguments for a microphone that plays `wav` (16-bit PCM) from its start, allowed without asking.
-
-    Without `%noloop` the file would play again and again; with it, silence follows its end."""
+    """Chromium's arguments for a microphone, allowed without asking, that plays `wav` (16-bit PCM) from its start
+    each time it is opened (`%noloop`: once, where it would otherwise play again and again)."""
     return [
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
