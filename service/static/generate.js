@@ -24,7 +24,6 @@ async function makeImage(event) {
   image.dataset.state = "waiting";
   image.dataset.previews = "0";
   $("generate-timings").textContent = "";
-  showError("");
   const { response, startedAt } = await call("/generate", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   });

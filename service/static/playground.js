@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { image: null, imageVector: null };
+const DROP_HINT = "Drop an image here, or click to pick one";
 
 function headers() {
   const key = $("api-key").value.trim();
@@ -52,7 +53,7 @@ async function call(route, init) {
   const response = await fetch(route, { ...init, headers: { ...headers(), ...(init.headers || {}) } });
   if (!response.ok) {
     logRequest(route, response.status, startedAt, null);
-    throw new Error(await errorMessage(response));
+    throw Object.assign(new Error(await errorMessage(response)), { status: response.status });
   }
   return { response, startedAt };
 }
@@ -107,22 +108,52 @@ async function streamCaption() {
   });
 }
 
+// /vqa with the question typed (`{question}`) or spoken (`{question_audio}`): the answer, what was heard, and
+// the questions to try when there is no answer (a blank one, or a 422: a question the model did not understand).
+async function askVqa(fields, route) {
+  if (!state.image) throw new Error("pick an image first");
+  clearAnswer();
+  let reply;
+  try {
+    reply = await call("/vqa", { method: "POST", body: imageForm(fields) });
+  } catch (error) {
+    if (error.status === 422) showQuestionHint();
+    throw error;
+  }
+  const { response, startedAt } = reply;
+  const body = await response.json();
+  if (body.heard !== null && body.heard !== undefined) {
+    $("question").value = body.heard;
+    $("heard").textContent = `heard: “${body.heard}”`;
+  }
+  $("answer").textContent = body.answer;
+  if (!body.answer.trim()) showQuestionHint();
+  $("answer-timings").textContent = describeTimings(body.timings);
+  logRequest(route, response.status, startedAt, body.timings);
+}
+
 async function ask(event) {
   event.preventDefault();
-  if (!state.image) return showError("pick an image first");
-  const { response, startedAt } = await call("/vqa", {
-    method: "POST", body: imageForm({ question: $("question").value }),
-  });
-  const body = await response.json();
-  $("answer").textContent = body.answer;
-  $("answer-timings").textContent = describeTimings(body.timings);
-  logRequest("/vqa", response.status, startedAt, body.timings);
+  return askVqa({ question: $("question").value }, "/vqa");
+}
+
+function clearAnswer() {
+  $("answer").textContent = "";
+  $("heard").textContent = "";
+  $("answer-timings").textContent = "";
+  $("question-hint").hidden = true;
+}
+
+function showQuestionHint() {
+  $("question-hint").hidden = false;
 }
 
 async function embedImage() {
+  const image = state.image;
   const { response, startedAt } = await call("/embed", { method: "POST", body: imageForm({}) });
   const body = await response.json();
   logRequest("/embed (image)", response.status, startedAt, body.timings);
+  if (state.image === image) state.imageVector = body.data[0].embedding;
   return body.data[0].embedding;
 }
 
@@ -139,8 +170,10 @@ async function compare(event) {
   logRequest("/embed (texts)", response.status, startedAt, body.timings);
   $("embed-timings").textContent = describeTimings(body.timings);
   const vectors = body.data.map((d) => d.embedding);
-  if (state.image && !state.imageVector) state.imageVector = await embedImage();
-  renderSimilarity(texts, vectors, state.imageVector);
+  const image = state.image;
+  const imageVector = image && (state.imageVector || (await embedImage()));
+  if (state.image !== image) return; // another image came meanwhile: its own comparison shows
+  renderSimilarity(texts, vectors, imageVector);
 }
 
 function renderSimilarity(texts, vectors, imageVector) {
@@ -171,15 +204,31 @@ function renderSimilarity(texts, vectors, imageVector) {
 
 async function useImage(file) {
   if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) { // the image shown (or the hint) stays
+    if (!state.image) $("drop-hint").textContent = `${file.name} is not an image: ${DROP_HINT.toLowerCase()}`;
+    throw new Error(`${file.name} is not an image (${file.type}): pick a PNG, JPEG or WebP`);
+  }
   state.image = file;
   state.imageVector = null;
+  showPreview(file);
+  clearAnswer();
+  const compared = $("similarity").childElementCount > 0;
+  $("similarity").replaceChildren(); // its image column was the previous image's
+  $("embed-timings").textContent = "";
+  await Promise.all([streamCaption(), compared ? compare() : null]);
+}
+
+// The picked image in the drop zone; one the browser cannot show (a TIFF) says so, where the old page went blank.
+function showPreview(file) {
   const preview = $("preview");
+  const hint = $("drop-hint");
+  preview.onload = () => { preview.hidden = false; hint.hidden = true; };
+  preview.onerror = () => {
+    preview.hidden = true;
+    hint.textContent = `${file.name}: no preview here (the server may still read it); ${DROP_HINT.toLowerCase()}`;
+    hint.hidden = false;
+  };
   preview.src = URL.createObjectURL(file);
-  preview.hidden = false;
-  $("drop-hint").hidden = true;
-  $("answer").textContent = "";
-  showError("");
-  await streamCaption();
 }
 
 async function checkServer() {
@@ -194,28 +243,41 @@ async function checkServer() {
   }
 }
 
+// Runs a user's action (at once: a handler's preventDefault must come before the event's default action): an
+// earlier error is cleared as it starts, a new one shown.
 function guard(handler) {
-  return (...args) => Promise.resolve(handler(...args)).catch((error) => showError(error.message));
+  return (...args) => {
+    showError("");
+    return Promise.resolve(handler(...args)).catch((error) => showError(error.message));
+  };
+}
+
+// A drop zone (a label holding a file input): a picked or dropped file goes to `onFile(file)`.
+function fileDrop(zone, input, onFile) {
+  input.addEventListener("change", guard((event) => {
+    const file = event.target.files[0];
+    event.target.value = ""; // picking the same file again (say, after typing a key) runs it again
+    return file ? onFile(file) : undefined;
+  }));
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", guard((event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    const file = event.dataTransfer.files[0];
+    return file ? onFile(file) : undefined;
+  }));
 }
 
 function setUp() {
   const key = $("api-key");
   key.value = sessionStorage.getItem("mmserve-api-key") || "";
   key.addEventListener("change", () => sessionStorage.setItem("mmserve-api-key", key.value.trim()));
-  $("file").addEventListener("change", guard((event) => {
-    const file = event.target.files[0];
-    event.target.value = ""; // picking the same file again (say, after typing a key) runs it again
-    return useImage(file);
-  }));
-  const drop = $("drop");
-  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", guard((event) => {
-    event.preventDefault();
-    drop.classList.remove("over");
-    return useImage(event.dataTransfer.files[0]);
-  }));
+  fileDrop($("drop"), $("file"), useImage);
   $("vqa-form").addEventListener("submit", guard(ask));
+  for (const example of $("question-hint").querySelectorAll("button")) {
+    example.addEventListener("click", () => { $("question").value = example.textContent; $("question").focus(); });
+  }
   $("embed-form").addEventListener("submit", guard(compare));
   checkServer();
 }
