@@ -84,7 +84,9 @@ def load_builtin(
     dtype = dtype or default_dtype(device)
     module, tokenizer, name = load_module(directory)
     module.to(device=device, dtype=dtype)
+    training = json.loads((directory / "config.json").read_text()).get("training") or {}
+    scratchpad = frozenset(training.get("scratchpad") or ())  # the families whose answers follow a scratchpad
     # the text tower stays in fp32: it is small, and its parity with sentence-transformers is a promise
     tower = (text_tower or TextTower()).to(device)
     logger.info("loaded %s from %s on %s (%s)", name, directory, device, dtype)
-    return BuiltinModel(module, tokenizer, tower, name=name)
+    return BuiltinModel(module, tokenizer, tower, name=name, scratchpad_families=scratchpad)

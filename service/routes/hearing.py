@@ -14,7 +14,7 @@ from typing import Any
 
 from service.routes.common import ERROR_RESPONSES
 from service.schemas import ErrorResponse
-from service.serving.serving import SPOKEN_FIELD as FIELD
+from service.serving.questions import SPOKEN_FIELD as FIELD
 
 __all__ = ["FIELD", "SPOKEN_RESPONSES"]
 
