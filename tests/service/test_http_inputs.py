@@ -55,7 +55,9 @@ async def test_bad_image_upload(
 
 
 async def test_bad_image_in_json(client: httpx.AsyncClient) -> None:
-    response = await client.post("/vqa", json={"image": b64(b"GIF89a nonsense"), "question": "what?"})
+    response = await client.post(
+        "/vqa", json={"image": b64(b"GIF89a nonsense"), "question": "how many shapes are there?"}
+    )
     assert response.status_code == 400
     assert error_of(response) == {
         "type": "invalid_image",
