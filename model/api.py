@@ -219,9 +219,13 @@ class StepwiseGenerator(Protocol):
 
 @runtime_checkable
 class KnowsQuestions(Protocol):
-    """A model that answers only the questions of a closed grammar (the built-in one, trained on a few
-    question families): a question outside it is refused, never answered with a guess. Models of open
-    vocabulary (Hugging Face VQA models) do not implement this."""
+    """A model that may know only the questions of a closed grammar (the built-in one, trained on a few
+    question families): with `closed_questions`, a question outside it is refused, never answered with a
+    guess. Models of open vocabulary (Hugging Face VQA models) do not implement this."""
+
+    # True: it answers only its grammar's questions (a trained built-in checkpoint); False: it claims nothing
+    # (an untrained one, as tests use) and takes any question as asked
+    closed_questions: bool
 
     def known_question(self, question: str) -> str:
         """The question as the model reads it (normalised to its trained phrasing), or `UnknownQuestion`;

@@ -89,4 +89,8 @@ def load_builtin(
     # the text tower stays in fp32: it is small, and its parity with sentence-transformers is a promise
     tower = (text_tower or TextTower()).to(device)
     logger.info("loaded %s from %s on %s (%s)", name, directory, device, dtype)
-    return BuiltinModel(module, tokenizer, tower, name=name, scratchpad_families=scratchpad)
+    # a checkpoint with a training recipe was trained on the scene grammar's questions, and knows no others;
+    # an untrained one (the tests' random checkpoints) claims nothing
+    return BuiltinModel(
+        module, tokenizer, tower, name=name, scratchpad_families=scratchpad, closed_questions=bool(training)
+    )

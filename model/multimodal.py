@@ -124,12 +124,15 @@ class BuiltinModel:
         text_tower: TextTower,
         name: str = "mmserve-builtin",
         scratchpad_families: frozenset[str] | None = None,
+        closed_questions: bool = False,
     ) -> None:
         """`scratchpad_families`: the question families whose answers follow a scratchpad (the checkpoint's
         training recipe says); None when not known: an answer is then what follows the last `[SEP]`, or all
-        that was generated when there is none."""
+        that was generated when there is none. `closed_questions`: it was trained on the scene grammar's
+        questions and knows no others (the service then refuses the others; `known_question`)."""
         self.module = module.eval()
         self.scratchpad_families = scratchpad_families
+        self.closed_questions = closed_questions
         self.tokenizer = tokenizer
         self.text_tower = text_tower.eval()
         self.name = name

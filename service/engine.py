@@ -230,14 +230,15 @@ class Engine:
         return GenerationInput(model.prepare_image(image), question, limit, spec)
 
     def known_question(self, task: Task, question: str) -> str:
-        """The question as the model serving `task` reads it: a closed-grammar model's (the built-in one's)
-        trained phrasing, or its `UnknownQuestion`; for any other model, the question as asked."""
+        """The question as the model serving `task` reads it: a closed-grammar model's (the trained built-in
+        one's) trained phrasing, or its `UnknownQuestion`; for any other model, the question as asked."""
         model: Any = self._models[task]
-        return model.known_question(question) if isinstance(model, KnowsQuestions) else question
+        return model.known_question(question) if self.knows_questions(task) else question
 
     def knows_questions(self, task: Task) -> bool:
         """Whether the model serving `task` answers only the questions of a closed grammar (`KnowsQuestions`)."""
-        return isinstance(self._models.get(task), KnowsQuestions)
+        model: Any = self._models.get(task)
+        return isinstance(model, KnowsQuestions) and model.closed_questions
 
     def audio_spec(self, task: Task) -> AudioSpec:
         """What the model serving `task` takes as audio (501 when it takes none)."""

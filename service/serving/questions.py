@@ -41,7 +41,7 @@ def check_answered(
     name = engine.model_name(task)
     asked = f"the question heard in {SPOKEN_FIELD}, {question!r}" if spoken else repr(question)
     why = (
-        "within the tokens allowed (max_new_tokens; its hidden scratchpad comes first)"
+        "within the tokens allowed (its hidden scratchpad comes first: allow more)"
         if finish_reason == "length"
         else "(it did not understand the question)"
     )

@@ -18,7 +18,6 @@ import pytest
 from model import MultimodalModel
 from tests.fuzz.conftest import MARKER
 from tests.fuzz.images import animated, ico, png_claiming
-from tests.support.questions import known_question
 from tests.support.server import ServerProcess, encode_image, noise_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -65,7 +64,7 @@ HOSTILE = {
 
 
 async def valid_vqa(client: httpx.AsyncClient, reference: MultimodalModel, seed: int) -> None:
-    image, question = noise_image(seed), known_question(seed)
+    image, question = noise_image(seed), f"what colour is shape {seed}?"
     response = await client.post("/vqa", files={"image": ("a.png", encode_image(image), "image/png")},
                                  data={"question": question})
     assert response.status_code == 200, response.text

@@ -46,10 +46,10 @@ async def test_caption_multipart_and_json(client: httpx.AsyncClient, reference: 
 async def test_vqa_multipart_and_json(client: httpx.AsyncClient, reference: MultimodalModel) -> None:
     image = noise_image(2)
     data = encode_image(image)
-    [expected] = reference.answer([image], ["what colour is the square?"])
-    by_upload = await client.post("/vqa", files=upload(data), data={"question": "what colour is the square?"})
+    [expected] = reference.answer([image], ["what colour is the shape?"])
+    by_upload = await client.post("/vqa", files=upload(data), data={"question": "what colour is the shape?"})
     by_json = await client.post(
-        "/vqa", json={"image": base64.b64encode(data).decode(), "question": "what colour is the square?"}
+        "/vqa", json={"image": base64.b64encode(data).decode(), "question": "what colour is the shape?"}
     )
     for response in (by_upload, by_json):
         assert response.status_code == 200, response.text

@@ -202,9 +202,7 @@ async def test_per_task_models_and_501(serve, checkpoint: Path, monkeypatch: pyt
         image_embedding = await client.post("/embed", files=upload())
         assert image_embedding.status_code == 501
         assert (await client.post("/embed", json={"input": "hi"})).json()["model"] == "text-only"
-        assert (
-            await client.post("/vqa", files=upload(), data={"question": "how many shapes are there?"})
-        ).status_code == 200
+        assert (await client.post("/vqa", files=upload(), data={"question": "what?"})).status_code == 200
 
 
 async def test_disconnect_while_sending_the_body(client: httpx.AsyncClient) -> None:

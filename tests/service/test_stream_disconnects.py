@@ -69,9 +69,7 @@ def request(
         files = {"image": ("i.png", encode_image(noise_image(seed)), "image/png")}
         return client.build_request("POST", route, files=files, data=data)
     if route == "/vqa":
-        return client.build_request(
-            "POST", route, json={"image": b64(seed), "question": "how many shapes are there?", "stream": stream}
-        )
+        return client.build_request("POST", route, json={"image": b64(seed), "question": "what?", "stream": stream})
     url = "data:image/png;base64," + b64(seed)
     content = [{"type": "image_url", "image_url": {"url": url}}]
     model = client.headers.get("X-Test-Model", "")
