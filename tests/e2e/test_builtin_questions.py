@@ -93,42 +93,36 @@ def test_a_question_it_does_not_know_is_a_422_listing_what_it_knows(server: Serv
     assert refusal(multipart)["message"] == error["message"]
 
 
-def test_the_chat_route_refuses_it_too(server: ServerProcess) -> None:
-    image = encode_image(render(scenes_with_a_circle_and_a_square(1)[0]))
+def chat(server: ServerProcess, image: bytes, text: str, **options: Any) -> str | None:
+    """The chat route's answer to `text` about `image`, through the `openai` package."""
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
     url = "data:image/png;base64," + base64.b64encode(image).decode()
+    content: list[Any] = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+    messages: Any = [{"role": "user", "content": content}]
+    completion = client.chat.completions.create(model="mmserve-builtin", messages=messages, **options)
+    return completion.choices[0].message.content
 
-    def chat(text: str) -> str | None:
-        content: list[Any] = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
-        completion = client.chat.completions.create(
-            model="mmserve-builtin", messages=[{"role": "user", "content": content}]
-        )
-        return completion.choices[0].message.content
 
-    assert chat("what color is the square") == answer(server, image, "what colour is the square?")
+def chat_refusal(server: ServerProcess, image: bytes, text: str, **options: Any) -> dict[str, Any]:
+    """The chat route's 422 for `text` (OpenAI's error shape; `code` is ours)."""
     with pytest.raises(openai.UnprocessableEntityError) as refused:
-        chat("where is the square?")
+        chat(server, image, text, **options)
     error = refused.value.body
     assert isinstance(error, dict) and error["code"] == "question_not_understood", error
-    assert "how many shapes are there?" in error["message"]
+    return error
+
+
+def test_the_chat_route_refuses_it_too(server: ServerProcess) -> None:
+    image = encode_image(render(scenes_with_a_circle_and_a_square(1)[0]))
+    assert chat(server, image, "what color is the square") == answer(server, image, "what colour is the square?")
+    assert "how many shapes are there?" in chat_refusal(server, image, "where is the square?")["message"]
 
 
 def test_an_unfinished_scratchpad_is_never_shown(server: ServerProcess) -> None:
     """With one token allowed (the chat route's `max_tokens`), a colour question's answer, after its scratchpad
     (the object's column), is never reached: a 422, not the column ("three"). A count, answered directly, fits."""
     scene = scenes_with_a_circle_and_a_square(1)[0]
-    url = "data:image/png;base64," + base64.b64encode(encode_image(render(scene))).decode()
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-    def chat(text: str) -> str | None:
-        content: list[Any] = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
-        messages: Any = [{"role": "user", "content": content}]
-        completion = client.chat.completions.create(model="mmserve-builtin", messages=messages, max_tokens=1)
-        return completion.choices[0].message.content
-
-    assert chat("how many shapes are there?") == NUMBERS[len(scene.objects)]
-    with pytest.raises(openai.UnprocessableEntityError) as refused:
-        chat("what colour is the circle?")
-    error = refused.value.body
-    assert isinstance(error, dict) and error["code"] == "question_not_understood", error
+    image = encode_image(render(scene))
+    assert chat(server, image, "how many shapes are there?", max_tokens=1) == NUMBERS[len(scene.objects)]
+    error = chat_refusal(server, image, "what colour is the circle?", max_tokens=1)
     assert "wrote no answer to 'what colour is the circle?' within the tokens allowed" in error["message"]
