@@ -16,6 +16,9 @@ the families' templates exactly:
 
 where an <object> is a shape, or a colour and a shape, or a size, a colour and a shape ("large red circle"),
 as the trained questions name objects. Anything else is an `UnknownQuestion`, never a guess.
+
+Serving imports this module, and never the scene generator (`model.scenes`, which draws): so the grammar's
+words are spelt here, and a test checks that they are the scene generator's.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ import unicodedata
 from dataclasses import dataclass
 
 from model.api import UnknownQuestion
-from model.scenes import COLOURS, SHAPES, SIZES
+
+# The scene grammar's words (model.scenes: SHAPES, COLOURS, SIZES; tests/model/test_questions.py checks them).
+SHAPES = ("circle", "square", "triangle", "diamond")
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+SIZES = ("small", "large")
 
 _SHAPE = "|".join(SHAPES)
 _COLOUR = "|".join(COLOURS)

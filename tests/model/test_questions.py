@@ -7,10 +7,16 @@ import random
 
 import pytest
 
+from model import questions
 from model.api import UnknownQuestion
 from model.generate import after_scratchpad
 from model.questions import KNOWN, KNOWN_FORMS, normalise, parse, understood
-from model.scenes import HELD_OUT_SEED_START, QUESTION_FAMILIES, ask, make_scene
+from model.scenes import COLOURS, HELD_OUT_SEED_START, QUESTION_FAMILIES, SHAPES, SIZES, ask, make_scene
+
+
+def test_the_grammar_spells_the_scene_generators_words() -> None:
+    assert (SHAPES, tuple(COLOURS), tuple(SIZES)) == (questions.SHAPES, questions.COLOURS, questions.SIZES)
+    assert tuple(questions.FAMILIES) == QUESTION_FAMILIES
 
 
 def test_every_trained_question_is_known_as_it_is() -> None:
