@@ -1,7 +1,8 @@
 """Which questions the shipped built-in model knows, over a real server: ordinary phrasings of its questions are
 answered as the trained ones (issue 23's four: no question mark, American spelling, "how many shapes?"), any
 other question is a 422 that lists the forms it knows (on /vqa, streamed or not, and on the chat route), and
-its hidden scratchpad is never shown, even when it never ended."""
+its hidden scratchpad is never shown, even when it never ended. A spoken question goes through the same grammar:
+what is heard and is no question it knows is a 422 that quotes it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from model.questions import KNOWN_FORMS
 from model.scenes import HELD_OUT_SEED_START, NUMBERS, Scene, make_scene, render
+from tests.support.audio import encode, speech
 from tests.support.server import ServerProcess, encode_image
 
 pytestmark = [pytest.mark.slow]
@@ -126,3 +128,20 @@ def test_an_unfinished_scratchpad_is_never_shown(server: ServerProcess) -> None:
     assert chat(server, image, "how many shapes are there?", max_tokens=1) == NUMBERS[len(scene.objects)]
     error = chat_refusal(server, image, "what colour is the circle?", max_tokens=1)
     assert "wrote no answer to 'what colour is the circle?' within the tokens allowed" in error["message"]
+
+
+def test_a_spoken_sentence_that_is_no_question_is_a_422_quoting_what_was_heard(server: ServerProcess) -> None:
+    """A caption spoken (espeak-ng, a training accent) is heard as a caption, not a question: refused, and the
+    message quotes the transcript, which /transcribe gives for the same audio."""
+    image = encode_image(render(scenes_with_a_circle_and_a_square(1)[0]))
+    wav = encode(*speech("a large red circle and a small blue square", "en-gb"))
+    heard = httpx.post(f"{server.url}/transcribe", files={"audio": ("q.wav", wav)}, timeout=120).json()["text"]
+    files = {"image": ("s.png", image), "question_audio": ("q.wav", wav)}
+    error = refusal(httpx.post(f"{server.url}/vqa", files=files, timeout=120))
+    assert error["param"] == "question_audio"
+    assert error["message"].startswith(f"the question heard in question_audio, {heard!r}, is not a question")
+    spoken = encode(*speech("what color is the square", "en-gb"))  # the American spelling, heard as trained
+    files = {"image": ("s.png", image), "question_audio": ("q.wav", spoken)}
+    answered = httpx.post(f"{server.url}/vqa", files=files, timeout=120)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["answer"] == answer(server, image, "what colour is the square?")
