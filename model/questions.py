@@ -58,7 +58,8 @@ KNOWN_FORMS = (
 )
 KNOWN_WORDS = (
     f"<shape>: {', '.join(SHAPES)}; <colour>: {', '.join(COLOURS)}; "
-    f"<object>: a shape, optionally after its colour and its size ({' or '.join(SIZES)}), e.g. 'large red circle'"
+    f"<object>: a shape, a colour and a shape, or a size ({' or '.join(SIZES)}), a colour and a shape, "
+    "e.g. 'large red circle'"
 )
 KNOWN = " | ".join(KNOWN_FORMS) + f" ({KNOWN_WORDS})"
 
