@@ -2,8 +2,8 @@
 text-to-image generators (the built-in one, and Stable Diffusion folders).
 
 The service imports only from here: `load_model`, `load_image_generator`, the protocols of `model.api` and
-their errors, `resolve_device` (what "auto" means), and `speech_chunks` (a long recording cut at pauses to
-fit a model's window).
+their errors (`UnknownQuestion`: a question the built-in model does not know), `resolve_device` (what "auto"
+means), and `speech_chunks` (a long recording cut at pauses to fit a model's window).
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from model.api import (
     UNDERSTANDING_TASKS,
     AudioSpec,
     ImageGenerator,
+    KnowsQuestions,
     ModelLoadError,
     MultimodalModel,
     Task,
+    UnknownQuestion,
     UnsupportedTask,
 )
 from model.devices import default_dtype, resolve_device
@@ -32,10 +34,12 @@ __all__ = [
     "AudioSpec",
     "ChunkingConfig",
     "ImageGenerator",
+    "KnowsQuestions",
     "ModelLoadError",
     "MultimodalModel",
     "SpeechChunk",
     "Task",
+    "UnknownQuestion",
     "UnsupportedTask",
     "default_dtype",
     "load_image_generator",

@@ -47,6 +47,15 @@ class UnsupportedTask(Exception):
     """The model was asked for a task it cannot do (e.g. captions from a text-only embedder)."""
 
 
+class UnknownQuestion(ValueError):
+    """A question a model with a closed grammar (`KnowsQuestions`) does not know; `known` says which it does."""
+
+    def __init__(self, question: str, known: str) -> None:
+        self.question = question  # as it was asked
+        self.known = known  # a short description of the questions the model knows
+        super().__init__(f"{question!r} is not a question this model knows; it knows: {known}")
+
+
 class ModelLoadError(Exception):
     """A model could not be found or loaded; the message names it and says why (raised at start-up)."""
 
@@ -206,6 +215,22 @@ class StepwiseGenerator(Protocol):
         ...
 
     def new_state(self, capacity: int) -> GenerationState: ...
+
+
+@runtime_checkable
+class KnowsQuestions(Protocol):
+    """A model that may know only the questions of a closed grammar (the built-in one, trained on a few
+    question families): with `closed_questions`, a question outside it is refused, never answered with a
+    guess. Models of open vocabulary (Hugging Face VQA models) do not implement this."""
+
+    # True: it answers only its grammar's questions (a trained built-in checkpoint); False: it claims nothing
+    # (an untrained one, as tests use) and takes any question as asked
+    closed_questions: bool
+
+    def known_question(self, question: str) -> str:
+        """The question as the model reads it (normalised to its trained phrasing), or `UnknownQuestion`;
+        thread-safe. An empty answer to a known question means the model wrote no answer."""
+        ...
 
 
 # -- Text to image ------------------------------------------------------------------------------------------

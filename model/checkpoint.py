@@ -84,7 +84,13 @@ def load_builtin(
     dtype = dtype or default_dtype(device)
     module, tokenizer, name = load_module(directory)
     module.to(device=device, dtype=dtype)
+    training = json.loads((directory / "config.json").read_text()).get("training") or {}
+    scratchpad = frozenset(training.get("scratchpad") or ())  # the families whose answers follow a scratchpad
     # the text tower stays in fp32: it is small, and its parity with sentence-transformers is a promise
     tower = (text_tower or TextTower()).to(device)
     logger.info("loaded %s from %s on %s (%s)", name, directory, device, dtype)
-    return BuiltinModel(module, tokenizer, tower, name=name)
+    # a checkpoint with a training recipe was trained on the scene grammar's questions, and knows no others;
+    # an untrained one (the tests' random checkpoints) claims nothing
+    return BuiltinModel(
+        module, tokenizer, tower, name=name, scratchpad_families=scratchpad, closed_questions=bool(training)
+    )

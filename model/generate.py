@@ -109,6 +109,7 @@ class SequenceSpec:
     prompt: tuple[int, ...]
     max_new_tokens: int
     answer_only: bool = False  # VQA: the visible text is what follows the last [SEP] (the scratchpad is hidden)
+    scratchpad: bool = False  # answer_only, and the answer follows a scratchpad: with no [SEP] written, no answer
     generated: tuple[int, ...] = ()
 
 
@@ -326,16 +327,19 @@ class DecodeState:
 
     def _finish(self, row: _Row, reason: str) -> Update:
         row.finished = True
-        ids = after_scratchpad(row.ids, self._sep) if row.spec.answer_only else row.ids
+        ids = after_scratchpad(row.ids, self._sep, row.spec.scratchpad) if row.spec.answer_only else row.ids
         text = self._detokenize(ids)
         delta = text[len(row.shown) :] if text.startswith(row.shown) else ""
         row.shown = text
         return Update(delta, True, reason, text, len(row.ids))
 
 
-def after_scratchpad(ids: list[int], sep_id: int) -> list[int]:
-    """The answer part of generated ids: what follows the last `[SEP]` (all of it when there is none)."""
-    return ids[len(ids) - ids[::-1].index(sep_id) :] if sep_id in ids else ids
+def after_scratchpad(ids: list[int], sep_id: int, required: bool = False) -> list[int]:
+    """The answer part of generated ids: what follows the last `[SEP]`; when there is none, all of them (an
+    answer written directly), or none when a scratchpad was `required` (it never ended: it is not an answer)."""
+    if sep_id in ids:
+        return ids[len(ids) - ids[::-1].index(sep_id) :]
+    return [] if required else ids
 
 
 def generate_all(

@@ -10,7 +10,9 @@ Prompts: a caption (and a transcript, from audio) is generated after `[BOS]`; an
 `[BOS] question [SEP]`. For some questions
 the decoder first writes a scratchpad ending in `[SEP]`: for relative position each object's column, then
 their relation ("two four left [SEP] yes"); for colour the object's column ("three [SEP] green").
-`answer` returns only what follows the last `[SEP]`.
+`answer` returns only what follows the last `[SEP]`, and nothing when a question whose family has a scratchpad
+never ended it (the scratchpad is never shown). Questions are normalised to their trained phrasing first, and
+`known_question` says which the model knows (`model.questions`).
 """
 
 from __future__ import annotations
@@ -25,13 +27,22 @@ from PIL import Image
 from tokenizers import Tokenizer
 from torch import nn
 
-from model.api import UNDERSTANDING_TASKS, AudioSpec, PreparedImage, Progress, Task, UnsupportedTask
+from model.api import (
+    UNDERSTANDING_TASKS,
+    AudioSpec,
+    PreparedImage,
+    Progress,
+    Task,
+    UnknownQuestion,
+    UnsupportedTask,
+)
 from model.audio import AudioEncoder, log_mel, pad_features
 from model.config import ModelConfig
 from model.decoder import Decoder
 from model.generate import DecodeState, ImageEncoding, SequenceSpec, generate_all
 from model.images import to_pixels
 from model.inputs import check_pairs, row_limits
+from model.questions import normalise, parse
 from model.text import TextTower
 from model.tokenizer import BOS, EOS, PAD, SEP
 from model.vision import VisionEncoder
@@ -102,7 +113,7 @@ def _token_id(tokenizer: Tokenizer, token: str) -> int:
 
 
 class BuiltinModel:
-    """The built-in model behind the `MultimodalModel` protocol, and a `StepwiseGenerator`."""
+    """The built-in model behind the `MultimodalModel` protocol, a `StepwiseGenerator` and `KnowsQuestions`."""
 
     LANGUAGES = frozenset({"en"})  # what the audio tower was trained on
 
@@ -112,8 +123,16 @@ class BuiltinModel:
         tokenizer: Tokenizer,
         text_tower: TextTower,
         name: str = "mmserve-builtin",
+        scratchpad_families: frozenset[str] | None = None,
+        closed_questions: bool = False,
     ) -> None:
+        """`scratchpad_families`: the question families whose answers follow a scratchpad (the checkpoint's
+        training recipe says); None when not known: an answer is then what follows the last `[SEP]`, or all
+        that was generated when there is none. `closed_questions`: it was trained on the scene grammar's
+        questions and knows no others (the service then refuses the others; `known_question`)."""
         self.module = module.eval()
+        self.scratchpad_families = scratchpad_families
+        self.closed_questions = closed_questions
         self.tokenizer = tokenizer
         self.text_tower = text_tower.eval()
         self.name = name
@@ -148,15 +167,33 @@ class BuiltinModel:
         """MiniLM token ids of one text to embed (truncated to `max_text_tokens`)."""
         return self.text_tower.tokenize(text)
 
+    def known_question(self, question: str) -> str:
+        """The question in its trained phrasing (`model.questions.normalise`), or `UnknownQuestion` when it
+        is of no family the model was trained on; the message lists those it knows."""
+        return parse(question).text
+
     def sequence(self, task: Task, question: str | None, max_new_tokens: int) -> SequenceSpec:
-        """A caption (and a transcript) is generated after `[BOS]`; an answer after `[BOS] question [SEP]`, its
-        scratchpad hidden. A transcript runs to its end or the decoder's room, at most `max_new_tokens`."""
+        """A caption (and a transcript) is generated after `[BOS]`; an answer after `[BOS] question [SEP]` (the
+        question normalised), its scratchpad hidden. A transcript runs to its end or the decoder's room, at
+        most `max_new_tokens`."""
         if task in ("caption", "transcribe"):
             return SequenceSpec((self._ids[BOS],), max_new_tokens)
         if task != "vqa" or question is None:
             raise ValueError(f"no sequence for task {task!r} with question {question!r}")
-        ids = self.tokenizer.encode(question, add_special_tokens=False).ids[: self.config.max_question_tokens]
-        return SequenceSpec((self._ids[BOS], *ids, self._ids[SEP]), max_new_tokens, answer_only=True)
+        ids = self.tokenizer.encode(normalise(question), add_special_tokens=False).ids
+        ids = ids[: self.config.max_question_tokens]
+        prompt = (self._ids[BOS], *ids, self._ids[SEP])
+        return SequenceSpec(prompt, max_new_tokens, answer_only=True, scratchpad=self._has_scratchpad(question))
+
+    def _has_scratchpad(self, question: str) -> bool:
+        """Whether the answer must follow a scratchpad: its family has one, or, for a question of no known
+        family, any family does (an unknown question's output is never shown before a `[SEP]`)."""
+        if self.scratchpad_families is None:
+            return False
+        try:
+            return parse(question).family in self.scratchpad_families
+        except UnknownQuestion:
+            return bool(self.scratchpad_families)
 
     # -- the device ------------------------------------------------------------------------------
     def _prepared(self, images: Sequence[Image.Image | PreparedImage]) -> list[PreparedImage]:

@@ -33,7 +33,7 @@ from model import (
     load_model,
     resolve_device,
 )
-from model.api import ImageGenerator, ImageSpec, StepwiseGenerator, UnsupportedImageSize
+from model.api import ImageGenerator, ImageSpec, KnowsQuestions, StepwiseGenerator, UnsupportedImageSize
 from service.errors import NotImplementedTask, UnsupportedSize
 from service.settings import Settings
 
@@ -229,6 +229,17 @@ class Engine:
         spec = stepwise.sequence(task, question, limit) if stepwise is not None else None
         return GenerationInput(model.prepare_image(image), question, limit, spec)
 
+    def known_question(self, task: Task, question: str) -> str:
+        """The question as the model serving `task` reads it: a closed-grammar model's (the trained built-in
+        one's) trained phrasing, or its `UnknownQuestion`; for any other model, the question as asked."""
+        model: Any = self._models[task]
+        return model.known_question(question) if self.knows_questions(task) else question
+
+    def knows_questions(self, task: Task) -> bool:
+        """Whether the model serving `task` answers only the questions of a closed grammar (`KnowsQuestions`)."""
+        model: Any = self._models.get(task)
+        return isinstance(model, KnowsQuestions) and model.closed_questions
+
     def audio_spec(self, task: Task) -> AudioSpec:
         """What the model serving `task` takes as audio (501 when it takes none)."""
         spec = self._models[task].audio
@@ -318,7 +329,7 @@ class Engine:
             if task == "caption":
                 batch = [self.prepare_generation(task, image, max_new_tokens=n) for n in (2, 3)]
             elif task == "vqa":
-                batch = [self.prepare_generation(task, image, "what colour is it?")] * 2
+                batch = [self.prepare_generation(task, image, "what colour is the circle?")] * 2
             elif task == "embed_text":
                 batch = [self.prepare_text(task, text) for text in ("a warm-up sentence", "another")]
             elif task == "transcribe":

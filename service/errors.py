@@ -68,6 +68,14 @@ class UnsupportedMediaType(ServiceError):
     error_type = "unsupported_media_type"
 
 
+class QuestionNotUnderstood(ServiceError):
+    """A question (typed, or heard in a spoken one) that the model serving /vqa does not know, or wrote no
+    answer to; the message says what was asked (or heard) and which questions the model knows."""
+
+    status_code = 422
+    error_type = "question_not_understood"
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
     error_type = "payload_too_large"

@@ -16,7 +16,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
         404: "The model is not served here",
         413: "The request body or an input is over a limit",
         415: "The content type, or an input's format, is not accepted",
-        422: "A missing or malformed field",
+        422: "A missing or malformed field, or a question the built-in model does not know (`question_not_understood`)",
         429: "The task's queue is full; retry after the Retry-After header's seconds",
         501: "The served model cannot do this task",
         503: "The model is still loading, or the server is shutting down",

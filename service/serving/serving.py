@@ -53,6 +53,7 @@ from service.serving.call import Call, Disconnected
 from service.serving.chunks import ChunkStream
 from service.serving.core import Core
 from service.serving.images import ImageServing
+from service.serving.questions import SPOKEN_FIELD, check_answered, known_question
 from service.serving.stream import Stream, sink
 from service.serving.types import (
     EmbedAsk,
@@ -65,7 +66,6 @@ from service.serving.types import (
     TranscriptionAsk,
 )
 
-SPOKEN_FIELD = "question_audio"
 # a transcription's stream: the clip's text as it decodes, or a chunked recording's segments as they finish
 TranscriptStream = Stream[TextUpdate[Transcript]] | ChunkStream[TextUpdate[Transcript]]
 
@@ -228,16 +228,16 @@ class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serv
         first, then the generation) and the question heard."""
         with ExitStack() as stack:
             slot = stack.enter_context(self._admit(task)) if task else None
-            self.runtime.ensure_ready()  # 503 before the body is read, even when only the body says the task
+            engine = self.runtime.ensure_ready()  # 503 before the body is read, even when only the body says the task
             ask = await self._read(call, read)
             call.task = ask.task
             slot = slot or stack.enter_context(self._admit(ask.task))
             limit = self.max_new_tokens(ask.task, ask.max_new_tokens)
             max_pixels = self.settings.max_image_pixels
-            question, heard, earlier = ask.question, None, []
+            question, heard, earlier = known_question(engine, ask.task, ask.question), None, []
             if ask.question_audio is not None:
                 image, (heard, hearing) = await self._hear_with_image(call, ask, max_pixels)
-                question, earlier = heard, [hearing]
+                question, earlier = known_question(engine, ask.task, heard, spoken=True), [hearing]
                 [payload] = await self._prepare(call, lambda e: e.prepare_generation(ask.task, image, question, limit))
             else:
                 [payload] = await self._prepare(
@@ -289,6 +289,11 @@ class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serv
     def _generation(
         self, call: Call, ask: GenerationAsk, out: Any, items: Sequence[Item[Any, Any]], heard: str | None
     ) -> Generation:
+        """The finished generation; a closed-grammar model's empty answer is a 422 (`check_answered`)."""
+        engine, spoken = self.runtime.engine, heard is not None
+        if engine is not None:
+            question = heard if spoken else ask.question
+            check_answered(engine, ask.task, question, out.text or "", out.finish_reason, spoken)
         return Generation(
             text=out.text or "",
             finish_reason=out.finish_reason,

@@ -93,6 +93,34 @@ async def test_the_heard_question_is_answered(
         assert 'mmserve_requests_total{status="200",task="vqa"} 2.0' in metrics
 
 
+async def test_a_heard_question_the_model_does_not_know_is_422_saying_what_was_heard(
+    serve: Serve, load_once: LoadModel, tiny_audio_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch, wav: bytes
+) -> None:
+    """A trained built-in model knows only its grammar's questions (`closed_questions`): the transcript goes
+    through it as a typed question does, refused with what was heard and the questions the model knows; heard
+    in another spelling, it is answered as the trained question."""
+    monkeypatch.setattr(load_once(str(tiny_audio_checkpoint_dir), torch.device("cpu"), None), "closed_questions", True)
+    hears(monkeypatch, load_once, tiny_audio_checkpoint_dir, "where is the square")
+    async with serve(model=str(tiny_audio_checkpoint_dir)) as client:
+        response = await client.post("/vqa", **spoken(wav))
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["type"] == "question_not_understood" and error["param"] == "question_audio"
+        assert "the question heard in question_audio, 'where is the square'," in error["message"]
+        assert "how many shapes are there?" in error["message"] and "is there a <colour> <shape>?" in error["message"]
+        metrics = (await client.get("/metrics")).text
+        assert 'mmserve_requests_total{status="422",task="vqa"} 1.0' in metrics
+    hears(monkeypatch, load_once, tiny_audio_checkpoint_dir, "What color is the circle")
+    async with serve(model=str(tiny_audio_checkpoint_dir)) as client:
+        heard = await client.post("/vqa", **spoken(wav))
+        typed = await client.post(
+            "/vqa", files={"image": ("i.png", IMAGE)}, data={"question": "what colour is the circle?"}
+        )
+        assert heard.status_code == typed.status_code == 200, heard.text
+        assert heard.json()["heard"] == "What color is the circle"  # what was heard, as it was heard
+        assert heard.json()["answer"] == typed.json()["answer"]
+
+
 async def test_the_deadline_covers_hearing(
     serve: Serve, load_once: LoadModel, tiny_audio_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch, wav: bytes
 ) -> None:
