@@ -57,6 +57,14 @@ def test_the_stage_trains_exports_and_resumes(tmp_path: Path, text_tower) -> Non
     (image,) = generator.generate(["a large red circle"], [0])
     assert image.size == (64, 64) and image.mode == "RGB"
 
+    # Without the run state (it is not committed), the stage goes on from the exported folder: its step,
+    # minutes and curve continue.
+    again = tmp_path / "again"
+    train_generator(replace(TINY, steps=4), again, tmp_path / "fresh-run", False, tower=text_tower, init_from=out)
+    index = GeneratorIndex.read(again)
+    assert index.training["steps_done"] == 4 and [c["step"] for c in index.training["curve"]] == [2, 3, 4]
+    assert index.training["minutes"] >= GeneratorIndex.read(out).training["minutes"]
+
 
 @pytest.fixture(scope="module")
 def generator(text_tower) -> TextToImage:  # type: ignore[no-untyped-def]
