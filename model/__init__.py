@@ -2,8 +2,9 @@
 text-to-image generators (the built-in one, and Stable Diffusion folders).
 
 The service imports only from here: `load_model`, `load_image_generator`, the protocols of `model.api` and
-their errors, `resolve_device` (what "auto" means), and `speech_chunks` (a long recording cut at pauses to
-fit a model's window).
+their errors, `resolve_device` (what "auto" means), `speech_chunks` (a long recording cut at pauses to
+fit a model's window), and what says whether a transcript was understood (`model.understanding`, the
+detector's `no_speech_in`, the length bound `transcript_token_limit`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from model.api import (
     UnsupportedTask,
 )
 from model.devices import default_dtype, resolve_device
+from model.loops import transcript_token_limit
 from model.speech_chunks import ChunkingConfig, SpeechChunk, speech_chunks
+from model.understanding import Criterion, Heard, compression_ratio, looped, low_confidence, no_speech, refusal
+from model.vad import no_speech_in
 
 __all__ = [
     "ALL_TASKS",
@@ -31,17 +35,26 @@ __all__ = [
     "UNDERSTANDING_TASKS",
     "AudioSpec",
     "ChunkingConfig",
+    "Criterion",
+    "Heard",
     "ImageGenerator",
     "ModelLoadError",
     "MultimodalModel",
     "SpeechChunk",
     "Task",
     "UnsupportedTask",
+    "compression_ratio",
     "default_dtype",
     "load_image_generator",
     "load_model",
+    "looped",
+    "low_confidence",
+    "no_speech",
+    "no_speech_in",
+    "refusal",
     "resolve_device",
     "speech_chunks",
+    "transcript_token_limit",
 ]
 
 BUILTIN = "builtin"

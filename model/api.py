@@ -142,9 +142,11 @@ class Update:
 
     delta: str
     finished: bool = False
-    finish_reason: str | None = None  # "stop" (end of sequence) or "length" (its limit)
+    # "stop" (end of sequence), "length" (its limit) or "repetition" (a transcript caught looping: `model.loops`)
+    finish_reason: str | None = None
     text: str | None = None
     tokens: int = 0  # generated so far
+    avg_logprob: float | None = None  # once finished: the mean log-probability of its chosen tokens (and the end's)
 
 
 class ImageEncoding(Protocol):

@@ -77,6 +77,27 @@ def speech_probabilities(samples: np.ndarray) -> np.ndarray:
     return probabilities
 
 
+SMOOTHING_FRAMES = 5  # ~160 ms: one loud frame in noise is not speech, a syllable lasts longer
+
+
+def no_speech_probability(probabilities: np.ndarray) -> float:
+    """How sure the detector is that audio holds no speech, from its frames' speech probabilities: one minus
+    the highest probability averaged over `SMOOTHING_FRAMES` frames (1.0 for no frames)."""
+    if probabilities.size == 0:
+        return 1.0
+    width = min(SMOOTHING_FRAMES, probabilities.size)
+    smoothed = np.convolve(probabilities, np.ones(width) / width, mode="valid")
+    return float(1.0 - smoothed.max())
+
+
+def no_speech_in(samples: np.ndarray, sampling_rate: int) -> float:
+    """`no_speech_probability` of float32 mono samples at any rate (resampled to 16 kHz for the detector)."""
+    import soxr
+
+    heard = samples if sampling_rate == SAMPLING_RATE else soxr.resample(samples, sampling_rate, SAMPLING_RATE)
+    return no_speech_probability(speech_probabilities(np.asarray(heard, dtype=np.float32)))
+
+
 def weights_path() -> Path:
     """The TorchScript model inside the installed `silero-vad` wheel (found without importing the package)."""
     spec = importlib.util.find_spec("silero_vad")

@@ -31,7 +31,9 @@ from model import (
     Task,
     load_image_generator,
     load_model,
+    no_speech_in,
     resolve_device,
+    transcript_token_limit,
 )
 from model.api import ImageGenerator, ImageSpec, StepwiseGenerator, UnsupportedImageSize
 from service.errors import NotImplementedTask, UnsupportedSize
@@ -40,7 +42,6 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 STEPWISE_TASKS: tuple[Task, ...] = ("caption", "vqa", "transcribe")  # what a stepwise model decodes by steps
-TRANSCRIPT_MAX_TOKENS = 1 << 16  # a transcript runs to its end, or as far as the model's decoder has room
 
 _DTYPES: dict[str, torch.dtype | None] = {
     "auto": None,
@@ -72,6 +73,7 @@ class TranscriptionInput:
     audio: Any
     language: str | None
     spec: Any = None  # a stepwise model's sequence (its prompt); None for whole-batch models
+    no_speech_prob: float | None = None  # the voice-activity detector's (`model.vad`), over the audio's frames
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,10 @@ class Generated:
     """A finished caption or answer."""
 
     text: str
-    finish_reason: str | None = None  # "stop" or "length" (continuous batching knows; whole batches do not)
+    # "stop", "length" or "repetition" (a transcript's loop cut short); continuous batching knows, whole batches do not
+    finish_reason: str | None = None
     tokens: int = 0  # generated tokens (0 when not counted)
+    avg_logprob: float | None = None  # the mean log-probability of its tokens (continuous batching; else None)
 
 
 @dataclass(frozen=True)
@@ -236,11 +240,19 @@ class Engine:
             raise NotImplementedTask(f"the model serving {task} ({self._models[task].name}) takes no audio")
         return spec
 
-    def prepare_transcription(self, task: Task, audio: np.ndarray, language: str | None) -> TranscriptionInput:
-        """Mono samples at the model's rate → its input (the decode pool)."""
+    def prepare_transcription(
+        self, task: Task, audio: np.ndarray, language: str | None, no_speech_prob: float | None = None
+    ) -> TranscriptionInput:
+        """Mono samples at the model's rate → its input (the decode pool): its features, a stepwise model's
+        sequence (at most `transcript_token_limit` of its duration: a loop stops there), and the detector's
+        no-speech probability (measured here unless the chunker measured it)."""
         stepwise = self.stepwise(task)
-        spec = stepwise.sequence(task, None, TRANSCRIPT_MAX_TOKENS) if stepwise is not None else None
-        return TranscriptionInput(self._models[task].prepare_audio(audio), language, spec)
+        rate = self.audio_spec(task).sampling_rate
+        limit = transcript_token_limit(audio.size / rate)
+        spec = stepwise.sequence(task, None, limit) if stepwise is not None else None
+        if no_speech_prob is None:
+            no_speech_prob = no_speech_in(audio, rate)
+        return TranscriptionInput(self._models[task].prepare_audio(audio), language, spec, no_speech_prob)
 
     def input_size(self, task: Task) -> tuple[int, int] | None:
         """The (width, height) the model serving `task` sizes images to: decoding reduces larger ones towards it."""

@@ -116,7 +116,8 @@ async def test_a_model_that_cannot_transcribe_is_501(serve: Serve, wav: bytes) -
 
 async def test_the_shortest_audio_the_builtin_model_hears(serve: Serve, tiny_audio_checkpoint_dir: Path) -> None:
     """Under 50 ms is refused (422) before the model sees it: its log-mel front end failed (a 500) on under
-    13 ms; 50 ms is transcribed, on /transcribe and as a spoken question."""
+    13 ms; 50 ms is transcribed, on /transcribe and as a spoken question (where a tone, no speech, is then
+    refused with what was heard)."""
     short, shortest = encode(tone(0.009), 16_000), encode(tone(0.05), 16_000)
     async with serve(model=str(tiny_audio_checkpoint_dir)) as client:
         refused = await client.post("/transcribe", files={"audio": ("a.wav", short)})
@@ -126,7 +127,8 @@ async def test_the_shortest_audio_the_builtin_model_hears(serve: Serve, tiny_aud
         assert spoken_short.json()["detail"][0]["type"] == "too_short"
         assert (await client.post("/transcribe", files={"audio": ("a.wav", shortest)})).status_code == 200
         heard = await client.post("/vqa", **spoken(shortest))
-        assert heard.status_code == 200 and heard.json()["heard"], heard.text
+        assert heard.status_code == 422 and error_of(heard)["type"] == "not_understood", heard.text
+        assert "(no speech: no_speech_prob 1.00 above 0.2): heard " in error_of(heard)["message"]
 
 
 async def test_a_bad_image_is_a_400_before_anything_is_transcribed(
