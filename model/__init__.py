@@ -26,12 +26,22 @@ from model.api import (
 from model.devices import default_dtype, resolve_device
 from model.loops import transcript_token_limit
 from model.speech_chunks import ChunkingConfig, SpeechChunk, speech_chunks
-from model.understanding import Criterion, Heard, compression_ratio, looped, low_confidence, no_speech, refusal
+from model.understanding import (
+    MAX_NO_SPEECH_PROB,
+    MIN_AVG_LOGPROB,
+    Criterion,
+    Heard,
+    compression_ratio,
+    default_criteria,
+    refusal,
+)
 from model.vad import no_speech_in
 
 __all__ = [
     "ALL_TASKS",
     "BUILTIN",
+    "MAX_NO_SPEECH_PROB",
+    "MIN_AVG_LOGPROB",
     "UNDERSTANDING_TASKS",
     "AudioSpec",
     "ChunkingConfig",
@@ -44,12 +54,10 @@ __all__ = [
     "Task",
     "UnsupportedTask",
     "compression_ratio",
+    "default_criteria",
     "default_dtype",
     "load_image_generator",
     "load_model",
-    "looped",
-    "low_confidence",
-    "no_speech",
     "no_speech_in",
     "refusal",
     "resolve_device",

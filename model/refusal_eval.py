@@ -20,7 +20,7 @@ import numpy as np
 
 from model.api import MultimodalModel
 from model.understanding import Criterion, Heard, refusal
-from model.vad import SAMPLING_RATE, no_speech_probability, speech_probabilities
+from model.vad import SAMPLING_RATE, no_speech_in
 
 ENGLISH = (
     "please book a table for two at seven",
@@ -154,8 +154,7 @@ def hear(model: MultimodalModel, clips: Sequence[np.ndarray], batch: int = 32) -
         else:
             texts = [(t, None, None) for t in model.transcribe(part)]
         for clip, (text, logprob, reason) in zip(part, texts, strict=True):
-            silence = no_speech_probability(speech_probabilities(clip))
-            heard.append(Heard(text, logprob, silence, reason))
+            heard.append(Heard(text, logprob, no_speech_in(clip, SAMPLING_RATE), reason))
     return heard
 
 

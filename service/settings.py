@@ -116,7 +116,8 @@ class Settings(BaseSettings):
     # A spoken question (/vqa's `question_audio`) is refused with a 422 that says what was heard when the
     # voice-activity detector finds no speech in it (its no_speech_prob above the first), or the model is
     # unsure of its transcript (avg_logprob below the second); chosen on held-out data (model/MODEL_CARD.md).
-    spoken_max_no_speech_prob: float = Field(default=0.2, ge=0, le=1)
+    # (the defaults are model.understanding's MAX_NO_SPEECH_PROB and MIN_AVG_LOGPROB; settings import no torch)
+    spoken_max_no_speech_prob: float = Field(default=0.01, ge=0, le=1)
     spoken_min_avg_logprob: float = Field(default=-0.5, le=0)
 
     # Faults. No progress for this long (a turn of the step loop, or a decoding step inside a whole-batch

@@ -45,9 +45,7 @@ from model import (
     Criterion,
     SpeechChunk,
     Task,
-    looped,
-    low_confidence,
-    no_speech,
+    default_criteria,
     refusal,
     speech_chunks,
 )
@@ -94,11 +92,7 @@ class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serv
     @property
     def spoken_criteria(self) -> list[Criterion]:
         """What refuses a spoken question (`model.understanding`), from the settings."""
-        return [
-            no_speech(self.settings.spoken_max_no_speech_prob),
-            low_confidence(self.settings.spoken_min_avg_logprob),
-            looped,
-        ]
+        return default_criteria(self.settings.spoken_max_no_speech_prob, self.settings.spoken_min_avg_logprob)
 
     def prompt_tokens(self, task: Task, question: str | None) -> int:
         return self.runtime.ensure_ready().prompt_tokens(task, question)

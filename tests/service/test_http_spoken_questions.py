@@ -128,7 +128,7 @@ async def test_the_shortest_audio_the_builtin_model_hears(serve: Serve, tiny_aud
         assert (await client.post("/transcribe", files={"audio": ("a.wav", shortest)})).status_code == 200
         heard = await client.post("/vqa", **spoken(shortest))
         assert heard.status_code == 422 and error_of(heard)["type"] == "not_understood", heard.text
-        assert "(no speech: no_speech_prob 1.00 above 0.2): heard " in error_of(heard)["message"]
+        assert "(no speech: no_speech_prob 1.00 above 0.01): heard " in error_of(heard)["message"]
 
 
 async def test_a_bad_image_is_a_400_before_anything_is_transcribed(
