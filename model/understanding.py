@@ -74,10 +74,10 @@ def looped(heard: Heard) -> str | None:
 
 
 def default_criteria(
-    max_no_speech_prob: float = MAX_NO_SPEECH_PROB, min_avg_logprob: float = MIN_AVG_LOGPROB
+    max_no_speech_prob: float = MAX_NO_SPEECH_PROB, min_avg_logprob: float = MIN_AVG_LOGPROB, loops: bool = True
 ) -> list[Criterion]:
-    """The criteria a spoken question is refused by: no speech, low confidence, a loop."""
-    return [no_speech(max_no_speech_prob), low_confidence(min_avg_logprob), looped]
+    """The criteria a spoken question is refused by: no speech, low confidence, and a loop (unless `loops` is off)."""
+    return [no_speech(max_no_speech_prob), low_confidence(min_avg_logprob), *([looped] if loops else [])]
 
 
 def refusal(heard: Heard, criteria: Sequence[Criterion]) -> str | None:

@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     # (the defaults are model.understanding's MAX_NO_SPEECH_PROB and MIN_AVG_LOGPROB; settings import no torch)
     spoken_max_no_speech_prob: float = Field(default=0.01, ge=0, le=1)
     spoken_min_avg_logprob: float = Field(default=-0.5, le=0)
+    spoken_refuse_loops: bool = True  # a transcript cut short for repeating itself is refused too
 
     # Faults. No progress for this long (a turn of the step loop, or a decoding step inside a whole-batch
     # generation) means the device is stuck: unhealthy, every request answered 503, then exit (status 3).

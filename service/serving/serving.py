@@ -92,7 +92,8 @@ class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serv
     @property
     def spoken_criteria(self) -> list[Criterion]:
         """What refuses a spoken question (`model.understanding`), from the settings."""
-        return default_criteria(self.settings.spoken_max_no_speech_prob, self.settings.spoken_min_avg_logprob)
+        s = self.settings
+        return default_criteria(s.spoken_max_no_speech_prob, s.spoken_min_avg_logprob, s.spoken_refuse_loops)
 
     def prompt_tokens(self, task: Task, question: str | None) -> int:
         return self.runtime.ensure_ready().prompt_tokens(task, question)
