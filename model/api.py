@@ -128,6 +128,20 @@ class MultimodalModel(Protocol):
         ...
 
 
+@runtime_checkable
+class ScoredTranscriber(Protocol):
+    """A model whose whole-batch transcripts come with their confidence (the built-in model, the Whisper adapter)."""
+
+    def transcribe_scored(
+        self,
+        audios: Sequence[np.ndarray | Any],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
+    ) -> list[Update]:
+        """`transcribe`, each clip's finished update: `text`, `avg_logprob` (and `finish_reason` if known)."""
+        ...
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     """An image as a model takes it, and a digest of those pixels: equal keys give equal encodings."""

@@ -266,23 +266,22 @@ class BuiltinModel:
         progress: Progress | None = None,
     ) -> list[str]:
         """What is said in each audio (English; `language` may say "en"), generated after `[BOS]` from its tokens."""
+        return [update.text or "" for update in self.transcribe_scored(audios, language, progress)]
+
+    @torch.inference_mode()
+    def transcribe_scored(
+        self,
+        audios: Sequence[np.ndarray | torch.Tensor],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
+    ) -> list[Update]:
+        """Each audio's finished update: its transcript (`text`), `avg_logprob` and `finish_reason` (English)."""
         if self.module.config.audio is None:
             raise self._no_audio()
         languages = [language] * len(audios) if language is None or isinstance(language, str) else list(language)
         unknown = sorted({code for code in languages if code is not None and code not in self.LANGUAGES})
         if unknown:
             raise ValueError(f"language {unknown[0]!r} is not one this model knows (only 'en')")
-        if not audios:
-            return []
-        return [update.text or "" for update in self.transcribe_scored(audios, progress)]
-
-    @torch.inference_mode()
-    def transcribe_scored(
-        self, audios: Sequence[np.ndarray | torch.Tensor], progress: Progress | None = None
-    ) -> list[Update]:
-        """Each audio's finished update: its transcript (`text`), `avg_logprob` and `finish_reason` (English)."""
-        if self.module.config.audio is None:
-            raise self._no_audio()
         if not audios:
             return []
         features = [a if isinstance(a, torch.Tensor) else self.prepare_audio(a) for a in audios]

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from model.api import MultimodalModel
+from model.api import MultimodalModel, ScoredTranscriber
 from model.understanding import Criterion, Heard, refusal
 from model.vad import SAMPLING_RATE, no_speech_in
 
@@ -144,12 +144,11 @@ def out_of_domain_clips(category: str, n: int = CLIPS_PER_CATEGORY) -> list[np.n
 def hear(model: MultimodalModel, clips: Sequence[np.ndarray], batch: int = 32) -> list[Heard]:
     """Each clip transcribed with its confidence (16 kHz clips; a model at another rate is not supported)."""
     assert model.audio is not None and model.audio.sampling_rate == SAMPLING_RATE
-    scored = getattr(model, "transcribe_scored", None)
     heard = []
     for start in range(0, len(clips), batch):
         part = clips[start : start + batch]
-        if scored is not None:
-            updates = scored(part)
+        if isinstance(model, ScoredTranscriber):
+            updates = model.transcribe_scored(part)
             texts = [(u.text or "", u.avg_logprob, u.finish_reason) for u in updates]
         else:
             texts = [(t, None, None) for t in model.transcribe(part)]

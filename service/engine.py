@@ -35,7 +35,7 @@ from model import (
     resolve_device,
     transcript_token_limit,
 )
-from model.api import ImageGenerator, ImageSpec, StepwiseGenerator, UnsupportedImageSize
+from model.api import ImageGenerator, ImageSpec, ScoredTranscriber, StepwiseGenerator, UnsupportedImageSize
 from service.errors import NotImplementedTask, UnsupportedSize
 from service.settings import Settings
 
@@ -296,11 +296,14 @@ class Engine:
                     outputs = list(self._models["embed_text"].embed_text(list(payloads)).float().numpy())
                 case "embed_image":
                     outputs = list(self._models["embed_image"].embed_image(list(payloads)).float().numpy())
-                case "transcribe":
-                    texts = self._models["transcribe"].transcribe(
-                        [p.audio for p in payloads], [p.language for p in payloads], progress
-                    )
-                    outputs = [Generated(text) for text in texts]
+                case "transcribe":  # with its confidence when the model reports it
+                    transcriber = self._models["transcribe"]
+                    audios, languages = [p.audio for p in payloads], [p.language for p in payloads]
+                    if isinstance(transcriber, ScoredTranscriber):
+                        updates = transcriber.transcribe_scored(audios, languages, progress)
+                        outputs = [Generated(u.text or "", u.finish_reason, u.tokens, u.avg_logprob) for u in updates]
+                    else:
+                        outputs = [Generated(text) for text in transcriber.transcribe(audios, languages, progress)]
                 case "text_to_image":  # whole-request batching: every image run to its end together
                     assert self._generator is not None
                     images = self._generator.generate(list(payloads))

@@ -8,8 +8,8 @@ for silence; segment ids are consecutive from 0.
 
 `verbose_segments` writes OpenAI's `verbose_json` segments (Whisper's fields). What the model does not
 report stays honest rather than invented: `tokens` is empty; `avg_logprob` is the mean log-probability of
-the segment's decoded tokens (its end token included) where the model reports it (the built-in model;
-null for whole-batch models such as the Whisper adapter); `no_speech_prob` is the voice-activity
+the segment's decoded tokens (its end token included) where the model reports it (the built-in model and
+the Whisper adapter, `model.api.ScoredTranscriber`; null for others); `no_speech_prob` is the voice-activity
 detector's (one minus the highest speech probability, smoothed over ~160 ms, over the segment's frames:
 `model.understanding`); `temperature` is 0.0 (greedy decoding); `seek` is where the decoded audio starts,
 in Whisper's unit (10 ms frames); `compression_ratio` is computed from the text as Whisper computes it

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from model.api import Update
 from service.engine import Engine
 from tests.service.conftest import LoadModel, Serve
 from tests.support.audio import encode, speech, tone
@@ -37,15 +38,16 @@ def spoken(wav: bytes) -> dict[str, Any]:
 def hears(
     monkeypatch: pytest.MonkeyPatch, load_once: LoadModel, checkpoint: Path, text: str, delay_s: float = 0
 ) -> None:
-    """Make the (shared) loaded model hear `text` in any audio, after `delay_s` on the inference thread (its
-    transcriptions then run as whole batches, through the replaced `transcribe`, not step by step)."""
+    """Make the (shared) loaded model hear `text` in any audio, confidently, after `delay_s` on the inference
+    thread (its transcriptions then run as whole batches, through the replaced `transcribe_scored`, not step by
+    step)."""
     model = load_once(str(checkpoint), torch.device("cpu"), None)
 
-    def transcribe(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[str]:
+    def transcribe_scored(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[Update]:
         time.sleep(delay_s)
-        return [text] * len(audios)
+        return [Update("", True, "stop", text, len(text.split()), avg_logprob=-0.01)] * len(audios)
 
-    monkeypatch.setattr(model, "transcribe", transcribe)
+    monkeypatch.setattr(model, "transcribe_scored", transcribe_scored)
     stepwise = Engine.stepwise
     monkeypatch.setattr(Engine, "stepwise", lambda self, task: None if task == "transcribe" else stepwise(self, task))
 
@@ -138,13 +140,13 @@ async def test_a_bad_image_is_a_400_before_anything_is_transcribed(
     hears(monkeypatch, load_once, tiny_audio_checkpoint_dir, "what colour is it?")
     model = load_once(str(tiny_audio_checkpoint_dir), torch.device("cpu"), None)
     heard: list[int] = []
-    hearing = model.transcribe
+    hearing = model.transcribe_scored
 
-    def transcribe(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[str]:
+    def transcribe_scored(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[Update]:
         heard.append(len(audios))
         return hearing(audios, language, progress)
 
-    monkeypatch.setattr(model, "transcribe", transcribe)
+    monkeypatch.setattr(model, "transcribe_scored", transcribe_scored)
     async with serve(model=str(tiny_audio_checkpoint_dir)) as client:
         heard.clear()  # the warm-up's
         files = {"image": ("i.png", b"not an image", "image/png"), "question_audio": ("q.wav", wav, "audio/wav")}
