@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.support.audio import encode, needs_espeak, speech
-from tests.support.server import ServerProcess, encode_image, error_of, noise_image
+from tests.support.server import ServerProcess, encode_image, error_of, noise_image, shipped_settings
 
 pytestmark = [pytest.mark.slow, needs_espeak]
 
@@ -26,13 +26,7 @@ HELD_OUT_VOICE = "en-029+m7"  # an accent and a variant the speech stage never u
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    settings = {
-        "MMSERVE_MODEL": "builtin",
-        "MMSERVE_DEVICE": "cpu",
-        "MMSERVE_TORCH_THREADS": "1",
-        "MMSERVE_GENERATE_MODEL": "none",
-    }
-    with ServerProcess(settings) as server:
+    with ServerProcess(shipped_settings(MMSERVE_GENERATE_MODEL="none")) as server:
         yield server
 
 
