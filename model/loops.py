@@ -32,8 +32,17 @@ def transcript_token_limit(seconds: float, base: int = BASE_TOKENS, per_second: 
     return base + int(per_second * max(0.0, seconds))
 
 
+def until_loop(ids: Sequence[int], times: int = STOP_REPEATS) -> list[int]:
+    """`ids` up to the token that completes its first loop (all of them when none loops): what a decoding
+    that stops at loops keeps of a decoding that does not."""
+    end = next((k for k in range(1, len(ids) + 1) if repeats_at_end(ids[:k], times)), len(ids))
+    return list(ids[:end])
+
+
 def repeats_at_end(ids: Sequence[int], times: int = STOP_REPEATS, longest: int = LONGEST_NGRAM) -> bool:
     """Whether `ids` end with one n-gram (1 ≤ n ≤ `longest`) repeated `times` times in a row."""
+    if times < 2:
+        raise ValueError(f"a loop is a repeat: times must be at least 2, not {times}")
     for n in range(1, longest + 1):
         span = n * times
         if len(ids) < span:
