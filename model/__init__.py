@@ -3,7 +3,9 @@ text-to-image generators (the built-in one, and Stable Diffusion folders).
 
 The service imports only from here: `load_model`, `load_image_generator`, the protocols of `model.api` and
 their errors (`UnknownQuestion`: a question the built-in model does not know), `resolve_device` (what "auto"
-means), and `speech_chunks` (a long recording cut at pauses to fit a model's window).
+means), `speech_chunks` (a long recording cut at pauses to fit a model's window), and what says whether a
+transcript was understood (`model.understanding`, the detector's `no_speech_in`, the length bound
+`transcript_token_limit`).
 """
 
 from __future__ import annotations
@@ -25,14 +27,29 @@ from model.api import (
     UnsupportedTask,
 )
 from model.devices import default_dtype, resolve_device
+from model.loops import transcript_token_limit
 from model.speech_chunks import ChunkingConfig, SpeechChunk, speech_chunks
+from model.understanding import (
+    MAX_NO_SPEECH_PROB,
+    MIN_AVG_LOGPROB,
+    Criterion,
+    Heard,
+    compression_ratio,
+    default_criteria,
+    refusal,
+)
+from model.vad import no_speech_in
 
 __all__ = [
     "ALL_TASKS",
     "BUILTIN",
+    "MAX_NO_SPEECH_PROB",
+    "MIN_AVG_LOGPROB",
     "UNDERSTANDING_TASKS",
     "AudioSpec",
     "ChunkingConfig",
+    "Criterion",
+    "Heard",
     "ImageGenerator",
     "KnowsQuestions",
     "ModelLoadError",
@@ -41,11 +58,16 @@ __all__ = [
     "Task",
     "UnknownQuestion",
     "UnsupportedTask",
+    "compression_ratio",
+    "default_criteria",
     "default_dtype",
     "load_image_generator",
     "load_model",
+    "no_speech_in",
+    "refusal",
     "resolve_device",
     "speech_chunks",
+    "transcript_token_limit",
 ]
 
 BUILTIN = "builtin"

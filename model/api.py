@@ -137,6 +137,20 @@ class MultimodalModel(Protocol):
         ...
 
 
+@runtime_checkable
+class ScoredTranscriber(Protocol):
+    """A model whose whole-batch transcripts come with their confidence (the built-in model, the Whisper adapter)."""
+
+    def transcribe_scored(
+        self,
+        audios: Sequence[np.ndarray | Any],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
+    ) -> list[Update]:
+        """`transcribe`, each clip's finished update: `text`, `avg_logprob` (and `finish_reason` if known)."""
+        ...
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     """An image as a model takes it, and a digest of those pixels: equal keys give equal encodings."""
@@ -151,9 +165,11 @@ class Update:
 
     delta: str
     finished: bool = False
-    finish_reason: str | None = None  # "stop" (end of sequence) or "length" (its limit)
+    # "stop" (end of sequence), "length" (its limit) or "repetition" (a transcript caught looping: `model.loops`)
+    finish_reason: str | None = None
     text: str | None = None
     tokens: int = 0  # generated so far
+    avg_logprob: float | None = None  # once finished: the mean log-probability of its chosen tokens (and the end's)
 
 
 class ImageEncoding(Protocol):

@@ -4,7 +4,9 @@ Held-out scenes come from seeds at and above `HELD_OUT_SEED_START`, which traini
 caption exact match and token F1, per-attribute accuracy, VQA accuracy per question family, text→image
 and image→text recall@1 among 100, the text tower's parity with sentence-transformers, and for a model
 that hears, the word error rate on held-out sentences spoken in training voices and in held-out voices
-(`model.train.speech`; needs espeak-ng); the full run writes them into `model/MODEL_CARD.md`. With
+(`model.train.speech`; needs espeak-ng), and the share of spoken questions refused as not understood:
+in-domain questions in held-out voices against out-of-domain audio (`model.refusal_eval`; `--refusals`
+runs only that); the full run writes them into `model/MODEL_CARD.md`. With
 `--generate` it evaluates the text-to-image generator instead (`model.generator_eval`: its images of
 held-out captions, read back by the captioner) and writes the card's generator section.
 """
@@ -17,6 +19,7 @@ import logging
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,7 @@ import torch
 
 from model.api import MultimodalModel
 from model.scenes import HELD_OUT_SEED_START, QUESTION_FAMILIES, Scene, ask, make_scene, render
+from model.understanding import Criterion, default_criteria
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -162,6 +166,15 @@ def speech_metrics(model: MultimodalModel) -> dict[str, float]:
     return metrics
 
 
+def refusal_metrics(model: MultimodalModel, criteria: Sequence[Criterion] | None = None) -> dict[str, float]:
+    """The share of spoken clips refused by `criteria` (default: the service's, `default_criteria()`): in-domain
+    questions in held-out voices (to keep), each out-of-domain category and all of them (to refuse)."""
+    from model.refusal_eval import heard_sets, refusal_rates
+
+    rates = refusal_rates(heard_sets(model), default_criteria() if criteria is None else criteria)
+    return {f"refused_{name}": share for name, share in rates.items()}
+
+
 def text_tower_parity(model: MultimodalModel) -> float:
     """Lowest cosine between our text embeddings and sentence-transformers' on the same folder."""
     from sentence_transformers import SentenceTransformer
@@ -196,12 +209,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--generator", type=Path, default=None, help="the generator folder (default: the shipped one)")
     parser.add_argument("--captions", type=int, default=None, help="held-out captions for --generate (default 500)")
+    parser.add_argument(
+        "--refusals",
+        action="store_true",
+        help="only the spoken-question refusal rates (printed; the card left alone)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from model import load_model
     from model.checkpoint import WEIGHTS_DIR
 
     model = load_model(args.model, args.device)
+    if args.refusals:
+        for k, v in refusal_metrics(model).items():
+            print(f"{k:32s} {v:.4f}")
+        return
     if args.generate:
         from model import generator_eval
         from model.text_to_image import GENERATOR_DIR
@@ -218,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning("sentence-transformers is not installed: parity not measured")
     if "transcribe" in model.tasks and model.audio is not None:
         metrics.update(speech_metrics(model))
+        metrics.update(refusal_metrics(model))
     for k, v in metrics.items():
         print(f"{k:32s} {v:.4f}")
     if not args.no_card:

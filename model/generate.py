@@ -18,6 +18,7 @@ import torch
 from model.api import Update
 from model.decoder import Decoder, causal_mask
 from model.layers import SlotKV
+from model.loops import repeats_at_end
 from model.streaming_text import StreamingText
 
 
@@ -111,6 +112,8 @@ class SequenceSpec:
     answer_only: bool = False  # VQA: the visible text is what follows the last [SEP] (the scratchpad is hidden)
     scratchpad: bool = False  # answer_only, and the answer follows a scratchpad: with no [SEP] written, no answer
     generated: tuple[int, ...] = ()
+    logprob_sum: float = 0.0  # the log-probabilities of `generated` (and of nothing when it is empty), summed
+    stop_repeats: int = 0  # end the row when one n-gram repeats this many times in a row (`model.loops`); 0: never
 
 
 @dataclass
@@ -121,6 +124,8 @@ class _Row:
     context: int  # its context tokens (an image's, or its audio's own length)
     text: StreamingText  # its visible text, decoded a few tokens at a time
     ids: list[int] = field(default_factory=list)
+    logprob_sum: float = 0.0  # the chosen tokens' log-probabilities (the end token's too), summed
+    scored: int = 0  # how many tokens `logprob_sum` holds
     shown: str = ""  # visible text already reported
     finished: bool = False
 
@@ -223,23 +228,23 @@ class DecodeState:
             ids, positions, causal_mask(valid), self._self_kv, cross, rows, length, context_mask
         )
         last = hidden[torch.arange(k, device=self._device), lengths - 1]  # each prompt's last token
-        next_ids = self.decoder.logits(last).argmax(-1)
-        tokens = next_ids.tolist()
+        next_ids, chosen = self._choose(self.decoder.logits(last))
         self._last[rows] = next_ids
         for spec, filled, context in zip(specs, lengths.tolist(), contexts, strict=True):
             limit = max(0, min(spec.max_new_tokens, room - len(spec.prompt)))
             text = StreamingText(self._detokenize, self._sep, spec.answer_only)
             row = _Row(spec, limit, filled=filled, context=context, text=text)
             for token in spec.generated:  # its state as it was: the same ids, the same text shown
-                self._advance(row, token)
+                self._advance(row, token, 0.0)
+            row.logprob_sum, row.scored = spec.logprob_sum, len(spec.generated)
             self._rows.append(row)
-        return [self._advance(row, token) for row, token in zip(self._rows[start:], tokens, strict=True)]
+        return [self._advance(row, *pair) for row, pair in zip(self._rows[start:], chosen, strict=True)]
 
     def resumable(self, index: int) -> SequenceSpec:
         """The spec that goes on with row `index` from where it is (its tokens so far as `generated`), when
         prefilled into this state or another after the row has left."""
         row = self._rows[index]
-        return replace(row.spec, generated=tuple(row.ids))
+        return replace(row.spec, generated=tuple(row.ids), logprob_sum=row.logprob_sum)
 
     @torch.inference_mode()
     def step(self) -> list[Update]:
@@ -258,12 +263,22 @@ class DecodeState:
         hidden = self.decoder.forward_slots(
             self._last[:n, None], positions, mask, self._self_kv, cross, rows, keys, context_mask
         )
-        next_ids = self.decoder.logits(hidden[:, -1]).argmax(-1)
-        tokens = next_ids.tolist()  # (a failure up to here leaves the rows as they were: the step can be rerun)
+        next_ids, chosen = self._choose(self.decoder.logits(hidden[:, -1]))
+        # (a failure up to here leaves the rows as they were: the step can be rerun)
         self._last[:n] = next_ids
         for row in self._rows:
             row.filled += 1
-        return [self._advance(row, token) for row, token in zip(self._rows, tokens, strict=True)]
+        return [self._advance(row, *pair) for row, pair in zip(self._rows, chosen, strict=True)]
+
+    @staticmethod
+    def _choose(logits: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, float]]]:
+        """The greedy tokens (n,) of logits (n, V), and each row's (token, its log-probability) on the host:
+        one gather on the log-softmax, and one transfer for both (the step's one host sync)."""
+        next_ids = logits.argmax(-1)  # (n,)
+        logprobs = logits.float().log_softmax(-1).gather(1, next_ids[:, None])[:, 0]  # (n,)
+        # ids are exact in float32 (the vocabulary is far below 2**24)
+        pairs = torch.stack([next_ids.float(), logprobs], 1).tolist()  # (n, 2)
+        return next_ids, [(int(token), logprob) for token, logprob in pairs]
 
     @torch.inference_mode()
     def filter(self, keep: Sequence[int]) -> None:
@@ -312,13 +327,19 @@ class DecodeState:
         valid[:, :old] = self._context_valid
         self._cross_kv, self._context_valid, self._context_len = grown, valid, size
 
-    def _advance(self, row: _Row, token: int) -> Update:
-        """Take one generated token into a row: end of sequence, its limit, or one more token shown."""
-        if row.limit == 0 or token == self._eos:
-            return self._finish(row, "stop" if row.limit else "length")
+    def _advance(self, row: _Row, token: int, logprob: float) -> Update:
+        """Take one generated token into a row: end of sequence, its limit, a loop, or one more token shown."""
+        if row.limit == 0:
+            return self._finish(row, "length")
+        row.logprob_sum += logprob
+        row.scored += 1
+        if token == self._eos:
+            return self._finish(row, "stop")
         row.ids.append(token)
         if len(row.ids) >= row.limit:
             return self._finish(row, "length")
+        if row.spec.stop_repeats and repeats_at_end(row.ids, row.spec.stop_repeats):
+            return self._finish(row, "repetition")
         visible = row.text.push(row.ids)
         if visible is None or not visible.startswith(row.shown):
             return Update("", tokens=len(row.ids))  # held back: not yet known to be final
@@ -331,7 +352,8 @@ class DecodeState:
         text = self._detokenize(ids)
         delta = text[len(row.shown) :] if text.startswith(row.shown) else ""
         row.shown = text
-        return Update(delta, True, reason, text, len(row.ids))
+        avg_logprob = row.logprob_sum / row.scored if row.scored else None
+        return Update(delta, True, reason, text, len(row.ids), avg_logprob)
 
 
 def after_scratchpad(ids: list[int], sep_id: int, required: bool = False) -> list[int]:
@@ -350,18 +372,28 @@ def generate_all(
 ) -> list[str]:
     """Run sequences to the end together (the model's own batched calls); texts in order. `progress` is
     called after every step."""
-    texts: list[str | None] = [None] * len(specs)
+    return [update.text or "" for update in generate_all_updates(state, specs, images, progress)]
+
+
+def generate_all_updates(
+    state: DecodeState,
+    specs: Sequence[SequenceSpec],
+    images: Sequence[ImageEncoding],
+    progress: Callable[[], None] | None = None,
+) -> list[Update]:
+    """`generate_all`, each sequence's last update (its text, finish reason and mean log-probability)."""
+    finished: list[Update | None] = [None] * len(specs)
     index = list(range(len(specs)))  # row → sequence
     updates = state.prefill(specs, images)
     while True:
         for i, update in zip(index, updates, strict=True):
             if update.finished:
-                texts[i] = update.text
+                finished[i] = update
         keep = [row for row, update in enumerate(updates) if not update.finished]
         state.filter(keep)
         index = [index[row] for row in keep]
         if not index:
-            return [text or "" for text in texts]
+            return [update or Update("", True, text="") for update in finished]
         updates = state.step()
         if progress is not None:
             progress()

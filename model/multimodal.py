@@ -35,13 +35,15 @@ from model.api import (
     Task,
     UnknownQuestion,
     UnsupportedTask,
+    Update,
 )
-from model.audio import AudioEncoder, log_mel, pad_features
+from model.audio import HOP, AudioEncoder, log_mel, pad_features
 from model.config import ModelConfig
 from model.decoder import Decoder
-from model.generate import DecodeState, ImageEncoding, SequenceSpec, generate_all
+from model.generate import DecodeState, ImageEncoding, SequenceSpec, generate_all, generate_all_updates
 from model.images import to_pixels
 from model.inputs import check_pairs, row_limits
+from model.loops import STOP_REPEATS, transcript_token_limit
 from model.questions import normalise, parse
 from model.text import TextTower
 from model.tokenizer import BOS, EOS, PAD, SEP
@@ -175,9 +177,11 @@ class BuiltinModel:
     def sequence(self, task: Task, question: str | None, max_new_tokens: int) -> SequenceSpec:
         """A caption (and a transcript) is generated after `[BOS]`; an answer after `[BOS] question [SEP]` (the
         question normalised), its scratchpad hidden. A transcript runs to its end or the decoder's room, at
-        most `max_new_tokens`."""
-        if task in ("caption", "transcribe"):
+        most `max_new_tokens` (give it `transcript_tokens(audio)`), and stops when it loops."""
+        if task == "caption":
             return SequenceSpec((self._ids[BOS],), max_new_tokens)
+        if task == "transcribe":  # a loop ends the row (`model.loops`)
+            return SequenceSpec((self._ids[BOS],), max_new_tokens, stop_repeats=STOP_REPEATS)
         if task != "vqa" or question is None:
             raise ValueError(f"no sequence for task {task!r} with question {question!r}")
         ids = self.tokenizer.encode(normalise(question), add_special_tokens=False).ids
@@ -307,6 +311,16 @@ class BuiltinModel:
         progress: Progress | None = None,
     ) -> list[str]:
         """What is said in each audio (English; `language` may say "en"), generated after `[BOS]` from its tokens."""
+        return [update.text or "" for update in self.transcribe_scored(audios, language, progress)]
+
+    @torch.inference_mode()
+    def transcribe_scored(
+        self,
+        audios: Sequence[np.ndarray | torch.Tensor],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
+    ) -> list[Update]:
+        """Each audio's finished update: its transcript (`text`), `avg_logprob` and `finish_reason` (English)."""
         if self.module.config.audio is None:
             raise self._no_audio()
         languages = [language] * len(audios) if language is None or isinstance(language, str) else list(language)
@@ -315,10 +329,19 @@ class BuiltinModel:
             raise ValueError(f"language {unknown[0]!r} is not one this model knows (only 'en')")
         if not audios:
             return []
-        encodings = self.encode_audios(audios)
+        features = [a if isinstance(a, torch.Tensor) else self.prepare_audio(a) for a in audios]
+        encodings = self.encode_audios(features)
         state = self.new_state(len(encodings), max(e.cross_kv[0][0].shape[1] for e in encodings))
-        spec = self.sequence("transcribe", None, self.module.config.decoder.max_len - 1)
-        return generate_all(state, [spec] * len(encodings), encodings, progress)
+        specs = [self.sequence("transcribe", None, self.transcript_tokens(f)) for f in features]
+        return generate_all_updates(state, specs, encodings, progress)
+
+    def transcript_tokens(self, audio: np.ndarray | torch.Tensor) -> int:
+        """The most tokens a transcript of this audio (samples, or its log-mel features) may take: a bound
+        from its duration (`model.loops.transcript_token_limit`)."""
+        assert self.module.config.audio is not None
+        rate = self.module.config.audio.sampling_rate
+        seconds = audio.shape[0] * HOP / rate if isinstance(audio, torch.Tensor) else audio.shape[0] / rate
+        return transcript_token_limit(seconds)
 
     def _no_audio(self) -> UnsupportedTask:
         return UnsupportedTask(

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
-from model.vad import FRAME_SAMPLES, SAMPLING_RATE, speech_probabilities
+from model.vad import FRAME_SAMPLES, SAMPLING_RATE, no_speech_probability, speech_probabilities
 
 FRAME_S = FRAME_SAMPLES / SAMPLING_RATE  # 32 ms
 _SMOOTHING_FRAMES = 5  # ~160 ms: a cut lands in the middle of a pause, not at its first quiet frame
@@ -55,6 +55,7 @@ class SpeechChunk:
     end_s: float
     offset_s: float  # where `samples` start in the recording (up to `pad_s` before `start_s`)
     samples: np.ndarray  # float32 mono at the recording's rate: the speech and its padding
+    no_speech_prob: float | None = None  # the detector's, over its speech's frames (`model.vad`); None: not measured
 
 
 def speech_chunks(
@@ -79,9 +80,13 @@ def speech_chunks(
     most = math.floor(window_s * sampling_rate)  # the frames' rounding to samples never adds one past the window
     return [
         SpeechChunk(
-            start / sampling_rate, end / sampling_rate, low / sampling_rate, samples[low : min(high, low + most)]
+            start / sampling_rate,
+            end / sampling_rate,
+            low / sampling_rate,
+            samples[low : min(high, low + most)],
+            no_speech_probability(probabilities[a:b]),
         )
-        for (start, end), (low, high) in zip(spans, bounds, strict=True)
+        for (start, end), (low, high), (a, b) in zip(spans, bounds, regions, strict=True)
     ]
 
 

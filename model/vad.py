@@ -77,6 +77,35 @@ def speech_probabilities(samples: np.ndarray) -> np.ndarray:
     return probabilities
 
 
+SMOOTHING_FRAMES = 5  # ~160 ms: one loud frame in noise is not speech, a syllable lasts longer
+
+
+def no_speech_probability(probabilities: np.ndarray) -> float:
+    """How sure the detector is that audio holds no speech, from its frames' speech probabilities: one minus
+    the highest probability averaged over `SMOOTHING_FRAMES` frames (1.0 for no frames)."""
+    if probabilities.size == 0:
+        return 1.0
+    width = min(SMOOTHING_FRAMES, probabilities.size)
+    smoothed = np.convolve(probabilities, np.ones(width) / width, mode="valid")
+    return float(1.0 - smoothed.max())
+
+
+NORMALISED_PEAK = 0.5  # the level `no_speech_in` hears a clip at
+
+
+def no_speech_in(samples: np.ndarray, sampling_rate: int) -> float:
+    """`no_speech_probability` of a whole clip of float32 mono samples at any rate: resampled to 16 kHz and
+    peak-normalised to `NORMALISED_PEAK` for the detector, whose output depends on the level (speech at
+    -50 dB of full scale looks like silence to it; normalised, a quiet clip is heard as a loud one, and a
+    faint hiss becomes a loud hiss, still no speech)."""
+    import soxr
+
+    heard = samples if sampling_rate == SAMPLING_RATE else soxr.resample(samples, sampling_rate, SAMPLING_RATE)
+    heard = np.asarray(heard, dtype=np.float32)
+    peak = float(np.abs(heard).max()) if heard.size else 0.0
+    return no_speech_probability(speech_probabilities(heard * (NORMALISED_PEAK / peak) if peak > 0 else heard))
+
+
 def weights_path() -> Path:
     """The TorchScript model inside the installed `silero-vad` wheel (found without importing the package)."""
     spec = importlib.util.find_spec("silero_vad")

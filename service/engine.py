@@ -31,16 +31,24 @@ from model import (
     Task,
     load_image_generator,
     load_model,
+    no_speech_in,
     resolve_device,
+    transcript_token_limit,
 )
-from model.api import ImageGenerator, ImageSpec, KnowsQuestions, StepwiseGenerator, UnsupportedImageSize
+from model.api import (
+    ImageGenerator,
+    ImageSpec,
+    KnowsQuestions,
+    ScoredTranscriber,
+    StepwiseGenerator,
+    UnsupportedImageSize,
+)
 from service.errors import NotImplementedTask, UnsupportedSize
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 STEPWISE_TASKS: tuple[Task, ...] = ("caption", "vqa", "transcribe")  # what a stepwise model decodes by steps
-TRANSCRIPT_MAX_TOKENS = 1 << 16  # a transcript runs to its end, or as far as the model's decoder has room
 
 _DTYPES: dict[str, torch.dtype | None] = {
     "auto": None,
@@ -72,6 +80,7 @@ class TranscriptionInput:
     audio: Any
     language: str | None
     spec: Any = None  # a stepwise model's sequence (its prompt); None for whole-batch models
+    no_speech_prob: float | None = None  # the voice-activity detector's (`model.vad`), over the audio's frames
 
 
 @dataclass(frozen=True)
@@ -79,8 +88,10 @@ class Generated:
     """A finished caption or answer."""
 
     text: str
-    finish_reason: str | None = None  # "stop" or "length" (continuous batching knows; whole batches do not)
+    # "stop", "length" or "repetition" (a transcript's loop cut short); continuous batching knows, whole batches do not
+    finish_reason: str | None = None
     tokens: int = 0  # generated tokens (0 when not counted)
+    avg_logprob: float | None = None  # the mean log-probability of its tokens (continuous batching; else None)
 
 
 @dataclass(frozen=True)
@@ -247,11 +258,19 @@ class Engine:
             raise NotImplementedTask(f"the model serving {task} ({self._models[task].name}) takes no audio")
         return spec
 
-    def prepare_transcription(self, task: Task, audio: np.ndarray, language: str | None) -> TranscriptionInput:
-        """Mono samples at the model's rate → its input (the decode pool)."""
+    def prepare_transcription(
+        self, task: Task, audio: np.ndarray, language: str | None, no_speech_prob: float | None = None
+    ) -> TranscriptionInput:
+        """Mono samples at the model's rate → its input (the decode pool): its features, a stepwise model's
+        sequence (at most `transcript_token_limit` of its duration: a loop stops there), and the detector's
+        no-speech probability (measured here unless the chunker measured it)."""
         stepwise = self.stepwise(task)
-        spec = stepwise.sequence(task, None, TRANSCRIPT_MAX_TOKENS) if stepwise is not None else None
-        return TranscriptionInput(self._models[task].prepare_audio(audio), language, spec)
+        rate = self.audio_spec(task).sampling_rate
+        limit = transcript_token_limit(audio.size / rate)
+        spec = stepwise.sequence(task, None, limit) if stepwise is not None else None
+        if no_speech_prob is None:
+            no_speech_prob = no_speech_in(audio, rate)
+        return TranscriptionInput(self._models[task].prepare_audio(audio), language, spec, no_speech_prob)
 
     def input_size(self, task: Task) -> tuple[int, int] | None:
         """The (width, height) the model serving `task` sizes images to: decoding reduces larger ones towards it."""
@@ -295,11 +314,14 @@ class Engine:
                     outputs = list(self._models["embed_text"].embed_text(list(payloads)).float().numpy())
                 case "embed_image":
                     outputs = list(self._models["embed_image"].embed_image(list(payloads)).float().numpy())
-                case "transcribe":
-                    texts = self._models["transcribe"].transcribe(
-                        [p.audio for p in payloads], [p.language for p in payloads], progress
-                    )
-                    outputs = [Generated(text) for text in texts]
+                case "transcribe":  # with its confidence when the model reports it
+                    transcriber = self._models["transcribe"]
+                    audios, languages = [p.audio for p in payloads], [p.language for p in payloads]
+                    if isinstance(transcriber, ScoredTranscriber):
+                        updates = transcriber.transcribe_scored(audios, languages, progress)
+                        outputs = [Generated(u.text or "", u.finish_reason, u.tokens, u.avg_logprob) for u in updates]
+                    else:
+                        outputs = [Generated(text) for text in transcriber.transcribe(audios, languages, progress)]
                 case "text_to_image":  # whole-request batching: every image run to its end together
                     assert self._generator is not None
                     images = self._generator.generate(list(payloads))

@@ -115,6 +115,18 @@ class ClientDisconnected(ServiceError):
     error_type = "client_closed_request"
 
 
+class NotUnderstood(ServiceError):
+    """A spoken question the model did not understand (no speech, low confidence, a loop): the message says
+    why and what was heard (`heard`), instead of an answer to a question nobody asked."""
+
+    status_code = 422
+    error_type = "not_understood"
+
+    def __init__(self, message: str, heard: str, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.heard = heard
+
+
 class OutOfMemory(ServiceError):
     """One input does not fit in the device's memory even alone (a batch that does not fit is split)."""
 

@@ -374,7 +374,8 @@ class Generation:
                 row.delivered = update.tokens
             if update.finished:
                 with contextlib.suppress(InvalidStateError):  # answered already (by the watchdog)
-                    item.future.set_result(Generated(update.text or "", update.finish_reason, update.tokens))
+                    text, reason, tokens = update.text or "", update.finish_reason, update.tokens
+                    item.future.set_result(Generated(text, reason, tokens, update.avg_logprob))
             return update.finished
         except Exception as e:
             logger.exception("answering a %s sequence failed", row.task)

@@ -303,14 +303,29 @@ class VqaResponse(BaseModel):
     timings: Timings
 
 
-class TranscriptSegment(BaseModel):
+class Confidence(BaseModel):
+    """How sure the transcript is, as Whisper's verbose_json segments say it."""
+
+    avg_logprob: float | None = Field(
+        default=None,
+        description="The mean log-probability of its decoded tokens; null when the model does not report it",
+    )
+    no_speech_prob: float | None = Field(
+        default=None, description="The voice-activity detector's probability that the audio holds no speech"
+    )
+    compression_ratio: float = Field(
+        default=0.0, description="The text's UTF-8 bytes over their zlib-compressed size (high: it repeats itself)"
+    )
+
+
+class TranscriptSegment(Confidence):
     id: int
     start: float = Field(description="Where its speech starts in the recording, in seconds")
     end: float = Field(description="Where its speech ends, in seconds")
     text: str
 
 
-class TranscribeResponse(BaseModel):
+class TranscribeResponse(Confidence):
     text: str
     model: str
     language: str | None = Field(description="The language asked for; null when the model detected it")

@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     default_max_new_tokens: int = Field(default=32, ge=1)  # /caption when the request names none
     max_new_tokens_limit: int = Field(default=128, ge=1)  # the most a /caption request may ask for
     vqa_max_new_tokens: int = Field(default=16, ge=1)
+    # A spoken question (/vqa's `question_audio`) is refused with a 422 that says what was heard when the
+    # voice-activity detector finds no speech in it (its no_speech_prob above the first), or the model is
+    # unsure of its transcript (avg_logprob below the second); chosen on held-out data (model/MODEL_CARD.md).
+    # (the defaults are model.understanding's MAX_NO_SPEECH_PROB and MIN_AVG_LOGPROB; settings import no torch)
+    spoken_max_no_speech_prob: float = Field(default=0.01, ge=0, le=1)
+    spoken_min_avg_logprob: float = Field(default=-0.5, le=0)
+    spoken_refuse_loops: bool = True  # a transcript cut short for repeating itself is refused too
 
     # Faults. No progress for this long (a turn of the step loop, or a decoding step inside a whole-batch
     # generation) means the device is stuck: unhealthy, every request answered 503, then exit (status 3).

@@ -14,7 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import GenerationMixin, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    GenerationMixin,
+    LogitsProcessor,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from model.api import AudioSpec, Progress, Task, UnsupportedTask
 
@@ -120,6 +126,38 @@ class StepReporter(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         self.progress()
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class ChosenLogprobs(LogitsProcessor):
+    """Records, at every greedy step, each row's chosen token and its log-probability under the final (processed)
+    scores, without changing them: one log-softmax and max per step, kept on the device until `averages`.
+    Pass it as `generate(..., logits_processor=LogitsProcessorList([it]))`: transformers runs a caller's
+    processors after its own, so it sees the scores the greedy choice is made on."""
+
+    def __init__(self) -> None:
+        self.logprobs: list[torch.Tensor] = []  # per step: (B,)
+        self.ids: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        best = scores.float().log_softmax(-1).max(-1)
+        self.logprobs.append(best.values)
+        self.ids.append(best.indices)
+        return scores
+
+    def averages(self, eos_ids: Iterable[int]) -> list[float | None]:
+        """Each row's mean log-probability over its tokens up to its first end token (included)."""
+        if not self.logprobs:
+            return []
+        logprobs, ids = torch.stack(self.logprobs).tolist(), torch.stack(self.ids).tolist()  # (S, B)
+        stop, rows = set(eos_ids), []
+        for b in range(len(logprobs[0])):
+            total, count = 0.0, 0
+            for step_logprobs, step_ids in zip(logprobs, ids, strict=True):
+                total, count = total + step_logprobs[b], count + 1
+                if step_ids[b] in stop:
+                    break
+            rows.append(total / count if count else None)
+        return rows
 
 
 def generate(model: PreTrainedModel, progress: Progress | None = None, **kwargs: Any) -> torch.Tensor:

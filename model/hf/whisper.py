@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, ProcessorMixin, WhisperForConditionalGeneration
+from transformers import LogitsProcessorList, PreTrainedModel, ProcessorMixin, WhisperForConditionalGeneration
 
-from model.api import AudioSpec, Progress
-from model.hf.base import HFAdapter, cut_rows, eos_token_ids, generate
+from model.api import AudioSpec, Progress, Update
+from model.hf.base import ChosenLogprobs, HFAdapter, cut_rows, eos_token_ids, generate
 from model.hf.loading import load_pretrained, load_processor
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,19 @@ class WhisperTranscriber(HFAdapter):
         progress: Progress | None = None,
     ) -> list[str]:
         """One transcript per clip (raw audio or `prepare_audio`'s features)."""
-        return [self._decode(ids) for ids in self.token_ids(audios, language, progress)]
+        return [self._decode(ids) for ids, _ in self._generate(audios, language, progress, scored=False)]
+
+    @torch.inference_mode()
+    def transcribe_scored(
+        self,
+        audios: Sequence[np.ndarray | Any],
+        language: str | Sequence[str | None] | None = None,
+        progress: Progress | None = None,
+    ) -> list[Update]:
+        """Each clip's finished update: its transcript and `avg_logprob` (its tokens' and its end token's mean
+        log-probability, as Whisper's own decoder computes it: after the suppressing logits processors)."""
+        rows = self._generate(audios, language, progress, scored=True)
+        return [Update("", True, None, self._decode(ids), len(ids), logprob) for ids, logprob in rows]
 
     @torch.inference_mode()
     def token_ids(
@@ -78,6 +90,16 @@ class WhisperTranscriber(HFAdapter):
         progress: Progress | None = None,
     ) -> list[list[int]]:
         """The generated tokens of each clip up to its end of text, as `generate` gives them for that clip alone."""
+        return [ids for ids, _ in self._generate(audios, language, progress, scored=False)]
+
+    def _generate(
+        self,
+        audios: Sequence[np.ndarray | Any],
+        language: str | Sequence[str | None] | None,
+        progress: Progress | None,
+        scored: bool,
+    ) -> list[tuple[list[int], float | None]]:
+        """Each clip's tokens up to its end of text, and their mean log-probability when `scored`."""
         languages = [language] * len(audios) if language is None or isinstance(language, str) else list(language)
         if len(languages) != len(audios):
             raise ValueError(f"got {len(languages)} languages for {len(audios)} audios")
@@ -85,13 +107,18 @@ class WhisperTranscriber(HFAdapter):
         groups: dict[str | None, list[int]] = defaultdict(list)
         for i, code in enumerate(languages):
             groups[code if self.multilingual else None].append(i)
-        tokens: list[list[int]] = [[] for _ in audios]
+        tokens: list[tuple[list[int], float | None]] = [([], None) for _ in audios]
         for code, rows in groups.items():
             batch = torch.stack([features[i] for i in rows]).to(self.device, self.dtype)
             kwargs: dict[str, Any] = {"language": code, "task": "transcribe"} if self.multilingual else {}
+            scores = ChosenLogprobs() if scored else None
+            if scores is not None:
+                kwargs["logits_processor"] = LogitsProcessorList([scores])
             out = generate(self.model, progress, input_features=batch, do_sample=False, num_beams=1, **kwargs)
-            for i, row in zip(rows, cut_rows(out, [out.shape[1]] * len(rows), self.eos_ids), strict=True):
-                tokens[i] = row
+            logprobs = scores.averages(self.eos_ids) if scores is not None else [None] * len(rows)
+            cut = cut_rows(out, [out.shape[1]] * len(rows), self.eos_ids)
+            for i, row, logprob in zip(rows, cut, logprobs, strict=True):
+                tokens[i] = (row, logprob)
         return tokens
 
     def _decode(self, ids: list[int]) -> str:

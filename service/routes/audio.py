@@ -18,9 +18,11 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from model import compression_ratio
 from service.routes.common import ERROR_RESPONSES, ServingDep, disconnect_waiter, request_body
 from service.routes.streaming import EventStream, sse, stream_error, token_events
 from service.schemas import ErrorResponse, TranscribeJSON, TranscribeParams, TranscribeResponse, TranscriptSegment
+from service.segments import Segment
 from service.serving import ChunkStream, TextUpdate, Transcript, TranscriptionAsk
 from service.uploads import body_kind, read_image_request
 
@@ -67,6 +69,7 @@ async def transcribe(request: Request, serving: ServingDep) -> Response:
             duration=transcript.duration_s,
             timings=transcript.timings,
             segments=segments_of(transcript),
+            **confidence(transcript.avg_logprob, transcript.no_speech_prob, transcript.compression_ratio),
         ).model_dump()
         if transcript.segments is None:
             del body["segments"]  # heard whole: no segment times
@@ -83,18 +86,31 @@ async def transcribe(request: Request, serving: ServingDep) -> Response:
 def segments_of(transcript: Transcript) -> list[TranscriptSegment] | None:
     if transcript.segments is None:
         return None
-    return [TranscriptSegment(id=s.id, start=s.start_s, end=s.end_s, text=s.text) for s in transcript.segments]
+    return [segment_of(s) for s in transcript.segments]
+
+
+def segment_of(s: Segment) -> TranscriptSegment:
+    confident = confidence(s.avg_logprob, s.no_speech_prob, compression_ratio(s.text))
+    return TranscriptSegment(id=s.id, start=s.start_s, end=s.end_s, text=s.text, **confident)
+
+
+def confidence(avg_logprob: float | None, no_speech_prob: float | None, ratio: float) -> dict[str, Any]:
+    """The confidence fields, rounded to 4 places (`service.schemas.Confidence`)."""
+    return {
+        "avg_logprob": None if avg_logprob is None else round(avg_logprob, 4),
+        "no_speech_prob": None if no_speech_prob is None else round(no_speech_prob, 4),
+        "compression_ratio": round(ratio, 4),
+    }
 
 
 def segment_events(stream: ChunkStream[TextUpdate[Transcript]], reply: Callable[[Transcript], Any]) -> EventStream:
-    """A `segment` event per finished segment (`{"id", "start", "end", "text"}`), then `done`."""
+    """A `segment` event per finished segment (`{"id", "start", "end", "text"}` and its confidence), then `done`."""
 
     async def events() -> AsyncIterator[bytes]:
         try:
             async for update in stream:
                 if update.segment is not None:
-                    s = update.segment
-                    yield sse("segment", {"id": s.id, "start": s.start_s, "end": s.end_s, "text": s.text})
+                    yield sse("segment", segment_of(update.segment).model_dump())
                 if update.done is not None:
                     yield sse("done", reply(update.done))
         except Exception as e:

@@ -40,15 +40,24 @@ from typing import Any
 import numpy as np
 from fastapi.exceptions import RequestValidationError
 
-from model import AudioSpec, SpeechChunk, Task, speech_chunks
+from model import (
+    AudioSpec,
+    Criterion,
+    SpeechChunk,
+    Task,
+    default_criteria,
+    refusal,
+    speech_chunks,
+)
+from model import Heard as Understood
 from model.api import Update
 from service.audio import decode_audio, language_code
 from service.batching import Item, Reservation
 from service.engine import Engine, Generated
-from service.errors import InvalidImage
+from service.errors import InvalidImage, NotUnderstood
 from service.images import decode_image
 from service.schemas import check_question
-from service.segments import stitch, transcript_text
+from service.segments import Segment, stitch, transcript_text
 from service.serving.call import Call, Disconnected
 from service.serving.chunks import ChunkStream
 from service.serving.core import Core
@@ -79,6 +88,12 @@ class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serv
         if task == "vqa":
             return min(asked or self.settings.vqa_max_new_tokens, self.settings.vqa_max_new_tokens)
         return min(asked or self.settings.default_max_new_tokens, self.settings.max_new_tokens_limit)
+
+    @property
+    def spoken_criteria(self) -> list[Criterion]:
+        """What refuses a spoken question (`model.understanding`), from the settings."""
+        s = self.settings
+        return default_criteria(s.spoken_max_no_speech_prob, s.spoken_min_avg_logprob, s.spoken_refuse_loops)
 
     def prompt_tokens(self, task: Task, question: str | None) -> int:
         return self.runtime.ensure_ready().prompt_tokens(task, question)
@@ -186,15 +201,15 @@ class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serv
             if heard.chunks is not None:
                 if not heard.streamed:
                     results = await self._run_submitted(call, items)
-                    return self._transcript(call, [r.text for r in results], heard)
+                    return self._transcript(call, [_text_update(r) for r in results], heard)
                 return await self._chunk_stream(call, heard)
             if items[0].on_update is None:
                 [result] = await self._run_submitted(call, items)
-                return self._transcript(call, [result.text], heard)
+                return self._transcript(call, [_text_update(result)], heard)
 
             def convert(entry: Any) -> tuple[TextUpdate[Transcript], bool]:
                 update = _text_update(entry)
-                done = self._transcript(call, [update.text or ""], heard) if update.finished else None
+                done = self._transcript(call, [update], heard) if update.finished else None
                 return TextUpdate(update.delta, done), update.finished
 
             return await self._stream(call, items[0], updates, convert)
@@ -202,19 +217,19 @@ class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serv
     async def _chunk_stream(self, call: Call, heard: Heard) -> ChunkStream[TextUpdate[Transcript]]:
         """A chunked recording's transcript, a segment per update (in order of time) as its chunk finishes."""
         assert heard.chunks is not None
-        chunks, texts, told = heard.chunks, list[str](), 0
+        chunks, outputs, told = heard.chunks, list[Update](), 0
 
         def convert(index: int, result: Any) -> tuple[TextUpdate[Transcript], bool]:
             nonlocal told
             last = index >= len(chunks) - 1
             if result is None:  # no chunks: no speech
                 return TextUpdate("", self._transcript(call, [], heard)), True
-            texts.append(result.text)
-            segments = stitch(chunks[: index + 1], texts)  # in order of time: earlier segments are as told
+            outputs.append(_text_update(result))
+            segments = _stitched(chunks[: index + 1], outputs, heard)  # in order of time: earlier ones are as told
             segment = segments[-1] if len(segments) > told else None
             delta = "" if segment is None else (" " if told else "") + segment.text
             told = len(segments)
-            return TextUpdate(delta, self._transcript(call, texts, heard) if last else None, segment), last
+            return TextUpdate(delta, self._transcript(call, outputs, heard) if last else None, segment), last
 
         stream = ChunkStream(call, heard.items, convert)
         await stream.start()
@@ -273,6 +288,10 @@ class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serv
             item = slot.submit(payload, call.deadline)
         [result] = await self._run_submitted(call, [item])
         heard: str = result.text
+        understood = Understood(heard, result.avg_logprob, payload.no_speech_prob, result.finish_reason)
+        reason = refusal(understood, self.spoken_criteria)
+        if reason is not None:
+            raise NotUnderstood(f"could not understand the spoken question ({reason}): heard {_quoted(heard)}", heard)
         try:
             check_question(
                 heard,
@@ -321,7 +340,12 @@ class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serv
                 fits = audio.samples.size <= spec.max_seconds * spec.sampling_rate
                 chunks = heard_chunks(audio.samples, spec, fits) if ask.segments or not fits else None
                 pieces = [c.samples for c in chunks] if chunks is not None else [audio.samples]
-                return [engine.prepare_transcription("transcribe", p, language) for p in pieces], chunks, audio.seconds
+                no_speech = [c.no_speech_prob for c in chunks] if chunks is not None else [None]
+                payloads = [
+                    engine.prepare_transcription("transcribe", p, language, s)
+                    for p, s in zip(pieces, no_speech, strict=True)
+                ]
+                return payloads, chunks, audio.seconds
 
             [(payloads, chunks, seconds)] = await self._prepare(call, prepare)
             streamed = ask.stream if stream is None else stream
@@ -332,15 +356,28 @@ class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serv
                     items += [more.submit(p, call.deadline) for p in payloads[1:]]
             else:
                 items = [first.submit(payloads[0], call.deadline, sink(updates) if streamed else None)]
-        return Heard(items, chunks, seconds, language, streamed)
+        return Heard(items, chunks, seconds, language, streamed, [p.no_speech_prob for p in payloads])
 
-    def _transcript(self, call: Call, texts: list[str], heard: Heard) -> Transcript:
-        """The transcript of the items' texts: stitched into segments when the audio was cut into chunks."""
-        segments = stitch(heard.chunks, texts) if heard.chunks is not None else None
-        text = transcript_text(segments) if segments is not None else texts[0]
+    def _transcript(self, call: Call, outputs: list[Update], heard: Heard) -> Transcript:
+        """The transcript of the items' outputs: stitched into segments when the audio was cut into chunks; its
+        confidence the whole clip's, or its segments' (their tokens' mean log-probability, the most speech-like
+        segment's no-speech probability)."""
         model = self.model_name("transcribe")
         timings = call.time(heard.items)
-        return Transcript(text, model, heard.language, round(heard.seconds, 3), timings, segments)
+        seconds = round(heard.seconds, 3)
+        if heard.chunks is None:
+            [out] = outputs
+            no_speech = heard.no_speech_probs[0]
+            return Transcript(out.text or "", model, heard.language, seconds, timings, None, out.avg_logprob, no_speech)
+        segments = _stitched(heard.chunks, outputs, heard)
+        logprobs = [(s.avg_logprob, s.tokens) for s in segments]
+        scored = sum(n for _, n in logprobs)
+        known = all(x is not None for x, _ in logprobs) and scored > 0
+        avg_logprob = sum((x or 0.0) * n for x, n in logprobs) / scored if known else None
+        heard_speech = [s.no_speech_prob for s in segments if s.no_speech_prob is not None]
+        no_speech = min(heard_speech) if heard_speech else None
+        text = transcript_text(segments)
+        return Transcript(text, model, heard.language, seconds, timings, segments, avg_logprob, no_speech)
 
     async def _count_tokens(self, texts: list[str], payloads: list[Any]) -> int:
         """The texts' tokens, from the ids their preparation made (no second tokenisation); models whose
@@ -360,6 +397,19 @@ class Heard:
     seconds: float  # the audio's duration
     language: str | None
     streamed: bool
+    no_speech_probs: list[float | None]  # the detector's, per item
+
+
+def _stitched(chunks: Sequence[SpeechChunk], outputs: Sequence[Update], heard: Heard) -> list[Segment]:
+    """The chunks' outputs so far (the first `len(outputs)`) as segments, with their confidence."""
+    n = len(outputs)
+    return stitch(
+        chunks[:n],
+        [out.text or "" for out in outputs],
+        [out.avg_logprob for out in outputs],
+        heard.no_speech_probs[:n],
+        [out.tokens + 1 for out in outputs],  # (the end token is scored too)
+    )
 
 
 def heard_chunks(samples: np.ndarray, spec: AudioSpec, fits: bool) -> list[SpeechChunk]:
@@ -387,9 +437,14 @@ def _decoded_image(data: bytes, max_pixels: int, param: str | None, input_size: 
         raise InvalidImage(f"{param}: {e.message}", param=param) from e
 
 
+def _quoted(text: str, most: int = 200) -> str:
+    """What was heard, in double quotes, cut at `most` characters."""
+    return '"' + (text if len(text) <= most else text[:most] + "…") + '"'
+
+
 def _text_update(entry: Any) -> Update:
     """A model's update as it came; an item's whole result (a model that does not step) as the last update."""
     if isinstance(entry, Generated):
-        return Update(entry.text, True, entry.finish_reason, entry.text, entry.tokens)
+        return Update(entry.text, True, entry.finish_reason, entry.text, entry.tokens, entry.avg_logprob)
     update: Update = entry
     return update

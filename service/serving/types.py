@@ -8,7 +8,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from model import Task
+from model import Task, compression_ratio
 from service.schemas import Timings
 from service.segments import Segment
 
@@ -60,6 +60,14 @@ class Transcript:
     # what was said when, in order of time; None when the audio was heard whole (it fits the model's window
     # and no segments were asked for)
     segments: list[Segment] | None = None
+    # how sure (`model.understanding`): the whole transcript's mean token log-probability (None: the model
+    # does not report it), the detector's no-speech probability (a recording's: its most speech-like segment's)
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+
+    @property
+    def compression_ratio(self) -> float:
+        return compression_ratio(self.text)
 
 
 @dataclass(frozen=True)

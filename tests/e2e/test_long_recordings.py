@@ -29,7 +29,7 @@ from model.evaluate import word_error_rate
 from model.train.speech import eval_sentences
 from tests.support.audio import encode
 from tests.support.recordings import RATE, Recording, long_recording, sentence
-from tests.support.server import REPO_ROOT, ServerProcess, encode_image, error_of, noise_image
+from tests.support.server import REPO_ROOT, ServerProcess, encode_image, error_of, noise_image, shipped_settings
 
 pytestmark = [pytest.mark.slow]
 
@@ -55,13 +55,7 @@ def wav(recording: Recording) -> bytes:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    settings = {
-        "MMSERVE_MODEL": "builtin",
-        "MMSERVE_DEVICE": "cpu",
-        "MMSERVE_TORCH_THREADS": "1",
-        "MMSERVE_MAX_AUDIO_SECONDS": str(LIMIT_S),
-        "MMSERVE_REQUEST_TIMEOUT_S": "300",
-    }
+    settings = shipped_settings(MMSERVE_MAX_AUDIO_SECONDS=str(LIMIT_S), MMSERVE_REQUEST_TIMEOUT_S="300")
     with ServerProcess(settings) as server:
         yield server
 
@@ -158,7 +152,8 @@ def test_streamed_a_segment_at_a_time(
     blocks = [dict(line.split(": ", 1) for line in b.splitlines()) for b in native.text.strip().split("\n\n")]
     assert [b["event"] for b in blocks] == ["segment"] * len(whole["segments"]) + ["done"]
     segments = [json.loads(b["data"]) for b in blocks[:-1]]
-    assert segments == [{k: s[k] for k in ("id", "start", "end", "text")} for s in whole["segments"]]
+    fields = ("id", "start", "end", "text", "avg_logprob", "no_speech_prob", "compression_ratio")
+    assert segments == [{k: s[k] for k in fields} for s in whole["segments"]]
     assert json.loads(blocks[-1]["data"])["text"] == whole["text"]
 
 

@@ -21,7 +21,8 @@ import torch
 from model import load_model
 from model.api import UNDERSTANDING_TASKS
 from model.checkpoint import load_builtin, load_module, save_checkpoint
-from model.generate import DecodeState, SequenceSpec, greedy_decode
+from model.generate import DecodeState, greedy_decode
+from model.loops import until_loop
 from model.multimodal import BuiltinModel
 from model.tokenizer import BOS, EOS, PAD, SEP
 from tests.support.audio import speech
@@ -62,17 +63,16 @@ def _reference(model: BuiltinModel, audios: list[np.ndarray]) -> list[str]:
     with torch.inference_mode():
         tokens, valid = model.module.encode_audio(batch, lengths)
     ids = _ids(model)
-    limit = model.config.decoder.max_len - 1
     generated = greedy_decode(
         model.module.decoder,
         tokens,
         [[ids[BOS]]] * len(audios),
-        [limit] * len(audios),
+        [model.transcript_tokens(f) for f in features],  # the bound from each audio's duration
         eos_id=ids[EOS],
         pad_id=ids[PAD],
         context_mask=valid,
     )
-    return [model.tokenizer.decode(g).strip() for g in generated]
+    return [model.tokenizer.decode(until_loop(g)).strip() for g in generated]  # and it stops at a loop
 
 
 def test_the_clips_have_odd_and_even_frame_counts(hearing: BuiltinModel, clips: list[np.ndarray]) -> None:
@@ -121,7 +121,7 @@ def test_rows_join_and_leave_a_masked_state(hearing: BuiltinModel, clips: list[n
         detokenize=lambda t: hearing.tokenizer.decode(t).strip(),
         masked_context=True,
     )
-    spec = SequenceSpec((ids[BOS],), hearing.config.decoder.max_len - 1)
+    specs = [hearing.sequence("transcribe", None, hearing.transcript_tokens(a)) for a in audios]  # as served
     waiting, rows, texts, cancelled, steps = list(range(len(audios))), [], {}, set(), 0
     while waiting or rows:
         if rows and rng.random() < 0.08:  # a client leaves: its row goes, the others move down
@@ -131,7 +131,7 @@ def test_rows_join_and_leave_a_masked_state(hearing: BuiltinModel, clips: list[n
         joining = waiting[: rng.randrange(0, state.free + 1)]
         waiting = waiting[len(joining) :]
         if joining:
-            updates = [None] * len(rows) + state.prefill([spec] * len(joining), [encodings[i] for i in joining])
+            updates = [None] * len(rows) + state.prefill([specs[i] for i in joining], [encodings[i] for i in joining])
             rows += joining
         else:
             updates = state.step() if rows else []

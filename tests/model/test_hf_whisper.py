@@ -84,3 +84,26 @@ def test_transcription_reports_every_decoding_step(whisper: WhisperTranscriber) 
     tokens = whisper.token_ids(CLIPS[:2], "en", progress=lambda: steps.append(1))
     assert tokens == whisper.token_ids(CLIPS[:2], "en")
     assert len(steps) >= max(len(row) for row in tokens) >= 1  # one call per step (the prompt's tokens are not)
+
+
+def test_avg_logprob_equals_transformers_scores(whisper: WhisperTranscriber, whisper_dir: Path) -> None:
+    """`transcribe_scored` (a batch, one gather per step) against transformers' own `output_scores` for each clip
+    alone: the mean log-probability of its tokens and its end of text, and the same text as `transcribe`."""
+    processor = AutoProcessor.from_pretrained(whisper_dir)
+    model = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
+    eos = model.generation_config.eos_token_id
+    updates = whisper.transcribe_scored(CLIPS, "en")
+    assert [u.text for u in updates] == whisper.transcribe(CLIPS, "en")
+    for clip, update in zip(CLIPS, updates, strict=True):
+        features = processor(clip, sampling_rate=16_000, return_tensors="pt").input_features
+        with torch.inference_mode():
+            out = model.generate(
+                features, language="en", task="transcribe", do_sample=False, output_scores=True,
+                return_dict_in_generate=True,
+            )  # fmt: skip
+        steps = torch.stack(out.scores).log_softmax(-1)[:, 0]  # (S, V): each step's log-probabilities
+        chosen = steps.max(-1)  # greedy: the chosen token is the best one
+        ids = chosen.indices.tolist()
+        n = ids.index(eos) + 1 if eos in ids else len(ids)
+        assert update.avg_logprob is not None
+        assert update.avg_logprob == pytest.approx(float(chosen.values[:n].mean()), abs=1e-4)

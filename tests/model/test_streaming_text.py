@@ -20,6 +20,7 @@ from PIL import Image
 
 from model.checkpoint import WEIGHTS_DIR, load_builtin
 from model.generate import SequenceSpec, after_scratchpad, greedy_decode
+from model.loops import repeats_at_end, until_loop
 from model.multimodal import BuiltinModel
 from model.scenes import make_scene, render
 from model.streaming_text import StreamingText
@@ -139,6 +140,9 @@ def _check(model: BuiltinModel, rows: list[tuple[SequenceSpec, object]]) -> None
     for spec, context in rows:
         ids = _greedy_ids(model, context, spec)  # type: ignore[arg-type]
         limit = max(0, min(spec.max_new_tokens, room - len(spec.prompt)))
+        cut = until_loop(ids, spec.stop_repeats) if spec.stop_repeats else []
+        if spec.stop_repeats and cut and repeats_at_end(cut, spec.stop_repeats) and len(cut) < limit:
+            ids, limit = cut, len(cut)  # a transcript that loops ends at the token completing its last repeat
         expected.append(_full_text_updates(model._decode, ids, limit, sep, spec.answer_only))
     for join_every in (1, 3):
         assert _streamed(model, rows, join_every) == expected

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from model.api import Update
 from service.engine import Engine
 from tests.service.conftest import LoadModel, Serve
 from tests.support.audio import encode, speech, tone
@@ -37,15 +38,16 @@ def spoken(wav: bytes) -> dict[str, Any]:
 def hears(
     monkeypatch: pytest.MonkeyPatch, load_once: LoadModel, checkpoint: Path, text: str, delay_s: float = 0
 ) -> None:
-    """Make the (shared) loaded model hear `text` in any audio, after `delay_s` on the inference thread (its
-    transcriptions then run as whole batches, through the replaced `transcribe`, not step by step)."""
+    """Make the (shared) loaded model hear `text` in any audio, confidently, after `delay_s` on the inference
+    thread (its transcriptions then run as whole batches, through the replaced `transcribe_scored`, not step by
+    step)."""
     model = load_once(str(checkpoint), torch.device("cpu"), None)
 
-    def transcribe(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[str]:
+    def transcribe_scored(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[Update]:
         time.sleep(delay_s)
-        return [text] * len(audios)
+        return [Update("", True, "stop", text, len(text.split()), avg_logprob=-0.01)] * len(audios)
 
-    monkeypatch.setattr(model, "transcribe", transcribe)
+    monkeypatch.setattr(model, "transcribe_scored", transcribe_scored)
     stepwise = Engine.stepwise
     monkeypatch.setattr(Engine, "stepwise", lambda self, task: None if task == "transcribe" else stepwise(self, task))
 
@@ -144,7 +146,8 @@ async def test_a_model_that_cannot_transcribe_is_501(serve: Serve, wav: bytes) -
 
 async def test_the_shortest_audio_the_builtin_model_hears(serve: Serve, tiny_audio_checkpoint_dir: Path) -> None:
     """Under 50 ms is refused (422) before the model sees it: its log-mel front end failed (a 500) on under
-    13 ms; 50 ms is transcribed, on /transcribe and as a spoken question."""
+    13 ms; 50 ms is transcribed, on /transcribe and as a spoken question (where a tone, no speech, is then
+    refused with what was heard)."""
     short, shortest = encode(tone(0.009), 16_000), encode(tone(0.05), 16_000)
     async with serve(model=str(tiny_audio_checkpoint_dir)) as client:
         refused = await client.post("/transcribe", files={"audio": ("a.wav", short)})
@@ -154,7 +157,8 @@ async def test_the_shortest_audio_the_builtin_model_hears(serve: Serve, tiny_aud
         assert spoken_short.json()["detail"][0]["type"] == "too_short"
         assert (await client.post("/transcribe", files={"audio": ("a.wav", shortest)})).status_code == 200
         heard = await client.post("/vqa", **spoken(shortest))
-        assert heard.status_code == 200 and heard.json()["heard"], heard.text
+        assert heard.status_code == 422 and error_of(heard)["type"] == "not_understood", heard.text
+        assert "(no speech: no_speech_prob 1.00 above 0.01): heard " in error_of(heard)["message"]
 
 
 async def test_a_bad_image_is_a_400_before_anything_is_transcribed(
@@ -164,13 +168,13 @@ async def test_a_bad_image_is_a_400_before_anything_is_transcribed(
     hears(monkeypatch, load_once, tiny_audio_checkpoint_dir, "what colour is it?")
     model = load_once(str(tiny_audio_checkpoint_dir), torch.device("cpu"), None)
     heard: list[int] = []
-    hearing = model.transcribe
+    hearing = model.transcribe_scored
 
-    def transcribe(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[str]:
+    def transcribe_scored(audios: Sequence[Any], language: Any = None, progress: Any = None) -> list[Update]:
         heard.append(len(audios))
         return hearing(audios, language, progress)
 
-    monkeypatch.setattr(model, "transcribe", transcribe)
+    monkeypatch.setattr(model, "transcribe_scored", transcribe_scored)
     async with serve(model=str(tiny_audio_checkpoint_dir)) as client:
         heard.clear()  # the warm-up's
         files = {"image": ("i.png", b"not an image", "image/png"), "question_audio": ("q.wav", wav, "audio/wav")}

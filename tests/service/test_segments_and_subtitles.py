@@ -12,8 +12,8 @@ import pytest
 import srt
 import webvtt
 
-from model import SpeechChunk
-from service.segments import Segment, compression_ratio, stitch, transcript_text, verbose_json, verbose_segments
+from model import SpeechChunk, compression_ratio
+from service.segments import Segment, stitch, transcript_text, verbose_json, verbose_segments
 from service.subtitles import cue_text, to_srt, to_vtt, vtt_time
 
 

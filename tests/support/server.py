@@ -142,3 +142,8 @@ class ServerProcess:
         self.stop()
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
+
+
+def shipped_settings(**extra: str) -> dict[str, str]:
+    """Settings for a server on the shipped built-in model (its weights in model/weights), CPU, one thread."""
+    return {"MMSERVE_MODEL": "builtin", "MMSERVE_DEVICE": "cpu", "MMSERVE_TORCH_THREADS": "1", **extra}
