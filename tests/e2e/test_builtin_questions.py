@@ -17,20 +17,14 @@ import pytest
 from model.questions import KNOWN_FORMS
 from model.scenes import HELD_OUT_SEED_START, NUMBERS, Scene, make_scene, render
 from tests.support.audio import encode, speech
-from tests.support.server import ServerProcess, encode_image
+from tests.support.server import ServerProcess, encode_image, shipped_settings
 
 pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    settings = {
-        "MMSERVE_MODEL": "builtin",
-        "MMSERVE_DEVICE": "cpu",
-        "MMSERVE_TORCH_THREADS": "1",
-        "MMSERVE_GENERATE_MODEL": "none",
-    }
-    with ServerProcess(settings) as server:
+    with ServerProcess(shipped_settings(MMSERVE_GENERATE_MODEL="none")) as server:
         yield server
 
 
