@@ -16,7 +16,7 @@ import pytest
 
 from model.questions import KNOWN_FORMS
 from model.scenes import HELD_OUT_SEED_START, NUMBERS, Scene, make_scene, render
-from tests.support.audio import encode, speech
+from tests.support.audio import encode, needs_espeak, speech
 from tests.support.server import ServerProcess, encode_image, shipped_settings
 
 pytestmark = [pytest.mark.slow]
@@ -124,6 +124,7 @@ def test_an_unfinished_scratchpad_is_never_shown(server: ServerProcess) -> None:
     assert "wrote no answer to 'what colour is the circle?' within the tokens allowed" in error["message"]
 
 
+@needs_espeak
 def test_a_spoken_sentence_that_is_no_question_is_a_422_quoting_what_was_heard(server: ServerProcess) -> None:
     """A caption spoken (espeak-ng, a training accent) is heard as a caption, not a question: refused, and the
     message quotes the transcript, which /transcribe gives for the same audio."""
