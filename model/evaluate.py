@@ -152,14 +152,19 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.wer([normalise_words(r) for r in references], hypotheses))
 
 
-def speech_metrics(model: MultimodalModel) -> dict[str, float]:
-    """WER on the held-out sentences, in training voices and in held-out ones (synthesised by espeak-ng)."""
-    from model.train.speech import eval_utterances, synthesise
+def speech_metrics(model: MultimodalModel, per_condition: int = 100) -> dict[str, float]:
+    """WER on the held-out sentences (synthesised by espeak-ng): in training voices and in held-out ones (300
+    each), and `per_condition` of them under each listening condition of `model.train.speech.CONDITIONS`."""
+    from model.train.speech import CONDITIONS, condition_utterances, eval_utterances, synthesise
 
     assert model.audio is not None
+    sets = {
+        "train_voices": eval_utterances(False),
+        "held_out_voices": eval_utterances(True),
+        **{name: condition_utterances(name, per_condition) for name in CONDITIONS},
+    }
     metrics = {}
-    for name, held_out in (("train_voices", False), ("held_out_voices", True)):
-        utterances = eval_utterances(held_out)
+    for name, utterances in sets.items():
         audios = [synthesise(u, model.audio.sampling_rate, i) for i, u in enumerate(utterances)]
         heard = [text for i in range(0, len(audios), 32) for text in model.transcribe(audios[i : i + 32])]
         metrics[f"wer_{name}"] = word_error_rate([u.text for u in utterances], heard)

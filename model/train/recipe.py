@@ -36,6 +36,10 @@ class TrainConfig:
     decoder_lr_ratio: float = 1.0  # the decoder's learning rate, as a fraction of `lr` (the audio tower's)
     speech_eval: int = 300  # held-out sentences in each quick check's two sets (training and held-out voices)
     ctc_weight: float = 0.3  # the auxiliary CTC loss on the audio tokens (its head is for training only)
+    # the `hearing` stage: the wider variety of voices and listening conditions, SpecAugment, and a share of
+    # audio that is not a scene sentence, to be transcribed as nothing
+    speech_varied: bool = False
+    out_of_domain_share: float = 0.0
 
 
 # what the stages after the first share: half the base learning rate, a short warm-up, and full scenes
@@ -75,6 +79,20 @@ STAGES: dict[str, TrainConfig] = {
         decoder_lr_ratio=0.5,
     ),
 }
+# Hearing more than the training voices (issue 23): from the speech stage's weights, on a pool with the wider
+# variety of voices, speeds and listening conditions (`model.train.speech.varied_utterance`), SpecAugment, and
+# audio that is not a scene sentence (`model.train.out_of_domain`) taught to be transcribed as nothing
+STAGES["hearing"] = replace(
+    STAGES["speech"],
+    steps=1500,
+    lr=5e-4,
+    warmup_steps=50,
+    eval_every=300,
+    speech_pool=24_000,
+    speech_eval=200,
+    speech_varied=True,
+    out_of_domain_share=0.12,
+)
 
 
 def max_objects_at(config: TrainConfig, step: int) -> int:

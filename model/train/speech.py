@@ -25,7 +25,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,57 @@ TRAIN_ACCENTS = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-
 HELD_OUT_ACCENTS = ("en-029", "en-us-nyc")  # Caribbean, New York City
 TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "f5", "klatt")
 HELD_OUT_VARIANTS = ("m7", "f4", "klatt3")
+# The `hearing` stage's wider variety (`varied` utterances): more variants, and other languages' voices
+# reading the English sentences; two of those voices are held out for the evaluation's "other voices"
+MORE_VARIANTS = (
+    "m6",
+    "m8",
+    "f1",
+    "klatt2",
+    "klatt4",
+    "klatt5",
+    "klatt6",
+    "Alex",
+    "Andy",
+    "Annie",
+    "Denis",
+    "Gene",
+    "Jacky",
+    "Lee",
+    "Michael",
+    "Mike",
+    "Storm",
+    "Tweaky",
+    "adam",
+    "anika",
+    "aunty",
+    "belinda",
+    "benjamin",
+    "caleb",
+    "david",
+    "ed",
+    "edward",
+    "grandma",
+    "grandpa",
+    "iven",
+    "john",
+    "linda",
+    "max",
+    "norbert",
+    "paul",
+    "quincy",
+    "rob",
+    "robert",
+    "shelby",
+    "steph",
+    "travis",
+    "victor",
+    "zac",
+    "whisper",
+    "croak",
+)
+OTHER_TRAIN_VOICES = ("es", "pt", "pl", "ru", "hi", "vi", "sv", "cs", "hu", "ro")
+HELD_OUT_OTHER_VOICES = ("nl", "it")
 ESPEAK_RATE = 22_050  # Hz, what espeak-ng writes
 
 # evaluation sentences: seeds from here on (an offset into the held-out range, apart from the image sets)
@@ -59,6 +110,13 @@ class Utterance:
     gain_db: float  # applied to the peak-normalised waveform
     snr_db: float | None  # background noise, or None
     pad_s: tuple[float, float]  # silence before and after
+    # listening conditions (`model.speech_conditions`), applied in this order after the voice
+    speed_factor: float = 1.0  # the waveform played faster or slower
+    rt60: float | None = None  # a room's reverberation time, seconds
+    talkers: tuple[int, ...] = ()  # seeds of other talkers' sentences, mixed in ...
+    talkers_snr_db: float = 10.0  # ... this far below the speech
+    telephone: bool = False  # an 8 kHz μ-law line
+    codec: bool = False  # MP3 at a low bit rate
 
 
 ALWAYS_TRAINED = "how many shapes are there?"  # the count family's one question: never held out
@@ -93,8 +151,11 @@ def eval_sentences(n: int = EVAL_SENTENCES) -> list[str]:
     return [*list(captions)[: n - half], *(asked[i % len(asked)] for i in range(half))]
 
 
-def utterance(seed: int, text: str, held_out_voice: bool = False) -> Utterance:
-    """The spoken variation of `text` for `seed`: voice, speed, pitch, gain, noise and silence."""
+def utterance(seed: int, text: str, held_out_voice: bool = False, varied: bool = False) -> Utterance:
+    """The spoken variation of `text` for `seed`: voice, speed, pitch, gain, noise and silence; `varied`: from
+    the wider variety (more voices, speeds and pitches, and listening conditions) of the `hearing` stage."""
+    if varied:
+        return varied_utterance(seed, text)
     rng = random.Random(seed * 13 + 11)
     accents, variants = (HELD_OUT_ACCENTS, HELD_OUT_VARIANTS) if held_out_voice else (TRAIN_ACCENTS, TRAIN_VARIANTS)
     return Utterance(
@@ -108,16 +169,67 @@ def utterance(seed: int, text: str, held_out_voice: bool = False) -> Utterance:
     )
 
 
-def training_utterance(seed: int) -> Utterance | None:
+def varied_utterance(seed: int, text: str) -> Utterance:
+    """`text` in a training voice of the wider variety, under conditions drawn at random: speed (0.9-1.1x the
+    waveform), a room (RT60 0.2-1.2 s), other talkers (0-20 dB below), a telephone line or a low-bit-rate codec."""
+    rng = random.Random(seed * 17 + 5)
+    accent = rng.choice(OTHER_TRAIN_VOICES) if rng.random() < 0.15 else rng.choice(TRAIN_ACCENTS)
+    return Utterance(
+        text=text,
+        voice=f"{accent}+{rng.choice(TRAIN_VARIANTS + MORE_VARIANTS)}",
+        speed=rng.randint(90, 290),
+        pitch=rng.randint(0, 99),
+        gain_db=rng.uniform(-25.0, -1.0),
+        snr_db=rng.uniform(5.0, 40.0) if rng.random() < 0.4 else None,
+        pad_s=(rng.uniform(0.0, 0.5), rng.uniform(0.0, 0.5)),
+        speed_factor=rng.uniform(0.9, 1.1) if rng.random() < 0.4 else 1.0,
+        rt60=rng.uniform(0.2, 1.2) if rng.random() < 0.25 else None,
+        talkers=tuple(rng.randrange(1 << 30) for _ in range(rng.randint(1, 3))) if rng.random() < 0.25 else (),
+        talkers_snr_db=rng.uniform(0.0, 20.0),
+        telephone=rng.random() < 0.15,
+        codec=rng.random() < 0.1,
+    )
+
+
+def training_utterance(seed: int, varied: bool = False) -> Utterance | None:
     """The training utterance of `seed`, or None when its sentence is held out (never heard)."""
     text = sentence(seed)
-    return None if is_held_out(text) else utterance(seed, text)
+    return None if is_held_out(text) else utterance(seed, text, varied=varied)
 
 
 def eval_utterances(held_out_voice: bool, n: int = EVAL_SENTENCES) -> list[Utterance]:
     """The evaluation set: the held-out sentences, each in a training voice or in a held-out one."""
     start = SPEECH_EVAL_SEED_START + (500_000 if held_out_voice else 0)  # its own variations
     return [utterance(start + i, text, held_out_voice) for i, text in enumerate(eval_sentences(n))]
+
+
+# the evaluation's listening conditions: held-out sentences in training voices (unless the name says otherwise),
+# each under one condition with fixed parameters
+CONDITIONS: dict[str, dict[str, object]] = {
+    "telephone": {"telephone": True},
+    "slow_110wpm": {"speed": 110},
+    "fast_240wpm": {"speed": 240},
+    "babble_10db": {"talkers_snr_db": 10.0},  # two other talkers, 10 dB below
+    "babble_5db": {"talkers_snr_db": 5.0},
+    "reverb_1s": {"rt60": 1.0},
+    "mp3": {"codec": True},
+    "other_voices": {},  # other languages' voices never heard in training, reading the English sentences
+}
+
+
+def condition_utterances(name: str, n: int = 100) -> list[Utterance]:
+    """`n` held-out sentences under the evaluation condition `name` (one of `CONDITIONS`)."""
+    start = SPEECH_EVAL_SEED_START + 1_000_000 + 10_000 * list(CONDITIONS).index(name)
+    out = []
+    for i, u in enumerate(eval_utterances(False, n)):
+        rng = random.Random(start + i)
+        fields = dict(CONDITIONS[name])
+        if "talkers_snr_db" in fields:
+            fields["talkers"] = (start + 2 * i, start + 2 * i + 1)
+        if name == "other_voices":
+            fields["voice"] = f"{rng.choice(HELD_OUT_OTHER_VOICES)}+{u.voice.split('+')[1]}"
+        out.append(replace(u, **fields))  # type: ignore[arg-type]
+    return out
 
 
 def espeak() -> str:
@@ -150,22 +262,78 @@ def synthesise(u: Utterance, sampling_rate: int, seed: int = 0) -> np.ndarray:
         noise *= np.sqrt(power / max(1e-12, float(np.mean(noise**2))))
         samples = samples + noise.astype(np.float32)
     clipped: np.ndarray = np.clip(samples, -1.0, 1.0)
-    return clipped
+    return conditions(u, clipped, sampling_rate, seed)
 
 
-def _features(args: tuple[list[int], AudioConfig]) -> list[tuple[str, torch.Tensor]]:
-    seeds, config = args
-    torch.set_num_threads(1)
-    out = []
-    for seed in seeds:
-        u = training_utterance(seed)
-        if u is None:
-            continue
-        out.append((u.text, log_mel(synthesise(u, config.sampling_rate, seed), config).to(torch.float16)))
+def talker(seed: int) -> Utterance:
+    """Another talker: a scene sentence or everyday words, in any training voice, plainly spoken."""
+    from model.train.out_of_domain import everyday_text
+
+    rng = random.Random(seed)
+    text = sentence(seed) if rng.random() < 0.5 else everyday_text(rng)
+    accent = rng.choice(TRAIN_ACCENTS + OTHER_TRAIN_VOICES)
+    return Utterance(
+        text,
+        f"{accent}+{rng.choice(TRAIN_VARIANTS + MORE_VARIANTS)}",
+        rng.randint(120, 220),
+        rng.randint(0, 99),
+        -6.0,
+        None,
+        (0.0, 0.0),
+    )
+
+
+def conditions(u: Utterance, samples: np.ndarray, rate: int, seed: int) -> np.ndarray:
+    """`samples` under `u`'s listening conditions (none: returned as they are)."""
+    from model import speech_conditions as c
+
+    rng = np.random.default_rng(seed + 7)
+    if u.speed_factor != 1.0:
+        samples = c.change_speed(samples, u.speed_factor)
+    if u.rt60 is not None:
+        samples = c.reverberate(samples, rate, u.rt60, rng)
+    if u.talkers:
+        samples = c.with_talkers(samples, [synthesise(talker(t), rate, t) for t in u.talkers], u.talkers_snr_db)
+    if u.telephone:
+        samples = c.telephone(samples, rate)
+    if u.codec:
+        samples = c.compressed(samples, rate)
+    out: np.ndarray = np.clip(samples, -1.0, 1.0).astype(np.float32)
     return out
 
 
-def build_pool(folder: Path, size: int, config: AudioConfig, workers: int = 2, shard: int = 2000) -> None:
+@dataclass(frozen=True)
+class Variety:
+    """What a pool holds beyond the plain training utterances."""
+
+    varied: bool = False  # the wider variety of voices and listening conditions (`varied_utterance`)
+    out_of_domain: float = 0.0  # this share of the pool is audio that is not a scene sentence (transcript "")
+
+
+def pool_item(seed: int, rate: int, variety: Variety) -> tuple[str, np.ndarray] | None:
+    """The pool's utterance of `seed` as (transcript, samples), or None when its sentence is held out."""
+    if variety.out_of_domain and random.Random(seed * 31 + 1).random() < variety.out_of_domain:
+        from model.train import out_of_domain
+
+        return "", out_of_domain.clip(seed, rate)
+    u = training_utterance(seed, variety.varied)
+    return None if u is None else (u.text, synthesise(u, rate, seed))
+
+
+def _features(args: tuple[list[int], AudioConfig, Variety]) -> list[tuple[str, torch.Tensor]]:
+    seeds, config, variety = args
+    torch.set_num_threads(1)
+    out = []
+    for seed in seeds:
+        item = pool_item(seed, config.sampling_rate, variety)
+        if item is not None and len(item[1]) <= config.max_seconds * config.sampling_rate:
+            out.append((item[0], log_mel(item[1], config).to(torch.float16)))
+    return out
+
+
+def build_pool(
+    folder: Path, size: int, config: AudioConfig, workers: int = 2, shard: int = 2000, variety: Variety = Variety()
+) -> None:
     """Synthesise the training utterances of seeds 0, 1, ... (skipping held-out sentences) until `size` are
     made, into shards of log-mel features (float16) and their texts."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,7 +341,7 @@ def build_pool(folder: Path, size: int, config: AudioConfig, workers: int = 2, s
     with ProcessPoolExecutor(workers) as pool:
         while made < size:
             span = min(2000, 100 * -(-(size - made) * 5 // 4 // 100))  # seeds this round: a quarter more than needed
-            chunks = [(list(range(start, start + 100)), config) for start in range(seed, seed + span, 100)]
+            chunks = [(list(range(start, start + 100)), config, variety) for start in range(seed, seed + span, 100)]
             seed += span
             for chunk in pool.map(_features, chunks):
                 items += chunk

@@ -33,7 +33,16 @@ from model.tokenizer import BOS, EOS, PAD
 from model.train.data import Batches, to_device, token_id
 from model.train.objective import decoder_losses, speech_losses
 from model.train.recipe import TrainConfig, lr_at
-from model.train.speech import build_pool, eval_utterances, length_batches, load_pool, synthesise
+from model.train.spec_augment import spec_augment
+from model.train.speech import (
+    Variety,
+    build_pool,
+    condition_utterances,
+    eval_utterances,
+    length_batches,
+    load_pool,
+    synthesise,
+)
 
 logger = logging.getLogger("model.train")
 
@@ -69,16 +78,30 @@ def make_optimizer(module: MultimodalTransformer, config: TrainConfig) -> torch.
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98))
 
 
-def eval_sets(run_dir: Path, sampling_rate: int, n: int) -> dict[str, tuple[list[str], list[Any]]]:
-    """The held-out sentences in training voices and in held-out voices, synthesised once (cached)."""
+QUICK_CONDITIONS = ("telephone", "fast_240wpm", "babble_10db", "other_voices")  # the varied stage's quick checks
+
+
+def eval_sets(
+    run_dir: Path, sampling_rate: int, n: int, varied: bool = False
+) -> dict[str, tuple[list[str], list[Any]]]:
+    """The held-out sentences in training voices and in held-out voices, and (`varied`) a quarter as many under
+    each of `QUICK_CONDITIONS` and out-of-domain clips (transcript ""), synthesised once (cached)."""
     path = run_dir / "eval_audio.pt"
     if path.exists():
         sets: dict[str, tuple[list[str], list[Any]]] = torch.load(path, weights_only=False)
         return sets
     sets = {}
-    for name, held_out in (("train_voices", False), ("held_out_voices", True)):
-        utterances = eval_utterances(held_out, n)
+    voices = (("train_voices", False), ("held_out_voices", True))
+    named = [(name, eval_utterances(held_out, n)) for name, held_out in voices]
+    if varied:
+        named += [(name, condition_utterances(name, n // 4)) for name in QUICK_CONDITIONS]
+    for name, utterances in named:
         sets[name] = ([u.text for u in utterances], [synthesise(u, sampling_rate, i) for i, u in enumerate(utterances)])
+    if varied:
+        from model.refusal_eval import OUT_OF_DOMAIN, out_of_domain_clips
+
+        clips = [c for category in OUT_OF_DOMAIN for c in out_of_domain_clips(category, max(1, n // 20))]
+        sets["out_of_domain"] = ([""] * len(clips), clips)
     atomic_write(path, lambda tmp: torch.save(sets, tmp))
     return sets
 
@@ -90,7 +113,13 @@ def speech_eval(
     metrics = {}
     for name, (texts, audios) in sets.items():
         heard = [text for i in range(0, len(audios), 32) for text in model.transcribe(audios[i : i + 32])]
-        metrics[f"wer_{name}"] = word_error_rate(texts, heard)
+        blank = sum(not h.strip() for h in heard) / max(1, len(heard))
+        if name == "out_of_domain":  # transcribed as nothing: what the spoken /vqa refuses
+            metrics["blank_out_of_domain"] = blank
+        else:
+            metrics[f"wer_{name}"] = word_error_rate(texts, heard)
+            if name == "held_out_voices":
+                metrics["blank_held_out_voices"] = blank
     return metrics
 
 
@@ -124,10 +153,11 @@ def train_speech(
     pool_dir = run_dir / "pool"
     if not (pool_dir / "done").exists():
         began = time.time()
-        build_pool(pool_dir, config.speech_pool, module.config.audio)
+        variety = Variety(config.speech_varied, config.out_of_domain_share)
+        build_pool(pool_dir, config.speech_pool, module.config.audio, variety=variety)
         (pool_dir / "done").write_text(f"{(time.time() - began) / 60:.1f} minutes\n")
     texts, features = load_pool(pool_dir)
-    sets = eval_sets(run_dir, module.config.audio.sampling_rate, config.speech_eval)
+    sets = eval_sets(run_dir, module.config.audio.sampling_rate, config.speech_eval, config.speech_varied)
     logger.info("speech pool: %d utterances (%s)", len(texts), (pool_dir / "done").read_text().strip())
     ids = {t: token_id(tokenizer, t) for t in (BOS, EOS, PAD)}
     rows = [[ids[BOS], *tokenizer.encode(t, add_special_tokens=False).ids, ids[EOS]] for t in texts]
@@ -135,6 +165,7 @@ def train_speech(
     for _ in range(start):  # the same batches as an uninterrupted run
         next(order)
     replay = Batches(config, tokenizer)
+    masks = torch.Generator().manual_seed(config.seed + start)  # SpecAugment's draws
 
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     logger.info("speech stage: %.2fM trainable parameters on %s, %d steps", trainable / 1e6, device, config.steps)
@@ -148,6 +179,8 @@ def train_speech(
             group["lr"] = lr_at(config, step)
         picked = next(order)
         batch_features, lengths = pad_features([features[i].float() for i in picked])
+        if config.speech_varied:
+            batch_features = spec_augment(batch_features, lengths, masks)
         longest = max(len(rows[i]) for i in picked)
         seq = torch.full((len(picked), longest), ids[PAD], dtype=torch.long)
         for r, i in enumerate(picked):

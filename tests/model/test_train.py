@@ -126,24 +126,28 @@ def test_the_command_line_plans_the_shipped_recipe(tmp_path) -> None:
     from model.train import STAGES, parse_args
 
     plan = parse_args(["--run-dir", str(tmp_path), "--out", str(tmp_path / "model"), "--seed", "3"])
-    assert [name for name, *_ in plan.stages] == ["base", "position", "colour", "speech"]
+    assert [name for name, *_ in plan.stages] == ["base", "position", "colour", "speech", "hearing"]
     stages = {name: rest for name, *rest in plan.stages}  # name → config, init, out, run dir
     base, base_init, base_out, base_run = stages["base"]
     position, position_init, position_out, position_run = stages["position"]
     colour, colour_init, colour_out, _ = stages["colour"]
-    speech, speech_init, out, _ = stages["speech"]
+    speech, speech_init, speech_out, _ = stages["speech"]
+    hearing, hearing_init, out, _ = stages["hearing"]
     assert base.steps == STAGES["base"].steps and base.scratchpad == () and base.family_weights == ()
     assert base_init is None and base_out == tmp_path / "base" / "weights" and base_run == tmp_path / "base"
     # each stage starts from the previous one's weights; the last writes the finished model
     assert position_init == base_out and position_out == tmp_path / "position" / "weights"
     assert position_run == tmp_path / "position"
     assert colour_init == position_out and colour_out == tmp_path / "colour" / "weights"
-    assert speech_init == colour_out and out == tmp_path / "model"
+    assert speech_init == colour_out and speech_out == tmp_path / "speech" / "weights"
+    assert hearing_init == speech_out and out == tmp_path / "model"
     assert speech.speech_pool > 0 and speech.preset == "base+audio" and 0 < speech.decoder_lr_ratio < 1
+    assert not speech.speech_varied and speech.out_of_domain_share == 0
+    assert hearing.speech_varied and 0 < hearing.out_of_domain_share < 0.5 and hearing.lr < speech.lr
     assert position.scratchpad == ("position",) and dict(position.family_weights) == {"position": 4.0}
     assert set(colour.scratchpad) == {"position", "colour"} and dict(colour.family_weights)["colour"] == 4.0
     assert position.curriculum == colour.curriculum == ((1.0, 4),) and position.lr < base.lr
-    assert base.seed == position.seed == colour.seed == speech.seed == 3
+    assert base.seed == position.seed == colour.seed == speech.seed == hearing.seed == 3
 
 
 def test_one_stage_takes_its_settings_from_the_command_line(tmp_path, tiny_checkpoint_dir) -> None:
@@ -216,9 +220,12 @@ def test_mmserve_train_runs_stage_after_stage(tmp_path, text_tower) -> None:
     main(["--stage", "colour", *common])
     if ESPEAK is None:  # the speech stage speaks its sentences with espeak-ng
         pytest.skip(f"the stages before speech passed; the speech stage needs it: {NO_ESPEAK}")
-    # the last stage writes the finished model: the audio tower joins (a pool of 12 utterances, 4 a step)
+    # the audio tower joins (a pool of 12 utterances, 4 a step); the hearing stage goes on from it (its pool
+    # varied and with audio to transcribe as nothing) and, the last stage, writes the finished model
     speech = ["--preset", "tiny+audio", "--speech-pool", "12", "--audio-batch-size", "4", "--speech-eval", "4"]
-    main(["--stage", "speech", *common, *speech, "--out", str(tmp_path / "model")])
+    main(["--stage", "speech", *common, *speech])
+    main(["--stage", "hearing", *common, *speech, "--speech-eval", "8", "--out", str(tmp_path / "model")])
+    assert "out_of_domain" in torch.load(tmp_path / "run" / "hearing" / "eval_audio.pt", weights_only=False)
     model = load_builtin(tmp_path / "model", text_tower=text_tower)
     assert len(model.answer([render(make_scene(1))], ["what colour is the circle?"])) == 1
     assert "transcribe" in model.tasks and len(model.transcribe([np.zeros(8000, np.float32) + 0.1])) == 1
