@@ -3,7 +3,7 @@
 In-process, the shipped model, no HTTP: `n` caption rows prefilled together run to the decoder's room
 (end of sequence disabled, so every row is 63 tokens long at the end), and every `step` is timed, plus
 the time spent in the rows' text rule inside it (detokenising). The full-text rule (what `DecodeState` did
-before `StreamingText`) is swapped in as a drop-in with the same interface, so both run the same loop.
+before `IncrementalText`) is swapped in as a drop-in with the same interface, so both run the same loop.
 Runs alternate between the two (both orders) in one process, since the machine is shared: compare the
 ratio, not absolute times.
 
@@ -21,35 +21,33 @@ from contextlib import contextmanager
 
 import torch
 
-import model.generate
+import model.streaming_text
 from model.checkpoint import WEIGHTS_DIR, load_builtin
-from model.generate import DecodeState, after_scratchpad
+from model.generate import DecodeState
 from model.multimodal import BuiltinModel
 from model.scenes import make_scene, render
-from model.streaming_text import StreamingText
+from model.streaming_text import IncrementalText
 from model.tokenizer import PAD, SEP
 
 
 class FullText:
     """The rule before incremental detokenisation: decode the whole id list after every token."""
 
-    def __init__(self, detokenize: Callable[[list[int]], str], sep_id: int, answer_only: bool) -> None:
-        self._detokenize, self._sep, self._answer_only = detokenize, sep_id, answer_only
+    def __init__(self, detokenize: Callable[[list[int]], str]) -> None:
+        self._detokenize = detokenize
 
-    def push(self, ids: list[int]) -> str | None:
-        if not self._answer_only:
-            return self._detokenize(ids)
-        return self._detokenize(after_scratchpad(ids, self._sep)) if self._sep in ids else None
+    def push(self, ids: list[int], final: bool = False) -> str:
+        return self._detokenize(ids)
 
 
 @contextmanager
 def _rule(text_class: type) -> Iterator[None]:
-    saved = getattr(model.generate, "StreamingText")  # noqa: B009 (the name DecodeState looks up)
-    setattr(model.generate, "StreamingText", text_class)  # noqa: B010
+    saved = getattr(model.streaming_text, "IncrementalText")  # noqa: B009 (the name StreamingText looks up)
+    setattr(model.streaming_text, "IncrementalText", text_class)  # noqa: B010
     try:
         yield
     finally:
-        setattr(model.generate, "StreamingText", saved)  # noqa: B010
+        setattr(model.streaming_text, "IncrementalText", saved)  # noqa: B010
 
 
 def run(builtin: BuiltinModel, n: int, text_class: type) -> dict[str, float]:
@@ -57,9 +55,9 @@ def run(builtin: BuiltinModel, n: int, text_class: type) -> dict[str, float]:
     detokenizing = [0.0]
 
     class Timed(text_class):  # type: ignore[misc]
-        def push(self, ids: list[int]) -> str | None:
+        def push(self, ids: list[int], final: bool = False) -> str:
             started = time.perf_counter()
-            text: str | None = super().push(ids)
+            text: str = super().push(ids, final)
             detokenizing[0] += time.perf_counter() - started
             return text
 
@@ -97,10 +95,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     builtin = load_builtin(WEIGHTS_DIR, "cpu")
-    rules = {"full_text": FullText, "incremental": StreamingText}
+    rules = {"full_text": FullText, "incremental": IncrementalText}
     for n in args.batch_sizes:
         results: dict[str, list[dict[str, float]]] = {name: [] for name in rules}
-        run(builtin, n, StreamingText)  # warm-up
+        run(builtin, n, IncrementalText)  # warm-up
         for repeat in range(args.repeats):
             order = list(rules) if repeat % 2 == 0 else list(reversed(rules))
             for name in order:

@@ -10,8 +10,9 @@ Every response is verified against the answer the model gives in-process for tha
 `bench/verify.lua`); a wrong answer counts as an error. `/transcribe` (scene sentences spoken by espeak-ng)
 runs on mmserve (defaults) alone, the peers having no speech, when the model hears: its checkpoint has the
 audio tower. Load comes from wrk, in its own process. The
-servers run one at a time, each its own process on a free port. Prints markdown tables and writes
-docs/benchmarks.md and docs/benchmarks.png.
+servers run one at a time, each its own process on a free port. Prints markdown tables and writes them into
+docs/benchmarks.md, between its markers (`<!-- suite:begin serving -->` ... `<!-- suite:end serving -->`,
+`bench/sections.py`: the sections written by hand around them are kept), and docs/benchmarks.png.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bench import report, wrk
 from bench.measurements import Cell, from_wrk
+from bench.sections import replace_section
 from bench.servers import REPO_ROOT, Server, ServerSpec, specs
 from bench.workload import ENDPOINT_KIND, build, save, write_lua
 
 logger = logging.getLogger("bench")
 
 ENDPOINTS = ("/embed", "/caption", "/transcribe")
+SECTION = "serving"  # the suite's section of its output file (between its markers)
 TRANSCRIBING = ("mmserve",)  # the servers that run /transcribe (the peers do not hear; the other mmserve
 # variants differ only in how captions are batched)
 CAPTION_CLIENTS = 24  # "an embedding's p50 while 24 clients caption"
@@ -72,7 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--open-connections", type=int, default=256, help="connections the open loop may use")
     parser.add_argument("--memory", type=int, nargs=2, metavar=("N1", "N2"), help="RSS after N1 and N2 requests")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="per embedding component")
-    parser.add_argument("--output", type=Path, help="docs/benchmarks.md (quick: bench/results/quick.md)")
+    parser.add_argument(
+        "--output", type=Path, help="docs/benchmarks.md (quick: bench/results/quick.md): its suite section only"
+    )
     parser.add_argument("--plot", type=Path, help="docs/benchmarks.png (quick: bench/results/quick.png)")
     parser.add_argument(
         "--smoke", action="store_true", help="mark the written tables as a smoke run (implied by --quick)"
@@ -268,15 +273,18 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     wrk.wrk_binary()  # fail now, not after the model has loaded
+    kept = args.output.read_text() if args.output.exists() else ""
+    replace_section(kept, SECTION, "")  # markers it could not write between fail now, not after the run
     started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="mmserve-bench-") as workdir, logging_redirect_tqdm():
         suite = Suite(args, Path(workdir))
         suite.run()
     command = "python bench/suite.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    document = report.markdown(suite.cells, suite.memory, suite.notes, args, command.strip(), started)
-    sys.stdout.write(document)
+    tables = report.markdown(suite.cells, suite.memory, suite.notes, args, command.strip(), started)
+    sys.stdout.write(tables)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(document)
+    kept = args.output.read_text() if args.output.exists() else ""  # (again: it may have been edited meanwhile)
+    args.output.write_text(replace_section(kept, SECTION, tables))
     if report.plot(suite.cells, args.plot, "smoke run, not a measurement" if args.smoke else ""):
         logger.info("wrote %s and %s", args.output, args.plot)
     else:

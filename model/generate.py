@@ -122,11 +122,10 @@ class _Row:
     limit: int  # max_new_tokens, bounded by the room left in max_len
     filled: int  # cache positions written (the prompt, then each fed token)
     context: int  # its context tokens (an image's, or its audio's own length)
-    text: StreamingText  # its visible text, decoded a few tokens at a time
+    text: StreamingText  # what its stream is told (a caption's text as it decodes, an answer at the end)
     ids: list[int] = field(default_factory=list)
     logprob_sum: float = 0.0  # the chosen tokens' log-probabilities (the end token's too), summed
     scored: int = 0  # how many tokens `logprob_sum` holds
-    shown: str = ""  # visible text already reported
     finished: bool = False
 
 
@@ -232,7 +231,7 @@ class DecodeState:
         self._last[rows] = next_ids
         for spec, filled, context in zip(specs, lengths.tolist(), contexts, strict=True):
             limit = max(0, min(spec.max_new_tokens, room - len(spec.prompt)))
-            text = StreamingText(self._detokenize, self._sep, spec.answer_only)
+            text = StreamingText(self._detokenize, self._sep, spec.answer_only, spec.scratchpad)
             row = _Row(spec, limit, filled=filled, context=context, text=text)
             for token in spec.generated:  # its state as it was: the same ids, the same text shown
                 self._advance(row, token, 0.0)
@@ -340,28 +339,13 @@ class DecodeState:
             return self._finish(row, "length")
         if row.spec.stop_repeats and repeats_at_end(row.ids, row.spec.stop_repeats):
             return self._finish(row, "repetition")
-        visible = row.text.push(row.ids)
-        if visible is None or not visible.startswith(row.shown):
-            return Update("", tokens=len(row.ids))  # held back: not yet known to be final
-        delta, row.shown = visible[len(row.shown) :], visible
-        return Update(delta, tokens=len(row.ids))
+        return Update(row.text.push(row.ids), tokens=len(row.ids))
 
     def _finish(self, row: _Row, reason: str) -> Update:
         row.finished = True
-        ids = after_scratchpad(row.ids, self._sep, row.spec.scratchpad) if row.spec.answer_only else row.ids
-        text = self._detokenize(ids)
-        delta = text[len(row.shown) :] if text.startswith(row.shown) else ""
-        row.shown = text
+        delta = row.text.finish(row.ids)  # the pieces streamed add up to the final text
         avg_logprob = row.logprob_sum / row.scored if row.scored else None
-        return Update(delta, True, reason, text, len(row.ids), avg_logprob)
-
-
-def after_scratchpad(ids: list[int], sep_id: int, required: bool = False) -> list[int]:
-    """The answer part of generated ids: what follows the last `[SEP]`; when there is none, all of them (an
-    answer written directly), or none when a scratchpad was `required` (it never ended: it is not an answer)."""
-    if sep_id in ids:
-        return ids[len(ids) - ids[::-1].index(sep_id) :]
-    return [] if required else ids
+        return Update(delta, True, reason, row.text.shown, len(row.ids), avg_logprob)
 
 
 def generate_all(

@@ -28,9 +28,9 @@ from model.api import DenoisingState, ImageGenerator, ImageSpec, ImageUpdate
 from service.batching import Item
 from service.engine import GeneratedImage
 from service.errors import NotReady, OutOfMemory
-from service.faults import BatchCap, DeviceBroken, run_split
+from service.faults import BatchCap, DeviceBroken, free_device_memory, run_split
 from service.metrics import Metrics
-from service.running import RunningRows, deliver
+from service.running import Row, RunningRows
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ TASK: Task = "text_to_image"
 ImageItem = Item[ImageSpec, GeneratedImage]
 
 
-class Denoising(RunningRows[DenoisingState]):
+class Denoising(RunningRows[DenoisingState, Row]):
     """The running images of one text-to-image model."""
 
     what = "images"
@@ -53,55 +53,60 @@ class Denoising(RunningRows[DenoisingState]):
 
     def free_for(self, task: Task) -> int:
         """How many more images may join now."""
-        return max(0, min(self.capacity - len(self.items), self.cap.limit - len(self.items)))
+        return max(0, min(self.capacity - len(self.rows), self.cap.limit - len(self.rows)))
 
     def rejoin(self) -> None:
         """Let images put back after an out-of-memory step join again, oldest first, as room allows."""
         room = self.free_for(TASK)
         if self.rejoining and room:
             batch, self.rejoining = self.rejoining[:room], self.rejoining[room:]
-            self.admit(TASK, [item for _, item in batch])
+            self._join_all(batch)
 
     def admit(self, task: Task, items: Sequence[ImageItem]) -> None:
         """Join new images. A join out of memory is retried in halves, one that fails otherwise image by
         image, so a bad one fails alone; a broken device raises `DeviceBroken`."""
+        self._join_all([Row(item, TASK) for item in items])
+
+    def _join_all(self, rows: Sequence[Row]) -> None:
         started = time.monotonic()
 
         def out_of_memory(size: int) -> None:
             self.metrics.out_of_memory.labels(TASK).inc()
-            self.cap.out_of_memory(len(self.items) + size)
+            self.cap.out_of_memory(len(self.rows) + size)
 
         try:
-            run_split(items, lambda part: self._join(part, started), lambda item, e: item.fail(e), out_of_memory, TASK)
+            run_split(
+                rows, lambda part: self._join(part, started), lambda row, e: row.item.fail(e), out_of_memory, TASK
+            )
         except DeviceBroken:
-            for item in items:
-                item.fail(NotReady("the device failed; the server is unhealthy", retry_after_s=1))
+            for row in rows:
+                row.item.fail(NotReady("the device failed; the server is unhealthy", retry_after_s=1))
             raise
 
-    def _join(self, items: Sequence[ImageItem], started: float) -> None:
-        self.state.join([item.payload for item in items])
-        running = len(self.items) + len(items)
-        for item in items:
+    def _join(self, rows: Sequence[Row], started: float) -> None:
+        self.state.join([row.item.payload for row in rows])
+        running = len(self.rows) + len(rows)
+        for row in rows:
+            item = row.item
             item.started_at = item.started_at or started  # a rerun keeps its first start
             item.batch_size = max(item.batch_size, running)
             self.metrics.queue_duration.labels(TASK).observe(item.queue_s)
-        self.metrics.batch_size.labels(TASK).observe(len(items))
-        self.items += items
+        self.metrics.batch_size.labels(TASK).observe(len(rows))
+        self.rows += rows
 
-    def _put_back_all(self) -> None:
+    def _out_of_memory(self) -> None:
         """Every running image leaves the state, to start again (`rejoin`), and the cap is halved; an image
         that ran alone fails (507)."""
-        running = len(self.items)
+        running = len(self.rows)
         logger.warning("a denoising step of %d images ran out of memory; starting them again", running)
         self.metrics.out_of_memory.labels("denoise_step").inc()
         self.cap.out_of_memory(running)
         if running == 1:  # it ran alone: it will never fit
-            self.items[0].fail(OutOfMemory("the image does not fit in the device's memory, even alone"))
-            self.delivered.pop(self.items[0], None)
+            self.rows[0].item.fail(OutOfMemory("the image does not fit in the device's memory, even alone"))
         else:
-            self.rejoining = [*((TASK, item) for item in self.items), *self.rejoining]
-        self.items = []
-        self.state.filter([])
+            self.rejoining = [*self.rows, *self.rejoining]
+        self._keep([])
+        free_device_memory()
 
     def _stepped(self, updates: Sequence[ImageUpdate]) -> None:
         """Each row's update to its stream (progress not sent twice after a rerun); finished images answered."""
@@ -110,13 +115,12 @@ class Denoising(RunningRows[DenoisingState]):
         self.metrics.batch_size.labels("denoise_step").observe(len(updates))
         now = time.monotonic()
         keep = []
-        for row, (item, update) in enumerate(zip(self.items, updates, strict=True)):
+        for row, update in zip(self.rows, updates, strict=True):
+            item = row.item
             item.batch_size = max(item.batch_size, len(updates))
             if not item.first_token_at:
                 item.first_token_at = now  # its first step: what a stream shows first
-            if item.on_update is not None and (update.finished or update.step > self.delivered.get(item, 0)):
-                deliver(item, update)
-                self.delivered[item] = update.step
+            self._tell(row, update, update.step, update.finished)
             if update.finished:
                 assert update.image is not None
                 item.finished_at = now
@@ -127,5 +131,5 @@ class Denoising(RunningRows[DenoisingState]):
                     item.future.set_result(GeneratedImage.of(item.payload, update.image))
             else:
                 keep.append(row)
-        if len(keep) < len(self.items):
-            self._filter(keep)
+        if len(keep) < len(self.rows):
+            self._keep(keep)

@@ -10,8 +10,9 @@ Captions, answers and transcripts of one model are rows of one state. Each row's
 request's stream sink, if it has one, as they come; a request's timings are set before its sink hears of
 the end.
 
-Row i of the state is `rows[i]`, a `Row` that holds its request: join, step, filter and answer move them
-together, and each leaves them in step even when something raises. A prefill that fails takes back the rows
+Row i of the state is `rows[i]`, a `SequenceRow` that holds its request: join, step, filter and answer move
+them together, and each leaves them in step even when something raises (`service.running.RunningRows`, the
+base it shares with text-to-image, keeps them so). A prefill that fails takes back the rows
 it may have added; a step, a filter or a state that fails otherwise fails the running sequences with its
 error, and the state is made afresh when next needed (never inside an `except`); answering one request that
 fails fails that request alone. So no error of the model or the state ends the inference thread.
@@ -45,6 +46,7 @@ from service.engine import Generated
 from service.errors import NotReady, OutOfMemory
 from service.faults import BatchCap, DeviceBroken, free_device_memory, is_device_broken, is_out_of_memory, run_split
 from service.metrics import Metrics
+from service.running import Row, RunningRows
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +54,17 @@ GenerationItem = Item[Any, Generated]  # a caption or an answer (`GenerationInpu
 
 
 @dataclass(eq=False)
-class Row:
-    """One sequence of the state: its request, its task, and how many tokens its stream has had."""
+class SequenceRow(Row):
+    """One sequence of the state: its request, its task, how many tokens its stream has had (`delivered`)."""
 
-    item: GenerationItem
-    task: Task
-    delivered: int = 0  # tokens its stream has been told of (none is sent twice when it is prefilled again)
     context: Any = None  # its context's encoding, when computed before it joins (a transcript's audio)
     resume: Any = None  # preempted: the spec that goes on where it was (its tokens so far), for its next prefill
 
 
-class Generation:
+class Generation(RunningRows[GenerationState, SequenceRow]):
     """The running sequences of one model (captions, answers and transcripts share it when one model does all)."""
+
+    what = "sequences"
 
     def __init__(
         self,
@@ -75,40 +76,19 @@ class Generation:
         self.model = model
         self.limits = dict(limits)  # the most sequences of each task running at once
         self.capacity = sum(self.limits.values())
+        super().__init__(lambda: model.new_state(self.capacity))
         self.cache = cache
         self.metrics = metrics
-        self._state: GenerationState | None = model.new_state(self.capacity)  # None: give up, make anew
-        self.rows: list[Row] = []  # row i of the state
-        self.rejoining: list[Row] = []  # preempted after out-of-memory (or waiting for room), oldest first
-        self.encoding: list[tuple[list[Row], Any]] = []  # transcripts whose audio is encoded a block a turn
+        self.encoding: list[tuple[list[SequenceRow], Any]] = []  # transcripts whose audio is encoded a block a turn
         self.cap = BatchCap(self.capacity, metrics.batch_cap.labels("decode_step").set)  # running sequences
 
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.rejoining) + len(self._encoding_rows())
-
-    @property
-    def state(self) -> GenerationState:
-        """The decoding state, made afresh if the last one was given up."""
-        if self._state is None:
-            self._state = self.model.new_state(self.capacity)
-        return self._state
-
-    @property
-    def items(self) -> list[GenerationItem]:
-        """The running sequences' requests, row by row."""
-        return [row.item for row in self.rows]
-
-    def requests(self) -> list[GenerationItem]:
-        """Every request held: running, and waiting to be prefilled again."""
-        return [row.item for row in (*self.rows, *self.rejoining, *self._encoding_rows())]
-
-    def _encoding_rows(self) -> list[Row]:
+    def _waiting(self) -> list[SequenceRow]:
         """The transcripts whose audio is being encoded (and whose request is still unanswered)."""
         return [row for rows, _ in self.encoding for row in rows if not row.item.future.done()]
 
     def free_for(self, task: Task) -> int:
         """How many more sequences of `task` may join now."""
-        held = [*self.rows, *self._encoding_rows()]  # (a transcript being encoded will need its row)
+        held = [*self.rows, *self._waiting()]  # (a transcript being encoded will need its row)
         free = self.capacity - len(held) if self._state is None else self._state.free - len(held) + len(self.rows)
         running = sum(row.task == task for row in held)
         return max(0, min(free, self.cap.limit - len(held), self.limits[task] - running))
@@ -127,13 +107,13 @@ class Generation:
         """Join new sequences (prefill). A batch out of memory is retried in halves, one that fails otherwise
         one by one, so a bad sequence fails alone; a broken device raises `DeviceBroken`. Transcripts first
         have their audio encoded, a block of the audio tower a turn (`_advance_encodings`), then join."""
-        rows = [Row(item, task) for item in items]
+        rows = [SequenceRow(item, task) for item in items]
         if task == "transcribe":
             self._start_encoding(rows)
         else:
             self._join(task, rows)
 
-    def _start_encoding(self, rows: Sequence[Row]) -> None:
+    def _start_encoding(self, rows: Sequence[SequenceRow]) -> None:
         """Start encoding transcripts' audio: one by one while sequences decode (each turn then runs one block
         of one audio: a short turn), all at once otherwise."""
         started = time.monotonic()
@@ -141,7 +121,7 @@ class Generation:
             row.item.started_at = started
             self.metrics.queue_duration.labels(row.task).observe(row.item.queue_s)
 
-        def attempt(part: Sequence[Row]) -> None:
+        def attempt(part: Sequence[SequenceRow]) -> None:
             encoding = self.model.start_audio_encoding([row.item.payload.audio for row in part])
             self.encoding.append((list(part), encoding))
 
@@ -160,8 +140,8 @@ class Generation:
     def _advance_encodings(self) -> None:
         """One block of the oldest audio encoding while sequences decode (of every one otherwise); those done
         join as room allows (the rest wait in `rejoining`, their encodings kept)."""
-        done: list[Row] = []
-        pending: list[tuple[list[Row], Any]] = []
+        done: list[SequenceRow] = []
+        pending: list[tuple[list[SequenceRow], Any]] = []
         decoding = bool(self.rows)
         for rows, encoding in self.encoding:
             if all(row.item.future.done() for row in rows):
@@ -191,7 +171,7 @@ class Generation:
             self.rejoining = [*self.rejoining, *done]
             self.rejoin()
 
-    def _join(self, task: Task, rows: Sequence[Row]) -> None:
+    def _join(self, task: Task, rows: Sequence[SequenceRow]) -> None:
         started = time.monotonic()
 
         def out_of_memory(size: int) -> None:
@@ -207,7 +187,7 @@ class Generation:
             raise
         self.metrics.inference_duration.labels(task).observe(time.monotonic() - started)
 
-    def _prefill(self, task: Task, rows: Sequence[Row], started: float) -> None:
+    def _prefill(self, task: Task, rows: Sequence[SequenceRow], started: float) -> None:
         specs = [row.item.payload.spec if row.resume is None else row.resume for row in rows]
         state, before = self.state, len(self.rows)
         try:
@@ -228,7 +208,7 @@ class Generation:
         self.rows += rows
         self._apply(rows, updates)
 
-    def _encode(self, task: Task, rows: Sequence[Row]) -> list[Any]:
+    def _encode(self, task: Task, rows: Sequence[SequenceRow]) -> list[Any]:
         """Each sequence's context: its audio's encoding (a transcript: computed already, unless it joins again
         after out-of-memory) or its image's (via the encoder cache)."""
         payloads = [row.item.payload for row in rows]
@@ -257,24 +237,9 @@ class Generation:
         """One token for every running sequence (after a part of the audio encodings, and the transcripts
         whose encoding is done joining); the finished ones answer and leave."""
         self._advance_encodings()
-        if not self.rows:
-            return
-        try:
-            updates = self.state.step()
-            if len(updates) != len(self.rows):
-                raise RuntimeError(f"a step of {len(self.rows)} sequences gave {len(updates)} updates")
-        except Exception as e:
-            if is_device_broken(e):
-                self.fail_all(NotReady("the device failed; the server is unhealthy", retry_after_s=1))
-                raise DeviceBroken(f"the device failed: {e}") from e
-            if not is_out_of_memory(e):  # the state may be inconsistent now: fail its sequences, start afresh
-                logger.exception("a decoding step failed; failing its %d sequences", len(self.rows))
-                self._give_up_state(e)
-                return
-        else:
-            self._stepped(updates)
-            return
-        # Out of memory, outside the except block (its traceback no longer holds the step's tensors).
+        super().step()
+
+    def _out_of_memory(self) -> None:
         self._free_cache()
         self._preempt_newest()
 
@@ -319,48 +284,19 @@ class Generation:
             row.item.batch_size = max(row.item.batch_size, len(updates))
         self._apply(list(self.rows), updates)
 
-    def drop_gone(self, now: float) -> None:
-        """Drop the sequences nobody waits for any more (client gone, deadline passed): they compute no more."""
-        survivors = []
-        for row in self.rows:
-            if (reason := row.item.gone(now)) is None:
-                survivors.append(row)
-            else:
-                _fail(row, reason)
-        if len(survivors) < len(self.rows):
-            self._keep(survivors)
-        rejoining = []
-        for row in self.rejoining:
-            if (reason := row.item.gone(now)) is None:
-                rejoining.append(row)
-            else:
-                _fail(row, reason)
-        self.rejoining = rejoining
-        for row in self._encoding_rows():
-            if (reason := row.item.gone(now)) is not None:
-                _fail(row, reason)
-
     def fail_all(self, error: BaseException) -> None:
-        """Answer every running and rejoining sequence with `error`; the state is made afresh when next needed."""
-        for row in [*self.rows, *self.rejoining, *self._encoding_rows()]:
-            _fail(row, error)
-        self.rows, self.rejoining, self.encoding, self._state = [], [], [], None
+        """Answer every sequence held with `error` (those whose audio is encoded too)."""
+        super().fail_all(error)
+        self.encoding = []
 
-    def _give_up_state(self, error: BaseException) -> None:
-        """The state can no longer be trusted: its running sequences fail with `error`; a new one is made
-        when next needed (not here: this runs in `except` blocks, and making one may fail too)."""
-        for row in self.rows:
-            _fail(row, error)
-        self.rows, self._state = [], None
-
-    def _apply(self, rows: Sequence[Row], updates: Sequence[Update]) -> None:
+    def _apply(self, rows: Sequence[SequenceRow], updates: Sequence[Update]) -> None:
         """Deliver each row's update; the finished (and those whose answer failed) leave."""
         now = time.monotonic()
         answered = {row for row, update in zip(rows, updates, strict=True) if self._deliver(row, update, now)}
         if answered:
             self._keep([row for row in self.rows if row not in answered])
 
-    def _deliver(self, row: Row, update: Update, now: float) -> bool:
+    def _deliver(self, row: SequenceRow, update: Update, now: float) -> bool:
         """One update to its request: its stream told, and its future resolved if finished; True when answered."""
         item = row.item
         try:
@@ -369,9 +305,7 @@ class Generation:
                 self.metrics.time_to_first_token.labels(row.task).observe(now - item.enqueued_at)
             if update.finished:
                 item.finished_at = now  # before the stream hears of the end: its timings are read then
-            if item.on_update is not None and (update.finished or update.tokens > row.delivered):
-                _send(item, update)
-                row.delivered = update.tokens
+            self._tell(row, update, update.tokens, update.finished)
             if update.finished:
                 with contextlib.suppress(InvalidStateError):  # answered already (by the watchdog)
                     text, reason, tokens = update.text or "", update.finish_reason, update.tokens
@@ -381,26 +315,6 @@ class Generation:
             logger.exception("answering a %s sequence failed", row.task)
             _fail(row, e)
             return True
-
-    def _keep(self, survivors: list[Row]) -> None:
-        """Keep the rows `survivors` (in their order) and free the others' slots."""
-        index = {id(row): i for i, row in enumerate(self.rows)}
-        try:
-            self.state.filter([index[id(row)] for row in survivors])
-        except Exception as e:
-            logger.exception("filtering the decoding state failed; failing its %d sequences", len(survivors))
-            self.rows = survivors
-            self._give_up_state(e)
-            return
-        self.rows = survivors
-
-
-def _send(item: Item[Any, Any], update: Update) -> None:
-    assert item.on_update is not None
-    try:
-        item.on_update(update)
-    except Exception:  # a sink that fails (its event loop closed) must not stop the others
-        logger.debug("a stream sink failed", exc_info=True)
 
 
 def _fail(row: Row, error: BaseException) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from model.scenes import make_scene, render
 from tests.support.browser import browser_page, needs_chromium, sync_api
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, shipped_settings
 
 pytestmark = [pytest.mark.slow]
 
@@ -27,9 +27,7 @@ SCENE = make_scene(10_000_003)  # the README's scene: a large orange circle and 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    settings = {"MMSERVE_MODEL": "builtin", "MMSERVE_DEVICE": "cpu", "MMSERVE_TORCH_THREADS": "1",
-                "MMSERVE_API_KEYS": KEY}  # fmt: skip
-    with ServerProcess(settings) as server:
+    with ServerProcess(shipped_settings(MMSERVE_API_KEYS=KEY)) as server:
         yield server
 
 

@@ -16,7 +16,7 @@ import pytest
 from model.scenes import make_scene, render
 from tests.support.audio import encode, needs_espeak, speech
 from tests.support.browser import browser_page, fake_microphone, needs_chromium, sync_api
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, shipped_settings
 
 pytestmark = [pytest.mark.slow]
 
@@ -27,8 +27,7 @@ LEAD_S, TAIL_S = 0.3, 4.0  # silence around the spoken question in the microphon
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    settings = {"MMSERVE_MODEL": "builtin", "MMSERVE_DEVICE": "cpu", "MMSERVE_TORCH_THREADS": "1"}
-    with ServerProcess(settings) as server:
+    with ServerProcess(shipped_settings()) as server:
         yield server
 
 

@@ -130,7 +130,7 @@ def test_mismatched_answer_inputs(tiny_model) -> None:
 
 
 def test_answers_drop_the_scratchpad() -> None:
-    from model.generate import after_scratchpad
+    from model.streaming_text import after_scratchpad
 
     sep = 4
     assert after_scratchpad([20, 21, sep, 30], sep) == [30]  # "two four [SEP] yes" → "yes"

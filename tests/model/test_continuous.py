@@ -113,11 +113,13 @@ def test_streamed_deltas_add_up_to_the_text(config: ModelConfig) -> None:
     assert any(final.values())
 
 
-def test_an_answer_shows_only_what_follows_the_scratchpad() -> None:
-    """Scripted logits: the row writes `7 [SEP] 9` then ends; nothing is shown before the [SEP]."""
+@pytest.mark.parametrize("written", [[7, SEP, 9], [7, SEP, 8, SEP, 9]])
+def test_an_answer_shows_only_what_follows_the_scratchpad(written: list[int]) -> None:
+    """Scripted logits: the row writes `7 [SEP] 9` (or its scratchpad twice, `7 [SEP] 8 [SEP] 9`) then ends;
+    the answer is told at the end, and nothing before the last [SEP] is ever shown."""
     module = _random_module(VARIANTS["plain"], 0)
     tokens = _image_tokens(module, 1)
-    script = iter([7, SEP, 9, EOS])
+    script = iter([*written, EOS])
     vocab = module.config.decoder.vocab_size
 
     def scripted(hidden: torch.Tensor) -> torch.Tensor:
@@ -132,21 +134,21 @@ def test_an_answer_shows_only_what_follows_the_scratchpad() -> None:
     while not updates[0].finished:
         updates = state.step()
         deltas.append(updates[0].delta)
-    assert deltas == ["", "", "9", ""]
-    assert updates[0].text == "9" and updates[0].finish_reason == "stop" and updates[0].tokens == 3
+    assert deltas == [""] * len(written) + ["9"]
+    assert updates[0].text == "9" and updates[0].finish_reason == "stop" and updates[0].tokens == len(written)
 
 
 def test_limits_and_room() -> None:
     module = _random_module(VARIANTS["plain"], 0)
     tokens = _image_tokens(module, 2)
-    state = DecodeState(module.decoder, 2, tokens.shape[1], -1, PAD, SEP, lambda ids: str(len(ids)))
+    state = DecodeState(module.decoder, 2, tokens.shape[1], -1, PAD, SEP, lambda ids: "x" * len(ids))
     max_len = module.config.decoder.max_len
     long_prompt = tuple([2] * (max_len - 2))
     updates = state.prefill([SequenceSpec((2,), 0), SequenceSpec(long_prompt, 50)], _encodings(module, tokens))
-    assert updates[0].finished and updates[0].text == "0" and updates[0].finish_reason == "length"
+    assert updates[0].finished and updates[0].text == "" and updates[0].finish_reason == "length"
     state.filter([1])
     updates = state.step()  # room for two tokens in all: the prefill's and this one
-    assert updates[0].finished and updates[0].text == "2" and updates[0].finish_reason == "length"
+    assert updates[0].finished and updates[0].text == "xx" and updates[0].finish_reason == "length"
     with pytest.raises(ValueError, match="free slots"):
         state.prefill([SequenceSpec((2,), 1)] * 3, _encodings(module, torch.cat([tokens, tokens[:1]])))
 

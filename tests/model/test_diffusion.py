@@ -16,6 +16,7 @@ from PIL import Image
 
 from model.api import ImageGenerator, ModelLoadError, UnsupportedImageSize
 from model.image_generator import DiffusionGenerator, load_image_generator
+from model.text_to_image import TextToImage
 from tests.model.test_diffusion_parity import join_midway, pixels
 
 
@@ -106,33 +107,11 @@ def test_folders_that_are_not_generators_are_refused(tmp_path: Path, tiny_genera
 
 
 def reference_image(folder: Path, tower, prompt: str, seed: int, steps: int, scale: float) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """The built-in format's sampling loop as `model.text_to_image` documents it, for one image: MiniLM states
-    of [prompt, ""] with their masks, float32 CPU noise from the seed, Euler flow-matching steps with
-    v = v_uncond + g·(v_cond - v_uncond), unfolded with `pixel_shuffle`, rounded to 8 bits."""
-    import torch.nn.functional as F
-    from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
-
-    index = json.loads((folder / "model_index.json").read_text())
-    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet").eval()
-    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder), subfolder="scheduler")
-    fold, size = index["pixel_shuffle"], index["sample_size"]
-    with torch.inference_mode():
-        rows = [
-            tower.tokenizer(p, truncation=True, max_length=index["max_text_tokens"])["input_ids"] for p in (prompt, "")
-        ]
-        ids = torch.zeros(2, max(map(len, rows)), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-        states = tower.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        x = torch.randn((1, 3 * fold**2, size, size), generator=torch.Generator().manual_seed(seed))
-        scheduler.set_timesteps(steps)
-        for t in scheduler.timesteps:
-            v = unet(torch.cat([x, x]), t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
-            v = v[1:] + scale * (v[:1] - v[1:])
-            x = scheduler.step(v, t, x).prev_sample
-        image = F.pixel_shuffle(x, fold).clamp(-1, 1)[0]
-    return ((image + 1) * 127.5).round().clamp(0, 255).permute(1, 2, 0).numpy().astype(np.int16)
+    """The built-in format's sampling loop, for one image: `TextToImage.generate`, the loop `model.text_to_image`
+    documents (MiniLM states of [prompt, ""] with their masks, float32 CPU noise from the seed, Euler
+    flow-matching steps with v = v_uncond + g·(v_cond - v_uncond), unfolded with `pixel_shuffle`)."""
+    reference = TextToImage.from_pretrained(folder, tower=tower)
+    return pixels(reference.generate([prompt], [seed], steps, scale)[0])
 
 
 def test_images_equal_the_formats_reference_loop(

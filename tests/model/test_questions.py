@@ -9,9 +9,9 @@ import pytest
 
 from model import questions
 from model.api import UnknownQuestion
-from model.generate import after_scratchpad
 from model.questions import KNOWN, KNOWN_FORMS, normalise, parse, understood
 from model.scenes import COLOURS, HELD_OUT_SEED_START, QUESTION_FAMILIES, SHAPES, SIZES, ask, make_scene
+from model.streaming_text import after_scratchpad
 
 
 def test_the_grammar_spells_the_scene_generators_words() -> None:
