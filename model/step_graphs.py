@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -64,7 +65,7 @@ class StepGraphs:
     def __init__(self, step: Callable[[int], StepOutputs]) -> None:
         self._step = step
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, StepOutputs]] = {}
-        self._pool: tuple[int, int] | None = None  # one memory pool for every bucket's graph
+        self._pool: Any = None  # one memory pool for every bucket's graph (torch's handle type is private)
         self.failed = False  # a capture failed: every step runs eagerly from then on
 
     @property
@@ -99,7 +100,7 @@ class StepGraphs:
     def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, StepOutputs]:
         # Warm up on a side stream first, as PyTorch's CUDA-graph docs do (lazy initialisation, cuBLAS
         # workspaces and allocator state happen outside the capture).
-        side = torch.cuda.Stream()
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             self._step(size)
