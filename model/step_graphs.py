@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -65,7 +64,6 @@ class StepGraphs:
     def __init__(self, step: Callable[[int], StepOutputs]) -> None:
         self._step = step
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, StepOutputs]] = {}
-        self._pool: Any = None  # one memory pool for every bucket's graph (torch's handle type is private)
         self.failed = False  # a capture failed: every step runs eagerly from then on
 
     @property
@@ -105,9 +103,9 @@ class StepGraphs:
         with torch.cuda.stream(side):
             self._step(size)
         torch.cuda.current_stream().wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # each graph its own memory pool (a few MB for this decoder; sharing one would make replay order
+        # matter); "thread_local": CUDA calls of other threads (a pinned buffer being allocated) do not break it
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             outputs = self._step(size)
         return graph, outputs
