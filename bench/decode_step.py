@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _worker(variant: str, device: str, sizes: list[int], runs: int) -> None:
+def _worker(variant: str, device: str, sizes: list[int], runs: int, capacity: int | None) -> None:
     """Time `runs` runs of each batch size with one variant; one JSON line per size."""
     import torch
 
@@ -54,7 +54,7 @@ def _worker(variant: str, device: str, sizes: list[int], runs: int) -> None:
     for n in sizes:
         state = DecodeState(
             builtin.module.decoder,
-            n,
+            capacity or n,
             builtin._context_len,
             eos_id=-1,  # never ends: every row runs to max_len
             pad_id=builtin._ids[PAD],
@@ -95,12 +95,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="turns of every variant's process")
     parser.add_argument("--runs", type=int, default=1, help="timed runs per process and batch size")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--capacity", type=int, default=None, help="the state's slots (default: the batch size)")
     parser.add_argument("--variants", nargs="+", default=None, help="default: before dynamic fixed (+ graphs on CUDA)")
     parser.add_argument("--before", type=Path, default=None, help="a checkout whose step is 'before' (main's)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        _worker(args.worker, args.device, args.batch_sizes, args.runs)
+        _worker(args.worker, args.device, args.batch_sizes, args.runs, args.capacity)
         return
     variants = args.variants or [
         *(["before"] if args.before else []),
@@ -115,6 +116,7 @@ def main() -> None:
             env = {**os.environ, "PYTHONPATH": str(code)}
             command = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--device", args.device]
             command += ["--runs", str(args.runs), "--batch-sizes", *map(str, args.batch_sizes)]
+            command += ["--capacity", str(args.capacity)] if args.capacity else []
             lines = subprocess.run(command, env=env, cwd=code, check=True, stdout=subprocess.PIPE, text=True).stdout
             for line in lines.splitlines():
                 row = json.loads(line)
