@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -225,9 +226,12 @@ class BuiltinModel:
         _, tokens = self.module.encode_image(self._pixels(images))
         return encode_contexts(self.module.decoder, tokens)
 
-    def new_state(self, capacity: int, context_len: int | None = None) -> DecodeState:
+    def new_state(self, capacity: int, context_len: int | None = None, once: bool = False) -> DecodeState:
         """A decoding state for up to `capacity` rows. With an audio tower, rows of images and of audio
-        (each its own length, masked) decode together; its context slots start at `context_len` tokens."""
+        (each its own length, masked) decode together; its context slots start at `context_len` tokens.
+        `once`: for one batch run to its end (a whole-batch call), where capturing CUDA graphs would cost more
+        than replaying them saves: its steps run eagerly (the same tokens)."""
+        options = replace(self.decode_options, cuda_graphs=False) if once else self.decode_options
         return DecodeState(
             self.module.decoder,
             capacity,
@@ -237,7 +241,7 @@ class BuiltinModel:
             sep_id=self._ids[SEP],
             detokenize=self._decode,
             masked_context=self.module.config.audio is not None,
-            options=self.decode_options,
+            options=options,
         )
 
     def _generate(
@@ -246,7 +250,7 @@ class BuiltinModel:
         if not images:
             return []
         encodings = self.encode_images(self._prepared(images))
-        return generate_all(self.new_state(len(specs)), specs, encodings, progress)
+        return generate_all(self.new_state(len(specs), once=True), specs, encodings, progress)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids).strip()
@@ -338,7 +342,7 @@ class BuiltinModel:
             return []
         features = [a if isinstance(a, torch.Tensor) else self.prepare_audio(a) for a in audios]
         encodings = self.encode_audios(features)
-        state = self.new_state(len(encodings), max(e.cross_kv[0][0].shape[1] for e in encodings))
+        state = self.new_state(len(encodings), max(e.cross_kv[0][0].shape[1] for e in encodings), once=True)
         specs = [self.sequence("transcribe", None, self.transcript_tokens(f)) for f in features]
         return generate_all_updates(state, specs, encodings, progress)
 

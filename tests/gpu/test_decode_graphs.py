@@ -17,7 +17,7 @@ import soxr
 import torch
 
 from model import load_model
-from model.generate import DecodeState, greedy_decode
+from model.generate import generate_all, greedy_decode
 from model.multimodal import BuiltinModel
 from model.scenes import make_scene, render
 from model.step_graphs import DecodeOptions
@@ -97,12 +97,18 @@ def test_cuda_graph_steps_equal_eager_steps_token_for_token(dtype: torch.dtype) 
 
 
 def test_cuda_graph_captions_equal_greedy_decoding_alone() -> None:
-    """Served the way `caption` runs them (one state, graphs on), captions equal each image's greedy decoding."""
+    """Captions decoded together in a serving state (graphs on: the default on CUDA) equal each image's greedy
+    decoding alone; a whole-batch call (`caption`) decodes eagerly, the same."""
     model = load_model("builtin", "cuda", torch.float32)
     assert isinstance(model, BuiltinModel)
     images = [render(make_scene(30_000 + i)) for i in range(11)]
     limits = [2 + 5 * i for i in range(11)]
-    batched = model.caption(images, limits)
+    state = model.new_state(len(images))
+    specs = [model.sequence("caption", None, n) for n in limits]
+    batched = generate_all(state, specs, model.encode_images([model.prepare_image(image) for image in images]))
+    assert state.graphs is not None and not state.graphs.failed and state.graphs.captured
+    assert model.new_state(1, once=True).graphs is None
+    assert model.caption(images, limits) == batched
     ids = model._ids
     alone = []
     for image, limit in zip(images, limits, strict=True):
@@ -110,4 +116,3 @@ def test_cuda_graph_captions_equal_greedy_decoding_alone() -> None:
         [generated] = greedy_decode(model.module.decoder, tokens, [[ids["[BOS]"]]], [limit], ids["[EOS]"], ids["[PAD]"])
         alone.append(model._decode(generated))
     assert batched == alone
-    assert isinstance(model.new_state(1), DecodeState) and model.new_state(1).graphs is not None
