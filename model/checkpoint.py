@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from model.config import ModelConfig
 from model.devices import default_dtype, resolve_device
 from model.multimodal import BuiltinModel, MultimodalTransformer
+from model.step_graphs import DecodeOptions
 from model.text import TextTower
 from model.tokenizer import load_tokenizer
 
@@ -77,8 +78,11 @@ def load_builtin(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     text_tower: TextTower | None = None,
+    fixed_shape_step: bool | None = None,
+    cuda_graphs: bool | None = None,
 ) -> BuiltinModel:
-    """The built-in model from `directory` (default: the shipped weights) on `device` in `dtype`."""
+    """The built-in model from `directory` (default: the shipped weights) on `device` in `dtype`; its decoding
+    step's shapes and CUDA graphs as `DecodeOptions.resolve` says (None: the device's default)."""
     directory = directory or WEIGHTS_DIR
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
@@ -92,5 +96,11 @@ def load_builtin(
     # a checkpoint with a training recipe was trained on the scene grammar's questions, and knows no others;
     # an untrained one (the tests' random checkpoints) claims nothing
     return BuiltinModel(
-        module, tokenizer, tower, name=name, scratchpad_families=scratchpad, closed_questions=bool(training)
+        module,
+        tokenizer,
+        tower,
+        name=name,
+        scratchpad_families=scratchpad,
+        closed_questions=bool(training),
+        decode_options=DecodeOptions.resolve(device, fixed_shape_step, cuda_graphs),
     )

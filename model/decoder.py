@@ -67,7 +67,7 @@ class Decoder(nn.Module):
         mask: torch.Tensor,
         self_kv: list[SlotKV],
         cross_kv: list[SlotKV],
-        rows: slice,
+        rows: slice | torch.Tensor,
         keys: int,
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:

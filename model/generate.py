@@ -19,6 +19,7 @@ from model.api import Update
 from model.decoder import Decoder, causal_mask
 from model.layers import SlotKV
 from model.loops import repeats_at_end
+from model.step_graphs import DecodeOptions, StepGraphs, StepOutputs, bucket
 from model.streaming_text import StreamingText
 
 
@@ -80,8 +81,8 @@ def greedy_decode(
 
 # -- Serving: continuous batching ------------------------------------------------------------------------
 # The generation state in the spirit of TGI's `Batch`: `prefill` appends sequences, `step` decodes one token
-# for every running sequence, `filter` keeps some and compacts them. Rows are anonymous: which request a
-# row belongs to is the caller's business, and the caller applies the same `filter` to its own list.
+# for every running sequence, `filter` keeps some. Rows are anonymous: which request a row belongs to is the
+# caller's business, and the caller applies the same `filter` to its own list.
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,23 @@ class ImageEncoding:
     @property
     def nbytes(self) -> int:
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.cross_kv)
+
+
+def encode_contexts(
+    decoder: Decoder, tokens: torch.Tensor, lengths: Sequence[int] | None = None
+) -> list[ImageEncoding]:
+    """Each context's encoding from its tokens (B, N, d'), the first `lengths[i]` of row i (None: all N).
+
+    Each is projected on its own, so that its keys and values are views of one projection output that holds
+    exactly them: nothing is copied here (a view of a batch's projection would keep the whole batch alive in
+    the encoder cache; a clone of it was a copy), and the state copies each one once, into its slot.
+    """
+    sizes = [tokens.shape[1]] * tokens.shape[0] if lengths is None else list(lengths)
+    encodings = []
+    for i, n in enumerate(sizes):
+        layers = decoder.cross_kv(tokens[i : i + 1, :n])  # each (1, nh, n, hs)
+        encodings.append(ImageEncoding(tuple((k[0], v[0]) for k, v in layers)))
+    return encodings
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,7 @@ class _Row:
     filled: int  # cache positions written (the prompt, then each fed token)
     context: int  # its context tokens (an image's, or its audio's own length)
     text: StreamingText  # what its stream is told (a caption's text as it decodes, an answer at the end)
+    slot: int  # where its keys and values are (its slot of every cache, its last token, its position)
     ids: list[int] = field(default_factory=list)
     logprob_sum: float = 0.0  # the chosen tokens' log-probabilities (the end token's too), summed
     scored: int = 0  # how many tokens `logprob_sum` holds
@@ -132,15 +151,25 @@ class _Row:
 class DecodeState:
     """Up to `capacity` sequences decoding together, their keys and values in preallocated slots.
 
-    Row i is slot i: running rows are kept compact at the front, so each step works on views of the
-    first n slots; `filter` moves the survivors down. Per step: one forward for all rows, one host sync
-    (the new token ids, needed for end-of-sequence and streaming). Rows never see one another, so each
-    row's tokens equal greedy decoding of that sequence alone.
+    Row i's keys and values, last token and position are in slot `rows[i].slot`; a step runs over the
+    first slots. Per step: one forward for all rows, one host sync (the new token ids, needed for
+    end-of-sequence and streaming). Rows never see one another, so each row's tokens equal greedy decoding
+    of that sequence alone. A joining row takes the lowest free slot, and its context's keys and values are
+    copied there once; a row that leaves frees its slot, and the others stay where they are, unless the
+    step would otherwise run wider than their number needs (then the rows past that width move down into
+    the free slots, the fewest moves).
+
+    The step's shapes (`DecodeOptions`): by default it runs over exactly the occupied slots (kept dense)
+    and attends over the positions the longest row has filled, so its shapes change every step. With
+    `fixed_shapes`, it runs over a bucket of slots (1, 2, 4, ..., capacity; slots with no row decode a
+    dummy token at position 0 of their own free slot) and attends over all `max_len` positions, masked past
+    each row's own, so its shapes are the same step after step within a bucket; with `cuda_graphs` each
+    bucket's step is captured once and replayed (`model.step_graphs`).
 
     With `masked_context`, rows of different contexts decode together (captions next to transcripts: an
     image's tokens, or an audio's own length): each row's context is masked to its own tokens, the
-    cross-attention reads only as many as the longest running row has, and the context slots grow (never
-    shrink) when a longer one joins.
+    cross-attention reads only as many as the longest running row has (with fixed shapes: all of the
+    slots), and the context slots grow (never shrink) when a longer one joins.
     """
 
     def __init__(
@@ -153,6 +182,7 @@ class DecodeState:
         sep_id: int,
         detokenize: Callable[[list[int]], str],
         masked_context: bool = False,
+        options: DecodeOptions | None = None,
     ) -> None:
         """`context_len`: the context tokens of a row (an image's); with `masked_context`, the context slots'
         first size (each row has its own length, the rest masked; the slots grow for a longer one)."""
@@ -162,6 +192,7 @@ class DecodeState:
         nh, hs = config.heads, config.dim // config.heads
         self.decoder = decoder
         self.capacity = capacity
+        self.options = options or DecodeOptions()
         self._eos, self._pad, self._sep = eos_id, pad_id, sep_id
         self._detokenize = detokenize
         self._device = device
@@ -177,9 +208,11 @@ class DecodeState:
         self._context_valid = (
             torch.ones(capacity, context_len, dtype=torch.bool, device=device) if masked_context else None
         )
-        self._last = torch.full((capacity,), pad_id, dtype=torch.long, device=device)  # each row's next input
+        self._last = torch.full((capacity,), pad_id, dtype=torch.long, device=device)  # each slot's next input
+        self._positions = torch.zeros(capacity, dtype=torch.long, device=device)  # its position (fixed shapes)
         self._keys = torch.arange(config.max_len, device=device)
         self._rows: list[_Row] = []
+        self.graphs = StepGraphs(self._fixed_step) if self.options.cuda_graphs else None
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -196,23 +229,22 @@ class DecodeState:
             return []
         if k > self.free:
             raise ValueError(f"{k} sequences do not fit in {self.free} free slots")
-        start = len(self._rows)
-        rows = slice(start, start + k)
+        taken = {row.slot for row in self._rows}
+        slots = [slot for slot in range(self.capacity) if slot not in taken][:k]
+        rows = self._index(slots)
         room = self.decoder.config.max_len
         contexts = [image.cross_kv[0][0].shape[1] for image in images]  # each one's context tokens
         if self._context_valid is None:
-            for layer, cache in enumerate(self._cross_kv):  # each image's keys and values into its slot
-                cache.k[rows] = torch.stack([image.cross_kv[layer][0] for image in images])
-                cache.v[rows] = torch.stack([image.cross_kv[layer][1] for image in images])
-        else:
+            if any(n != self._context_len for n in contexts):
+                raise ValueError(f"contexts of {sorted(set(contexts))} tokens in a state of {self._context_len}")
+        else:  # each row's own context, the rest masked
             self._grow_context(max(contexts))
-            for n in sorted(set(contexts)):  # those of one length at once; each row's own, the rest masked
-                group = [i for i, length in enumerate(contexts) if length == n]
-                slots = torch.tensor([start + i for i in group], device=self._device)
-                self._context_valid[slots] = torch.arange(self._context_len, device=self._device) < n
-                for layer, cache in enumerate(self._cross_kv):
-                    cache.k[slots, :, :n] = torch.stack([images[i].cross_kv[layer][0] for i in group])
-                    cache.v[slots, :, :n] = torch.stack([images[i].cross_kv[layer][1] for i in group])
+            lengths = torch.tensor(contexts, device=self._device)[:, None]
+            self._context_valid[rows] = torch.arange(self._context_len, device=self._device) < lengths
+        for slot, image, n in zip(slots, images, contexts, strict=True):  # the one copy of its keys and values
+            for cache, (k_n, v_n) in zip(self._cross_kv, image.cross_kv, strict=True):
+                cache.k[slot, :, :n] = k_n
+                cache.v[slot, :, :n] = v_n
         inputs = [(*spec.prompt, *spec.generated) for spec in specs]  # what is prefilled
         length = max(len(tokens) for tokens in inputs)
         ids = torch.full((k, length), self._pad, dtype=torch.long)
@@ -227,17 +259,19 @@ class DecodeState:
             ids, positions, causal_mask(valid), self._self_kv, cross, rows, length, context_mask
         )
         last = hidden[torch.arange(k, device=self._device), lengths - 1]  # each prompt's last token
-        next_ids, chosen = self._choose(self.decoder.logits(last))
+        next_ids, pairs = self._greedy(self.decoder.logits(last))
+        chosen = pairs.tolist()
         self._last[rows] = next_ids
-        for spec, filled, context in zip(specs, lengths.tolist(), contexts, strict=True):
+        start = len(self._rows)
+        for spec, filled, context, slot in zip(specs, lengths.tolist(), contexts, slots, strict=True):
             limit = max(0, min(spec.max_new_tokens, room - len(spec.prompt)))
             text = StreamingText(self._detokenize, self._sep, spec.answer_only, spec.scratchpad)
-            row = _Row(spec, limit, filled=filled, context=context, text=text)
+            row = _Row(spec, limit, filled=filled, context=context, text=text, slot=slot)
             for token in spec.generated:  # its state as it was: the same ids, the same text shown
                 self._advance(row, token, 0.0)
             row.logprob_sum, row.scored = spec.logprob_sum, len(spec.generated)
             self._rows.append(row)
-        return [self._advance(row, *pair) for row, pair in zip(self._rows[start:], chosen, strict=True)]
+        return [self._advance(row, int(token), lp) for row, (token, lp) in zip(self._rows[start:], chosen, strict=True)]
 
     def resumable(self, index: int) -> SequenceSpec:
         """The spec that goes on with row `index` from where it is (its tokens so far as `generated`), when
@@ -248,59 +282,97 @@ class DecodeState:
     @torch.inference_mode()
     def step(self) -> list[Update]:
         """One token for every running row (call `filter` to drop the finished ones first)."""
-        n = len(self._rows)
-        if n == 0:
+        if not self._rows:
             return []
         if any(row.finished for row in self._rows):
             raise RuntimeError("filter out finished rows before the next step")
-        filled = [row.filled for row in self._rows]
-        keys = max(filled) + 1
-        positions = torch.tensor(filled, dtype=torch.long).to(self._device, non_blocking=True)[:, None]  # (n, 1)
-        mask = (self._keys[:keys][None, :] <= positions)[:, None, None, :]  # (n, 1, 1, keys)
-        rows = slice(0, n)
-        cross, context_mask = self._context(rows, [row.context for row in self._rows])
-        hidden = self.decoder.forward_slots(
-            self._last[:n, None], positions, mask, self._self_kv, cross, rows, keys, context_mask
-        )
-        next_ids, chosen = self._choose(self.decoder.logits(hidden[:, -1]))
+        width = self._width(1 + max(row.slot for row in self._rows))
+        filled = [0] * width  # a slot with no row decodes a dummy token at position 0 of its own (free) slot
+        for row in self._rows:
+            filled[row.slot] = row.filled
+        positions = torch.tensor(filled, dtype=torch.long)
+        if self.options.fixed_shapes:
+            self._positions[:width].copy_(positions, non_blocking=True)
+            next_ids, pairs = self.graphs.run(width) if self.graphs is not None else self._fixed_step(width)
+        else:
+            next_ids, pairs = self._dynamic_step(width, positions.to(self._device, non_blocking=True), max(filled) + 1)
+        chosen = pairs.tolist()  # (width, 2): the step's one host sync
         # (a failure up to here leaves the rows as they were: the step can be rerun)
-        self._last[:n] = next_ids
+        self._last[:width] = next_ids
         for row in self._rows:
             row.filled += 1
-        return [self._advance(row, *pair) for row, pair in zip(self._rows, chosen, strict=True)]
+        return [self._advance(row, int(chosen[row.slot][0]), chosen[row.slot][1]) for row in self._rows]
+
+    def _dynamic_step(self, width: int, positions: torch.Tensor, keys: int) -> StepOutputs:
+        """The step of slots [0, width) over the first `keys` positions and the longest row's context."""
+        rows = slice(0, width)
+        mask = (self._keys[:keys][None, :] <= positions[:, None])[:, None, None, :]  # (b, 1, 1, keys)
+        cross, context_mask = self._context(rows, [row.context for row in self._rows])
+        hidden = self.decoder.forward_slots(
+            self._last[:width, None], positions[:, None], mask, self._self_kv, cross, rows, keys, context_mask
+        )
+        return self._greedy(self.decoder.logits(hidden[:, -1]))
+
+    def _fixed_step(self, width: int) -> StepOutputs:
+        """The step of slots [0, width) with shapes that depend on `width` alone, reading and writing only the
+        state's buffers (as a CUDA graph needs): each row attends to all `max_len` positions, masked past its
+        own, and to all the context slots, masked to its own context when contexts differ."""
+        rows = slice(0, width)
+        positions = self._positions[:width, None]  # (b, 1)
+        mask = (self._keys[None, :] <= positions)[:, None, None, :]  # (b, 1, 1, max_len)
+        context_mask = None if self._context_valid is None else self._context_valid[rows][:, None, None, :]
+        keys = len(self._keys)  # all of them
+        hidden = self.decoder.forward_slots(
+            self._last[:width, None], positions, mask, self._self_kv, self._cross_kv, rows, keys, context_mask
+        )
+        return self._greedy(self.decoder.logits(hidden[:, -1]))
 
     @staticmethod
-    def _choose(logits: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, float]]]:
-        """The greedy tokens (n,) of logits (n, V), and each row's (token, its log-probability) on the host:
-        one gather on the log-softmax, and one transfer for both (the step's one host sync)."""
+    def _greedy(logits: torch.Tensor) -> StepOutputs:
+        """The greedy tokens (n,) of logits (n, V), and each row's (token, its log-probability) (n, 2): one
+        gather on the log-softmax, and one tensor for both (so one transfer to the host)."""
         next_ids = logits.argmax(-1)  # (n,)
         logprobs = logits.float().log_softmax(-1).gather(1, next_ids[:, None])[:, 0]  # (n,)
         # ids are exact in float32 (the vocabulary is far below 2**24)
-        pairs = torch.stack([next_ids.float(), logprobs], 1).tolist()  # (n, 2)
-        return next_ids, [(int(token), logprob) for token, logprob in pairs]
+        return next_ids, torch.stack([next_ids.float(), logprobs], 1)
+
+    def _width(self, rows: int) -> int:
+        """How many slots a step over `rows` rows runs: their bucket with fixed shapes, else exactly them."""
+        return bucket(rows, self.capacity) if self.options.fixed_shapes else rows
+
+    def _index(self, slots: list[int]) -> slice | torch.Tensor:
+        """`slots` as a slice when they are consecutive (views of the caches), else as an index tensor."""
+        if slots == list(range(slots[0], slots[0] + len(slots))):
+            return slice(slots[0], slots[0] + len(slots))
+        return torch.tensor(slots, device=self._device)
 
     @torch.inference_mode()
     def filter(self, keep: Sequence[int]) -> None:
         """Keep the rows `keep` (ascending), which become rows 0, 1, ...; the others' slots are freed."""
-        keep = list(keep)
-        moves = [(new, old) for new, old in enumerate(keep) if new != old]
-        if moves:
-            dst = torch.tensor([new for new, _ in moves], device=self._device)
-            src = torch.tensor([old for _, old in moves], device=self._device)
-            for cache in self._self_kv:
-                cache.k[dst] = cache.k[src]
-                cache.v[dst] = cache.v[src]
-            n = max(self._rows[old].context for _, old in moves)  # what the moved rows' contexts fill
-            for cache in self._cross_kv:
-                cache.k[dst, :, :n] = cache.k[src, :, :n]
-                cache.v[dst, :, :n] = cache.v[src, :, :n]
-            self._last[dst] = self._last[src]
-            if self._context_valid is not None:
-                self._context_valid[dst] = self._context_valid[src]
         self._rows = [self._rows[i] for i in keep]
+        width = self._width(len(self._rows))
+        movers = [row for row in self._rows if row.slot >= width]  # past what the step over the rows needs
+        if not movers:
+            return
+        taken = {row.slot for row in self._rows}
+        holes = [slot for slot in range(width) if slot not in taken][: len(movers)]
+        dst = torch.tensor(holes, device=self._device)
+        src = torch.tensor([row.slot for row in movers], device=self._device)
+        for cache in self._self_kv:
+            cache.k[dst] = cache.k[src]
+            cache.v[dst] = cache.v[src]
+        n = max(row.context for row in movers)  # what the moved rows' contexts fill
+        for cache in self._cross_kv:
+            cache.k[dst, :, :n] = cache.k[src, :, :n]
+            cache.v[dst, :, :n] = cache.v[src, :, :n]
+        self._last[dst] = self._last[src]
+        if self._context_valid is not None:
+            self._context_valid[dst] = self._context_valid[src]
+        for row, slot in zip(movers, holes, strict=True):
+            row.slot = slot
 
-    def _context(self, rows: slice, contexts: Sequence[int]) -> tuple[list[SlotKV], torch.Tensor | None]:
-        """The cross-attention slots of `rows`, cut to their longest context, and the mask of each row's own
+    def _context(self, rows: slice | torch.Tensor, contexts: Sequence[int]) -> tuple[list[SlotKV], torch.Tensor | None]:
+        """The cross-attention slots, cut to the longest of `contexts`, and the mask of each of `rows`' own
         context (None when every row's context fills them: the unmasked computation of rows alone)."""
         if self._context_valid is None:
             return self._cross_kv, None
@@ -325,6 +397,8 @@ class DecodeState:
         valid = torch.zeros(self.capacity, size, dtype=torch.bool, device=self._device)
         valid[:, :old] = self._context_valid
         self._cross_kv, self._context_valid, self._context_len = grown, valid, size
+        if self.graphs is not None:  # they read the old buffers
+            self.graphs.clear()
 
     def _advance(self, row: _Row, token: int, logprob: float) -> Update:
         """Take one generated token into a row: end of sequence, its limit, a loop, or one more token shown."""

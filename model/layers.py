@@ -86,26 +86,28 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         cache: SlotKV,
-        rows: slice,
+        rows: slice | torch.Tensor,
         keys: int,
         mask: torch.Tensor | None,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attention of `x` (B, T, C), the new tokens of slots `rows`, over the first `keys` cached keys.
 
-        Self-attention passes the new tokens' `positions` (B, T): their keys and values are written into
-        the cache there first. Cross-attention passes none: the cache already holds the image's.
+        `rows`: consecutive slots (a slice: the attention reads views of them), or any B slots (an index
+        tensor: it reads a gathered copy). Self-attention passes the new tokens' `positions` (B, T): their
+        keys and values are written into the cache there first. Cross-attention passes none: the cache
+        already holds the image's.
         """
         B, T, C = x.shape
         nh, hs = self.heads, C // self.heads
         q = self.q(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k_all, v_all = cache.k[rows], cache.v[rows]  # views of the slots
         if positions is not None:
             k, v = self.project_kv(x)
-            row = torch.arange(B, device=x.device)[:, None]
-            k_all[row, :, positions] = k.transpose(1, 2)  # (B, T, nh, hs) written in place
-            v_all[row, :, positions] = v.transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k_all[:, :, :keys], v_all[:, :, :keys], attn_mask=mask)
+            slots = torch.arange(B, device=x.device) + (rows.start or 0) if isinstance(rows, slice) else rows
+            cache.k[slots[:, None], :, positions] = k.transpose(1, 2)  # (B, T, nh, hs) written in place
+            cache.v[slots[:, None], :, positions] = v.transpose(1, 2)
+        k_all, v_all = cache.k[rows, :, :keys], cache.v[rows, :, :keys]  # (B, nh, keys, hs)
+        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -158,7 +160,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         self_cache: SlotKV,
         cross_cache: SlotKV | None,
-        rows: slice,
+        rows: slice | torch.Tensor,
         keys: int,
         mask: torch.Tensor,
         positions: torch.Tensor,

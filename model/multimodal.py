@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -40,11 +41,19 @@ from model.api import (
 from model.audio import HOP, AudioEncoder, log_mel, pad_features
 from model.config import ModelConfig
 from model.decoder import Decoder
-from model.generate import DecodeState, ImageEncoding, SequenceSpec, generate_all, generate_all_updates
+from model.generate import (
+    DecodeState,
+    ImageEncoding,
+    SequenceSpec,
+    encode_contexts,
+    generate_all,
+    generate_all_updates,
+)
 from model.images import to_pixels
 from model.inputs import check_pairs, row_limits
 from model.loops import STOP_REPEATS, transcript_token_limit
 from model.questions import normalise, parse
+from model.step_graphs import DecodeOptions
 from model.text import TextTower
 from model.tokenizer import BOS, EOS, PAD, SEP
 from model.vision import VisionEncoder
@@ -100,11 +109,7 @@ class AudioEncoding:
             self._blocks_run += 1
         if self.remaining:
             return None
-        layers = self._module.decoder.cross_kv(self._audio.finish(self._x))
-        return [
-            ImageEncoding(tuple((k[i, :, :n].clone(), v[i, :, :n].clone()) for k, v in layers))
-            for i, n in enumerate(self._valid.sum(1).tolist())
-        ]
+        return encode_contexts(self._module.decoder, self._audio.finish(self._x), self._valid.sum(1).tolist())
 
 
 def _token_id(tokenizer: Tokenizer, token: str) -> int:
@@ -127,11 +132,13 @@ class BuiltinModel:
         name: str = "mmserve-builtin",
         scratchpad_families: frozenset[str] | None = None,
         closed_questions: bool = False,
+        decode_options: DecodeOptions | None = None,
     ) -> None:
         """`scratchpad_families`: the question families whose answers follow a scratchpad (the checkpoint's
         training recipe says); None when not known: an answer is then what follows the last `[SEP]`, or all
         that was generated when there is none. `closed_questions`: it was trained on the scene grammar's
-        questions and knows no others (the service then refuses the others; `known_question`)."""
+        questions and knows no others (the service then refuses the others; `known_question`). `decode_options`:
+        how the continuous-batching step runs (None: `DecodeOptions.resolve` for the device)."""
         self.module = module.eval()
         self.scratchpad_families = scratchpad_families
         self.closed_questions = closed_questions
@@ -141,6 +148,7 @@ class BuiltinModel:
         self.config = module.config
         parameter = next(module.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
+        self.decode_options = decode_options or DecodeOptions.resolve(self.device)
         self.dim: int | None = module.config.embed_dim
         self.max_text_tokens = text_tower.max_tokens
         self._ids = {token: _token_id(tokenizer, token) for token in (PAD, BOS, EOS, SEP)}
@@ -216,12 +224,14 @@ class BuiltinModel:
         if not images:
             return []
         _, tokens = self.module.encode_image(self._pixels(images))
-        layers = self.module.decoder.cross_kv(tokens)
-        return [ImageEncoding(tuple((k[i].clone(), v[i].clone()) for k, v in layers)) for i in range(len(images))]
+        return encode_contexts(self.module.decoder, tokens)
 
-    def new_state(self, capacity: int, context_len: int | None = None) -> DecodeState:
+    def new_state(self, capacity: int, context_len: int | None = None, once: bool = False) -> DecodeState:
         """A decoding state for up to `capacity` rows. With an audio tower, rows of images and of audio
-        (each its own length, masked) decode together; its context slots start at `context_len` tokens."""
+        (each its own length, masked) decode together; its context slots start at `context_len` tokens.
+        `once`: for one batch run to its end (a whole-batch call), where capturing CUDA graphs would cost more
+        than replaying them saves: its steps run eagerly (the same tokens)."""
+        options = replace(self.decode_options, cuda_graphs=False) if once else self.decode_options
         return DecodeState(
             self.module.decoder,
             capacity,
@@ -231,6 +241,7 @@ class BuiltinModel:
             sep_id=self._ids[SEP],
             detokenize=self._decode,
             masked_context=self.module.config.audio is not None,
+            options=options,
         )
 
     def _generate(
@@ -239,7 +250,7 @@ class BuiltinModel:
         if not images:
             return []
         encodings = self.encode_images(self._prepared(images))
-        return generate_all(self.new_state(len(specs)), specs, encodings, progress)
+        return generate_all(self.new_state(len(specs), once=True), specs, encodings, progress)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids).strip()
@@ -331,7 +342,7 @@ class BuiltinModel:
             return []
         features = [a if isinstance(a, torch.Tensor) else self.prepare_audio(a) for a in audios]
         encodings = self.encode_audios(features)
-        state = self.new_state(len(encodings), max(e.cross_kv[0][0].shape[1] for e in encodings))
+        state = self.new_state(len(encodings), max(e.cross_kv[0][0].shape[1] for e in encodings), once=True)
         specs = [self.sequence("transcribe", None, self.transcript_tokens(f)) for f in features]
         return generate_all_updates(state, specs, encodings, progress)
 

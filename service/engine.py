@@ -139,7 +139,9 @@ class Engine:
             spec = settings.model_for(task)
             if spec not in loaded:
                 started = time.monotonic()
-                loaded[spec] = load_model(spec, device, dtype)
+                loaded[spec] = load_model(
+                    spec, device, dtype, fixed_shape_step=settings.fixed_shape_step, cuda_graphs=settings.cuda_graphs
+                )
                 logger.info(
                     "loaded %s (%s) on %s as %s in %.1f s",
                     loaded[spec].name,

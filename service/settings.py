@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     # their measured cost per item fits in this (at least one), so streams wait about this long at most
     # between two tokens; 0: no budget.
     max_turn_ms: float = Field(default=50.0, ge=0)
+    # The built-in model's decoding step (the same tokens either way). fixed_shape_step: rows padded to a
+    # bucket (1, 2, 4, ...) and attention over every cached position, masked, so a step's shapes stay the same
+    # within a bucket; cuda_graphs: each bucket's step captured as a CUDA graph and replayed (implies fixed
+    # shapes; a capture that fails falls back to eager, logged). None: on for CUDA devices, off on a CPU (where
+    # the fixed shapes cost compute: docs/benchmarks.md).
+    fixed_shape_step: bool | None = None
+    cuda_graphs: bool | None = None
     encoder_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)  # image encodings kept for reuse; 0: off
     queue_capacity: int = Field(default=1024, ge=1)  # admitted, unfinished items per task; beyond it: 429
 

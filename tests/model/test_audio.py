@@ -24,6 +24,7 @@ from model.checkpoint import load_builtin, load_module, save_checkpoint
 from model.generate import DecodeState, greedy_decode
 from model.loops import until_loop
 from model.multimodal import BuiltinModel
+from model.step_graphs import DecodeOptions
 from model.tokenizer import BOS, EOS, PAD, SEP
 from tests.support.audio import speech
 from tests.support.server import noise_image
@@ -102,9 +103,11 @@ def test_prepared_features_equal_raw_samples(hearing: BuiltinModel, clips: list[
     assert hearing.transcribe(prepared, "en") == hearing.transcribe(clips[:3], [None, "en", None])
 
 
-def test_rows_join_and_leave_a_masked_state(hearing: BuiltinModel, clips: list[np.ndarray]) -> None:
+@pytest.mark.parametrize("fixed_shapes", [False, True])
+def test_rows_join_and_leave_a_masked_state(hearing: BuiltinModel, clips: list[np.ndarray], fixed_shapes: bool) -> None:
     """Audios arrive between steps into a state sized for the longest audio the model takes; rows finish,
-    are cancelled or are filtered out; every finished one equals its reference."""
+    are cancelled or are filtered out; every finished one equals its reference (with a step of fixed shapes
+    too: all the context slots attended, masked)."""
     rng = random.Random(0)
     audios = clips * 2
     expected = _reference(hearing, clips) * 2
@@ -120,6 +123,7 @@ def test_rows_join_and_leave_a_masked_state(hearing: BuiltinModel, clips: list[n
         ids[SEP],
         detokenize=lambda t: hearing.tokenizer.decode(t).strip(),
         masked_context=True,
+        options=DecodeOptions(fixed_shapes=fixed_shapes),
     )
     specs = [hearing.sequence("transcribe", None, hearing.transcript_tokens(a)) for a in audios]  # as served
     waiting, rows, texts, cancelled, steps = list(range(len(audios))), [], {}, set(), 0
@@ -149,14 +153,19 @@ def test_rows_join_and_leave_a_masked_state(hearing: BuiltinModel, clips: list[n
         assert text == expected[i], f"audio {i}"
 
 
-def test_transcripts_join_captions_in_one_state(hearing: BuiltinModel, clips: list[np.ndarray]) -> None:
+@pytest.mark.parametrize("fixed_shapes", [False, True])
+def test_transcripts_join_captions_in_one_state(
+    hearing: BuiltinModel, clips: list[np.ndarray], fixed_shapes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The serving state of a model that hears: captions decode, transcripts join mid-way (their context
     slots grow for the longest), more captions join after; every transcript equals it alone, every caption
-    equals it alone (unchanged by the audio rows next to it), and streamed deltas add up to each text."""
+    equals it alone (unchanged by the audio rows next to it), and streamed deltas add up to each text; with
+    a step of fixed shapes per bucket too."""
     images = [noise_image(seed) for seed in range(4)]
     limits = [12, 40, 6, 30]
     captions = [hearing.caption([image], n)[0] for image, n in zip(images, limits, strict=True)]
     transcripts = [hearing.transcribe([clip])[0] for clip in clips[:3]]
+    monkeypatch.setattr(hearing, "decode_options", DecodeOptions(fixed_shapes=fixed_shapes))
     state = hearing.new_state(7)
     image_encodings = hearing.encode_images([hearing.prepare_image(image) for image in images])
     audio_encodings = hearing.encode_audios(clips[:3])

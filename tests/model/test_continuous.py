@@ -1,5 +1,6 @@
 """Continuous batching (DecodeState): sequences join and leave between steps, and each one's tokens equal
-greedy decoding of that sequence alone (the reference, `greedy_decode` with a batch of one)."""
+greedy decoding of that sequence alone (the reference, `greedy_decode` with a batch of one), with the step's
+shapes changing every step (the default on a CPU) and with fixed shapes per bucket (`DecodeOptions`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 from model.config import ModelConfig
-from model.generate import DecodeState, ImageEncoding, SequenceSpec, greedy_decode
+from model.generate import DecodeState, ImageEncoding, SequenceSpec, encode_contexts, greedy_decode
 from model.multimodal import MultimodalTransformer
+from model.step_graphs import DecodeOptions
 from tests.model.test_generation import VARIANTS, _image_tokens, _random_module
 
 EOS, PAD, SEP = 3, 0, 4
@@ -21,15 +23,20 @@ def config(request: pytest.FixtureRequest) -> ModelConfig:
     return VARIANTS[request.param]
 
 
-def _state(module: MultimodalTransformer, capacity: int, context_len: int) -> DecodeState:
-    return DecodeState(
-        module.decoder, capacity, context_len, EOS, PAD, SEP, detokenize=lambda ids: " ".join(map(str, ids))
-    )
+@pytest.fixture(params=["dynamic", "fixed"])
+def options(request: pytest.FixtureRequest) -> DecodeOptions:
+    return DecodeOptions(fixed_shapes=request.param == "fixed")
+
+
+def _state(
+    module: MultimodalTransformer, capacity: int, context_len: int, options: DecodeOptions | None = None
+) -> DecodeState:
+    detokenize = lambda ids: " ".join(map(str, ids))  # noqa: E731
+    return DecodeState(module.decoder, capacity, context_len, EOS, PAD, SEP, detokenize, options=options)
 
 
 def _encodings(module: MultimodalTransformer, tokens: torch.Tensor) -> list[ImageEncoding]:
-    layers = module.decoder.cross_kv(tokens)
-    return [ImageEncoding(tuple((k[i].clone(), v[i].clone()) for k, v in layers)) for i in range(tokens.shape[0])]
+    return encode_contexts(module.decoder, tokens)
 
 
 def _alone(module: MultimodalTransformer, tokens: torch.Tensor, prompt: list[int], limit: int, eos: int) -> str:
@@ -38,7 +45,7 @@ def _alone(module: MultimodalTransformer, tokens: torch.Tensor, prompt: list[int
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_joins_and_leaves_match_greedy_decoding_alone(config: ModelConfig, seed: int) -> None:
+def test_joins_and_leaves_match_greedy_decoding_alone(config: ModelConfig, seed: int, options: DecodeOptions) -> None:
     """Random arrivals, limits and cancellations; every finished sequence equals its solo greedy decode."""
     rng = random.Random(seed)
     module = _random_module(config, seed)
@@ -48,7 +55,9 @@ def test_joins_and_leaves_match_greedy_decoding_alone(config: ModelConfig, seed:
     prompts = [[2, *[rng.randrange(5, 40) for _ in range(rng.randrange(0, 6))]] for _ in range(n)]
     limits = [rng.choice([0, 1, 3, 7, 12, 30]) for _ in range(n)]
     eos = rng.choice([EOS, -1])  # -1: no end of sequence, every row runs to its limit
-    state = DecodeState(module.decoder, 5, tokens.shape[1], eos, PAD, SEP, lambda ids: " ".join(map(str, ids)))
+    state = DecodeState(
+        module.decoder, 5, tokens.shape[1], eos, PAD, SEP, lambda ids: " ".join(map(str, ids)), options=options
+    )
     waiting = list(range(n))
     rows: list[int] = []  # row → sequence
     texts: dict[int, str] = {}
@@ -89,10 +98,10 @@ def test_joins_and_leaves_match_greedy_decoding_alone(config: ModelConfig, seed:
     assert len(texts) + len(cancelled) == n
 
 
-def test_streamed_deltas_add_up_to_the_text(config: ModelConfig) -> None:
+def test_streamed_deltas_add_up_to_the_text(config: ModelConfig, options: DecodeOptions) -> None:
     module = _random_module(config, 3)
     tokens = _image_tokens(module, 3)
-    state = _state(module, 3, tokens.shape[1])
+    state = _state(module, 3, tokens.shape[1], options)
     specs = [SequenceSpec((2,), 20), SequenceSpec((2, 9), 5), SequenceSpec((2, 7, 8), 12)]
     shown = ["", "", ""]
     final: dict[int, str] = {}
@@ -138,10 +147,10 @@ def test_an_answer_shows_only_what_follows_the_scratchpad(written: list[int]) ->
     assert updates[0].text == "9" and updates[0].finish_reason == "stop" and updates[0].tokens == len(written)
 
 
-def test_limits_and_room() -> None:
+def test_limits_and_room(options: DecodeOptions) -> None:
     module = _random_module(VARIANTS["plain"], 0)
     tokens = _image_tokens(module, 2)
-    state = DecodeState(module.decoder, 2, tokens.shape[1], -1, PAD, SEP, lambda ids: "x" * len(ids))
+    state = DecodeState(module.decoder, 2, tokens.shape[1], -1, PAD, SEP, lambda ids: "x" * len(ids), options=options)
     max_len = module.config.decoder.max_len
     long_prompt = tuple([2] * (max_len - 2))
     updates = state.prefill([SequenceSpec((2,), 0), SequenceSpec(long_prompt, 50)], _encodings(module, tokens))
@@ -155,7 +164,7 @@ def test_limits_and_room() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_preempted_sequence_resumed_with_its_tokens_equals_greedy_decoding_alone(
-    config: ModelConfig, seed: int
+    config: ModelConfig, seed: int, options: DecodeOptions
 ) -> None:
     """Rows preempted at random steps (their specs taken with `resumable`, the rows filtered out) and
     prefilled again, into the same state or a fresh one, with their tokens so far: every text, and every
@@ -168,7 +177,7 @@ def test_a_preempted_sequence_resumed_with_its_tokens_equals_greedy_decoding_alo
     prompts = [[2, *[rng.randrange(5, 40) for _ in range(rng.randrange(0, 4))]] for _ in range(n)]
     expected = [_alone(module, tokens[i : i + 1], prompts[i], 16, -1) for i in range(n)]
     detokenize = lambda ids: " ".join(map(str, ids))  # noqa: E731
-    state = DecodeState(module.decoder, n, tokens.shape[1], -1, PAD, SEP, detokenize)
+    state = DecodeState(module.decoder, n, tokens.shape[1], -1, PAD, SEP, detokenize, options=options)
     rows = list(range(n))  # row → sequence (a resumed one joins at the end)
     shown = [""] * n
     texts: dict[int, str] = {}
@@ -192,7 +201,7 @@ def test_a_preempted_sequence_resumed_with_its_tokens_equals_greedy_decoding_alo
             state.filter(range(len(rows) // 2))
             rows = rows[: len(rows) // 2]
             if rows and rng.random() < 0.5:  # the others into a fresh state too: nothing of the old one is kept
-                fresh = DecodeState(module.decoder, n, tokens.shape[1], -1, PAD, SEP, detokenize)
+                fresh = DecodeState(module.decoder, n, tokens.shape[1], -1, PAD, SEP, detokenize, options=options)
                 older = fresh.prefill([state.resumable(r) for r in range(len(rows))], [encodings[i] for i in rows])
                 state = fresh
             else:  # the others go on decoding in their slots

@@ -27,6 +27,7 @@ from model.generate import SequenceSpec, greedy_decode
 from model.loops import repeats_at_end, until_loop
 from model.multimodal import BuiltinModel
 from model.scenes import make_scene, render
+from model.step_graphs import DecodeOptions
 from model.streaming_text import IncrementalText, StreamingText, after_scratchpad
 from model.tokenizer import EOS, PAD, SEP, load_tokenizer
 from tests.support.audio import needs_espeak, speech
@@ -201,15 +202,28 @@ def audios() -> list[np.ndarray]:
     return [soxr.resample(*speech(s), 16_000).astype(np.float32) for s in SPOKEN]
 
 
+STEP_SHAPES = {"dynamic": DecodeOptions(), "fixed": DecodeOptions(fixed_shapes=True)}
+
+
 @needs_espeak
-def test_streams_of_the_tiny_model_follow_the_rule(tiny: BuiltinModel, audios: list[np.ndarray]) -> None:
-    """A tiny random model writes odd token sequences: `##` pieces after [SEP], punctuation, special tokens."""
+@pytest.mark.parametrize("shapes", sorted(STEP_SHAPES))
+def test_streams_of_the_tiny_model_follow_the_rule(
+    tiny: BuiltinModel, audios: list[np.ndarray], shapes: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny random model writes odd token sequences: `##` pieces after [SEP], punctuation, special tokens.
+    With a step of fixed shapes per bucket too (rows of every kind in one state)."""
+    monkeypatch.setattr(tiny, "decode_options", STEP_SHAPES[shapes])
     _check(tiny, _rows(tiny, audios))
 
 
 @needs_espeak
-def test_streams_of_the_shipped_model_follow_the_rule(shipped: BuiltinModel, audios: list[np.ndarray]) -> None:
-    """Real captions, answers after their scratchpads (one of them written twice), and transcripts."""
+@pytest.mark.parametrize("shapes", sorted(STEP_SHAPES))
+def test_streams_of_the_shipped_model_follow_the_rule(
+    shipped: BuiltinModel, audios: list[np.ndarray], shapes: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real captions, answers after their scratchpads (one of them written twice), and transcripts (with fixed
+    shapes too)."""
+    monkeypatch.setattr(shipped, "decode_options", STEP_SHAPES[shapes])
     rows = _rows(shipped, audios)
     twice = _greedy_ids(shipped, *reversed(rows[-1]))  # type: ignore[arg-type]
     assert twice.count(SEP_ID) == 2, decode(twice)  # (what this test is about: a scratchpad written twice)

@@ -31,14 +31,15 @@ LoadModel = Callable[..., MultimodalModel]
 
 @pytest.fixture(scope="session")
 def load_once() -> LoadModel:
-    """`load_model`, remembering each (checkpoint, device, dtype): its text tower takes seconds to load."""
+    """`load_model`, remembering each (checkpoint, device, dtype, options set): its text tower takes seconds to load
+    (options left None are the defaults: the same model as none given)."""
     real_load_model = service.engine.load_model
-    loaded: dict[tuple[str, str, Any], MultimodalModel] = {}
+    loaded: dict[tuple[str, str, Any, tuple[tuple[str, Any], ...]], MultimodalModel] = {}
 
-    def load_model(spec: str, device: Any = "cpu", dtype: Any = None) -> MultimodalModel:
-        key = (str(spec), str(device), dtype)
+    def load_model(spec: str, device: Any = "cpu", dtype: Any = None, **options: Any) -> MultimodalModel:
+        key = (str(spec), str(device), dtype, tuple(sorted((k, v) for k, v in options.items() if v is not None)))
         if key not in loaded:
-            loaded[key] = real_load_model(spec, device, dtype)
+            loaded[key] = real_load_model(spec, device, dtype, **options)
         return loaded[key]
 
     return load_model

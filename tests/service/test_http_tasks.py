@@ -148,3 +148,30 @@ async def test_openapi_documents_both_body_kinds(client: httpx.AsyncClient) -> N
     assert caption["requestBody"]["content"]["application/json"]["schema"]["examples"]
     assert {"400", "413", "415", "429", "503", "504"} <= set(caption["responses"])
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_a_fixed_shape_decoding_step_serves_the_same_captions_and_answers(
+    serve, reference: MultimodalModel  # type: ignore[no-untyped-def]
+) -> None:
+    """`MMSERVE_FIXED_SHAPE_STEP=true` reaches the built-in model; concurrent captions of mixed lengths and
+    answers, decoded together with fixed shapes per bucket, equal each one alone (the default step)."""
+    images = [noise_image(seed) for seed in range(6)]
+    limits = [3, 30, 9, 17, 1, 24]
+    question = "what colour is the shape?"
+    async with serve(fixed_shape_step=True) as client:
+        model = client.app.state.runtime.ensure_ready().stepwise("caption")
+        assert model.decode_options.fixed_shapes and not model.decode_options.cuda_graphs
+        captions = [
+            client.post("/caption", files=upload(encode_image(image)), data={"max_new_tokens": str(n)})
+            for image, n in zip(images, limits, strict=True)
+        ]
+        answers = [
+            client.post("/vqa", files=upload(encode_image(image)), data={"question": question}) for image in images[:3]
+        ]
+        responses = await asyncio.gather(*captions, *answers)
+    assert all(response.status_code == 200 for response in responses)
+    assert [r.json()["caption"] for r in responses[:6]] == [
+        reference.caption([image], n)[0] for image, n in zip(images, limits, strict=True)
+    ]
+    expected = [reference.answer([image], [question])[0] for image in images[:3]]
+    assert [r.json()["answer"] for r in responses[6:]] == expected

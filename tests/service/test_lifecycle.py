@@ -75,7 +75,7 @@ async def test_unhealthy_when_loading_fails(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
 ) -> None:
-    def broken(spec: str, device: Any, dtype: Any) -> Any:
+    def broken(spec: str, device: Any, dtype: Any, **options: Any) -> Any:
         raise FileNotFoundError(spec)
 
     monkeypatch.setattr(service.engine, "load_model", broken)
@@ -183,11 +183,11 @@ class TextOnly:
 async def test_per_task_models_and_501(serve, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     loads: list[str] = []
 
-    def fake_registry(spec: str, device: Any, dtype: Any) -> Any:
+    def fake_registry(spec: str, device: Any, dtype: Any, **options: Any) -> Any:
         loads.append(spec)
         if spec == "text-only":
-            return TextOnly(load_model(str(checkpoint), device, dtype))
-        return load_model(spec, device, dtype)
+            return TextOnly(load_model(str(checkpoint), device, dtype, **options))
+        return load_model(spec, device, dtype, **options)
 
     monkeypatch.setattr(service.engine, "load_model", fake_registry)
     async with serve(model="text-only", vqa_model=str(checkpoint)) as client:

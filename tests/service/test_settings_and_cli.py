@@ -37,6 +37,14 @@ def test_defaults() -> None:
     assert settings.max_embed_inputs == 256
 
 
+def test_decoding_step_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """None (the default): the model's choice for its device (on for CUDA); else what was said."""
+    assert (Settings().fixed_shape_step, Settings().cuda_graphs) == (None, None)
+    monkeypatch.setenv("MMSERVE_CUDA_GRAPHS", "false")
+    monkeypatch.setenv("MMSERVE_FIXED_SHAPE_STEP", "true")
+    assert (Settings().fixed_shape_step, Settings().cuda_graphs) == (True, False)
+
+
 def test_per_task_models_default_to_model() -> None:
     settings = Settings(model="base", embed_model="clip")
     assert [settings.model_for(task) for task in ("caption", "vqa", "embed_text", "embed_image")] == [
