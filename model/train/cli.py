@@ -61,6 +61,7 @@ _STAGE_FIELDS = (
     "audio_batch_size",
     "decoder_lr_ratio",
     "speech_eval",
+    "hard_position_share",
 )
 
 
@@ -137,6 +138,12 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         "--decoder-lr-ratio", type=float, default=None, help="the speech stage: the decoder's rate over --lr"
     )
     one.add_argument("--speech-eval", type=int, default=None, help="the speech stage: sentences per quick check")
+    one.add_argument(
+        "--hard-position-share",
+        type=float,
+        default=None,
+        help="share of scenes whose first question names an object in three words (position)",
+    )
     args = parser.parse_args(argv)
     given = {field: getattr(args, field) for field in _STAGE_FIELDS if getattr(args, field) is not None}
     if args.stage is None and (given or args.init is not None):

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from model.config import PRESETS
 from model.images import to_pixels
-from model.scenes import HELD_OUT_SEED_START, ask_any, make_scene, render
+from model.scenes import HELD_OUT_SEED_START, SIZES, Question, Scene, ask, ask_any, make_scene, render
 from model.tokenizer import BOS, EOS, PAD, SEP
 from model.train.recipe import TrainConfig, max_objects_at
 
@@ -35,12 +35,21 @@ class Batches:
         base = (self.config.seed * 1_000_003 + step * B) % (HELD_OUT_SEED_START - B)
         rng = random.Random(base)
         most = max_objects_at(self.config, step)
-        scenes = [make_scene(base + i, max_objects=most) for i in range(B)]
+        share = self.config.hard_position_share  # (no draw at all when 0: the batches stay as they were)
+        hard = [share > 0 and rng.random() < share for _ in range(B)]
+        scenes = [
+            _with_three_word_reference(base + i, rng) if hard[i] else make_scene(base + i, max_objects=most)
+            for i in range(B)
+        ]
         size = PRESETS[self.config.preset].vision.image_size
         pixels = to_pixels([render(s, size) for s in scenes], size)
         # question-major order, so row blocks line up with the images: [q0 of all images, q1 of all, ...]
         weights = dict(self.config.family_weights) or None
-        questions = [ask_any(s, rng, weights=weights) for _ in range(self.config.questions_per_image) for s in scenes]
+        questions = [
+            _three_word_position(s, rng) if k == 0 and hard[i] else ask_any(s, rng, weights=weights)
+            for k in range(self.config.questions_per_image)
+            for i, s in enumerate(scenes)
+        ]
         bos, eos, sep = self.ids[BOS], self.ids[EOS], self.ids[SEP]
         rows, loss_from = [], []
         for scene in scenes:
@@ -63,6 +72,29 @@ class Batches:
     def _encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False).ids
         return ids
+
+
+def _names_three(question: Question | None) -> bool:
+    return question is not None and question.family == "position" and any(w in SIZES for w in question.text.split())
+
+
+def _with_three_word_reference(seed: int, rng: random.Random) -> Scene:
+    """A training scene, from `seed` on, in which a position question can name an object by size, colour and
+    shape (two objects differ only in size): such questions are rare among random scenes (see
+    `TrainConfig.hard_position_share`)."""
+    while True:
+        scene = make_scene(seed)
+        if any(_names_three(ask(scene, "position", rng)) for _ in range(12)):
+            return scene
+        seed = (seed + 7_919) % HELD_OUT_SEED_START  # training seeds stay below the held-out range
+
+
+def _three_word_position(scene: Scene, rng: random.Random) -> Question:
+    """A position question about `scene` that names an object in three words (the scene allows one)."""
+    while not _names_three(question := ask(scene, "position", rng)):
+        pass
+    assert question is not None
+    return question
 
 
 def token_id(tokenizer: Tokenizer, token: str) -> int:

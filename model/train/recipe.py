@@ -40,6 +40,9 @@ class TrainConfig:
     # audio that is not a scene sentence, to be transcribed as nothing
     speech_varied: bool = False
     out_of_domain_share: float = 0.0
+    # this share of a step's scenes are ones where a position question names an object in three words ("is
+    # the large red circle left of ...?"), asked first: rare among random scenes, and the hardest questions
+    hard_position_share: float = 0.0
 
 
 # what the stages after the first share: half the base learning rate, a short warm-up, and full scenes

@@ -1,5 +1,7 @@
 """Training runs, checkpoints atomically, resumes where it stopped, and exports a loadable checkpoint."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -249,3 +251,21 @@ def test_a_training_step_builds_every_tensor_on_the_batch_device() -> None:
     assert set(parts) == {"caption", "answer", "contrastive", "align"}
     assert all(part.device == meta and part.shape == () for part in parts.values())
     assert all(p.grad is not None and p.grad.device == meta for p in module.parameters() if p.requires_grad)
+
+
+def test_hard_position_scenes_ask_first_about_an_object_named_in_three_words() -> None:
+    """`hard_position_share`: those scenes hold two objects told apart only by size, and their first question
+    names one of them in three words; at 0 no scene is chosen so."""
+    from dataclasses import replace
+
+    tokenizer = build_tokenizer()
+    config = replace(_config(10), batch_size=8, hard_position_share=1.0)
+    batch = Batches(config, tokenizer)(3)
+    first = [tokenizer.decode(row.tolist()) for row in batch["seq"][8:16]]  # the first question of each scene
+    assert all(("large" in q or "small" in q) and (" left of " in q or " right of " in q) for q in first), first
+    for caption, question in zip(batch["captions"], first, strict=True):
+        named = re.search(r"(?:large|small) (\w+ \w+)", question)
+        assert named and caption.count(named[1]) >= 2  # its colour and shape twice in the scene: size tells
+    plain = Batches(replace(config, hard_position_share=0.0), tokenizer)(3)
+    asked = [tokenizer.decode(row.tolist()) for row in plain["seq"][8:16]]
+    assert sum(bool(re.search(r"(?:large|small) \w+ \w+ (?:left|right) of", q)) for q in asked) < 8
