@@ -332,12 +332,18 @@ def _features(args: tuple[list[int], AudioConfig, Variety]) -> list[tuple[str, t
 
 
 def build_pool(
-    folder: Path, size: int, config: AudioConfig, workers: int = 2, shard: int = 2000, variety: Variety = Variety()
+    folder: Path,
+    size: int,
+    config: AudioConfig,
+    workers: int = 2,
+    shard: int = 2000,
+    variety: Variety = Variety(),
+    first_seed: int = 0,
 ) -> None:
-    """Synthesise the training utterances of seeds 0, 1, ... (skipping held-out sentences) until `size` are
-    made, into shards of log-mel features (float16) and their texts."""
+    """Synthesise the training utterances of seeds `first_seed`, `first_seed` + 1, ... (skipping held-out
+    sentences) until `size` are made, into shards of log-mel features (float16) and their texts."""
     folder.mkdir(parents=True, exist_ok=True)
-    made, part, items, seed = 0, 0, [], 0
+    made, part, items, seed = 0, 0, [], first_seed
     with ProcessPoolExecutor(workers) as pool:
         while made < size:
             span = min(2000, 100 * -(-(size - made) * 5 // 4 // 100))  # seeds this round: a quarter more than needed

@@ -154,7 +154,9 @@ def train_speech(
     if not (pool_dir / "done").exists():
         began = time.time()
         variety = Variety(config.speech_varied, config.out_of_domain_share)
-        build_pool(pool_dir, config.speech_pool, module.config.audio, variety=variety)
+        # a stage trained with another --seed hears other utterances (seeds stay below the held-out range)
+        first = config.seed * 1_000_000
+        build_pool(pool_dir, config.speech_pool, module.config.audio, variety=variety, first_seed=first)
         (pool_dir / "done").write_text(f"{(time.time() - began) / 60:.1f} minutes\n")
     texts, features = load_pool(pool_dir)
     sets = eval_sets(run_dir, module.config.audio.sampling_rate, config.speech_eval, config.speech_varied)
