@@ -2,7 +2,9 @@
 
 A real 2-node local Ray cluster (tests/deploy/ray_cluster.py, one CPU per node) serves a checkout's
 deploy/ray/serve.yaml (the tiny test checkpoint on CPU, two replicas, one proxy); 8 clients send distinct
-/embed and /caption requests; after `--kill-after` answers in a round, one replica's process is SIGKILLed;
+/embed and /caption requests; after `--kill-after` answers in a round, one replica's process is SIGKILLed (the one
+that did not give that answer: a replica's batch ends together, so the one that just answered is often
+empty, the other is more likely busy);
 the round goes on until every request of it has an answer, then Ray's replacement is awaited. Run it
 against another checkout (`--checkout /work/main`) to compare: its code is what the cluster runs.
 
@@ -105,6 +107,7 @@ def main() -> None:
         command = [serve_cli, "run", str(config_path), "--non-blocking", f"--address={cluster.address}"]
         subprocess.run(command, check=True, cwd=checkout, timeout=180)
         wait_for_http(f"{url}/health")
+        wait_for_two_replicas(serve, url, None)
         for round_number in range(args.rounds):
             started = time.monotonic()
             round_outcomes, killed = one_round(url, send, args, round_number * args.requests)
@@ -126,6 +129,7 @@ def main() -> None:
 def one_round(url: str, send: Any, args: argparse.Namespace, first: int) -> tuple[Counter[str], int | None]:
     results: list[httpx.Response | Exception] = []
     killed: list[int] = []
+    replicas: set[str] = set()
     lock = threading.Lock()
 
     def one(index: int, client: httpx.Client) -> None:
@@ -135,10 +139,12 @@ def one_round(url: str, send: Any, args: argparse.Namespace, first: int) -> tupl
             result = error
         with lock:
             results.append(result)
-            if not killed and len(results) >= args.kill_after and isinstance(result, httpx.Response):
-                replica = result.headers.get(REPLICA_HEADER)
-                if replica:
-                    pid = int(replica.rsplit("@", 1)[1])
+            last = result.headers.get(REPLICA_HEADER) if isinstance(result, httpx.Response) else None
+            replicas.update([last] if last else [])
+            others = sorted(replicas - {last})
+            if not killed and len(results) >= args.kill_after and last and others:
+                pid = int(others[0].rsplit("@", 1)[1])
+                if psutil.pid_exists(pid):
                     assert "ServeReplica" in " ".join(psutil.Process(pid).cmdline())  # nothing else is killed
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)

@@ -8,6 +8,7 @@ thread dies (fault injection) is replaced. Slow: ~2-3 minutes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -182,6 +183,24 @@ def test_replicas_answer_as_one_server_does(ray_url: str, reference_answers: dic
     health = httpx.get(f"{ray_url}/health", headers={"X-Request-ID": "mine"})
     assert health.json()["status"] == "ok"
     assert health.headers["X-Request-ID"] == "mine"
+
+
+def test_a_stream_comes_through_the_ingress_event_by_event(ray_url: str, reference_answers: dict[int, Any]) -> None:
+    index = len(TEXTS)  # the first caption request
+    image = {"image": ("i.png", IMAGES[0], "image/png")}
+    fields = {"max_new_tokens": "12", "stream": "true"}
+    events: list[tuple[str, Any]] = []
+    with httpx.stream("POST", f"{ray_url}/caption", files=image, data=fields, timeout=60) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        kind = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    assert [kind for kind, _ in events[:-1]] == ["token"] * (len(events) - 1) and events[-1][0] == "done", events
+    assert events[-1][1]["caption"] == reference_answers[index]
+    assert "".join(data["text"] for kind, data in events if kind == "token") == reference_answers[index]
 
 
 def test_a_killed_replica_loses_no_request_to_a_bare_500(
