@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
 
 import orjson
 from starlette.datastructures import Headers
@@ -60,11 +59,8 @@ class RetryingIngress:
         self._retries = retries
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
         if scope["type"] != "http":
-            return
+            return  # no lifespan of its own: the model lives in the replicas
         try:
             body = await self._read_body(scope, receive)
             if body is None:
@@ -148,14 +144,3 @@ def stream_error_event(path: str, error: ServiceError) -> bytes:
 
 def _is_event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
     return any(name.lower() == b"content-type" and value.startswith(b"text/event-stream") for name, value in headers)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    """Nothing to start or stop: the model lives in the replicas."""
-    while True:
-        message: dict[str, Any] = dict(await receive())
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
