@@ -1,10 +1,13 @@
 """Fault injection, for tests of a real process or container (`MMSERVE_FAULT_INJECTION=true`; off by default).
 
-Two routes, mounted only when the setting is on and never in the OpenAPI document:
+Three routes, mounted only when the setting is on and never in the OpenAPI document:
 - `POST /faults/device` breaks the device: from now on every batch and `/health`'s device check fail as a
   lost CUDA context does (a sticky "CUDA error"), so the service turns unhealthy and exits (status 5);
 - `POST /faults/inference-thread` raises an exception inside the inference thread, wherever it is (as a
-  bug in the step loop would), so the thread dies and the process exits (status 6).
+  bug in the step loop would), so the thread dies and the process exits (status 6);
+- `POST /faults/stall?seconds=S` holds the inference thread's next whole batch for S seconds (once), so the
+  requests that reach this server meanwhile are certainly inside it: tests/deploy/test_ray_serve.py kills
+  a Ray replica while it holds requests.
 Each answers 202 at once; the failure follows within a moment (the next batch or device check, or the
 thread's next instruction). docker/smoke-test.sh uses them to watch compose restart the container.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from typing import Any, NoReturn
 
 from fastapi import APIRouter, Request
@@ -60,3 +64,22 @@ async def kill_inference_thread(request: Request) -> JSONResponse:
     logger.warning("fault injection: killing the inference thread")
     thread.flush()  # wakes it if it waits for work (it dies at its next instruction: the flag never matters)
     return JSONResponse({"fault": "inference-thread", "injected": raised == 1}, status_code=202)
+
+
+@router.post("/stall", status_code=202)
+async def stall_inference(request: Request, seconds: float = 20.0) -> JSONResponse:
+    """Hold the inference thread's next whole batch for `seconds` (once); what arrives meanwhile waits inside."""
+    runtime: Runtime = request.app.state.runtime
+    engine = runtime.engine
+    if engine is None:
+        return JSONResponse({"fault": "stall", "injected": False, "reason": "not loaded yet"}, status_code=409)
+    run = engine.run
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        engine.run = run  # type: ignore[method-assign]  # once
+        logger.warning("fault injection: holding the inference thread for %g s", seconds)
+        time.sleep(seconds)
+        return run(*args, **kwargs)
+
+    engine.run = held  # type: ignore[method-assign]
+    return JSONResponse({"fault": "stall", "injected": True, "seconds": seconds}, status_code=202)

@@ -25,6 +25,14 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _FRAMING_BYTES = 64 * 1024
 
 
+def body_limit(headers: Headers, upload_bytes: int) -> int:
+    """The most bytes a body may have that carries one upload: multipart carries the raw file; JSON carries
+    it in base64, a third larger."""
+    if headers.get("content-type", "").startswith("multipart/"):
+        return upload_bytes + _FRAMING_BYTES
+    return upload_bytes * 4 // 3 + _FRAMING_BYTES
+
+
 class BodySizeLimit:
     """Refuse request bodies larger than one upload (413): an image's, or a path's own (`larger`: audio)."""
 
@@ -34,11 +42,7 @@ class BodySizeLimit:
         self.larger = larger or {}
 
     def limit_for(self, headers: Headers, path: str = "") -> int:
-        """Multipart carries the raw file; JSON carries it in base64, a third larger."""
-        upload = self.larger.get(path, self.max_upload_bytes)
-        if headers.get("content-type", "").startswith("multipart/"):
-            return upload + _FRAMING_BYTES
-        return upload * 4 // 3 + _FRAMING_BYTES
+        return body_limit(headers, self.larger.get(path, self.max_upload_bytes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

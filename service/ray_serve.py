@@ -34,7 +34,9 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 
 from service.app import create_app
+from service.asgi_forward import ForwardedRequest, ResponseStart, answer
 from service.middleware import REQUEST_ID_HEADER
+from service.ray_ingress import Ingress
 from service.runtime import Runtime, State
 from service.settings import Settings
 
@@ -99,6 +101,11 @@ class MMServe:
 
         return app
 
+    async def forward(self, request: ForwardedRequest) -> AsyncIterator[ResponseStart | bytes]:
+        """One HTTP request from the ingress, answered by this replica's app: the response in parts."""
+        async for part in answer(self.app, request):  # type: ignore[attr-defined]  # the built app, as below
+            yield part
+
     def check_health(self) -> None:
         """Ray's periodic health check: a replica whose inference thread died is replaced."""
         app: FastAPI = self.app  # type: ignore[attr-defined]  # Ray's ingress wrapper holds the built app
@@ -110,10 +117,13 @@ class MMServe:
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The Ray Serve application: `args` are mmserve settings (`model`, `device`, `caption_max_batch_size` ...).
 
-    Replica count, resources and autoscaling come from the serve config's `deployments:` entry for
-    `mmserve`; without one, a single replica with one CPU.
+    HTTP enters through the `ingress` deployment (service.ray_ingress), which forwards each request to the
+    `mmserve` deployment and retries it once if its replica dies. Replica count, resources and autoscaling
+    come from the serve config's `deployments:` entries; without them, one replica of each (`mmserve` with
+    one CPU, `ingress` with none).
     """
     settings = dict(args)
     Settings(**settings)  # refuse bad settings here, before any replica starts
-    application: serve.Application = MMServe.bind(settings)  # type: ignore[attr-defined]  # added by @serve.deployment
+    model = MMServe.bind(settings)  # type: ignore[attr-defined]  # added by @serve.deployment
+    application: serve.Application = Ingress.bind(model, settings)  # type: ignore[attr-defined]
     return application

@@ -26,12 +26,17 @@ def test_the_serve_config_is_valid_and_its_args_are_mmserve_settings() -> None:
     (app,) = config.applications
     assert app.import_path == "service.ray_serve:build_app"
     settings = Settings(**app.args)
-    (deployment,) = app.deployments
+    deployments = {deployment.name: deployment for deployment in app.deployments}
+    assert set(deployments) == {"mmserve", "ingress"}  # the names of service.ray_serve's two deployments
+    deployment = deployments["mmserve"]
     assert deployment.backpressure_config.status_code == 429
     assert deployment.max_queued_requests > 0  # bounded: beyond it, 429 at once
     # Ray waits this long for a replica's shutdown, which runs mmserve's drain (up to request_timeout_s).
     assert deployment.graceful_shutdown_timeout_s > settings.request_timeout_s
     assert deployment.ray_actor_options.num_gpus == 1
+    # HTTP enters at the ingress (it retries a request whose replica died), which needs no GPU.
+    assert deployments["ingress"].ray_actor_options.num_cpus == 0
+    assert deployments["ingress"].ray_actor_options.num_gpus in (None, 0)
 
 
 def test_the_rayservice_serves_the_serve_config() -> None:
