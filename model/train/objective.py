@@ -56,15 +56,18 @@ def speech_losses(
     lengths: torch.Tensor,
     seq: torch.Tensor,
     pad_id: int,
+    ctc_reaches_tower: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The transcripts `seq` (R, T: `[BOS] text [EOS]`, right-padded) read from the audio: the decoder's
     cross-entropy (`heard`), and CTC on the audio tokens through `ctc_head` (`ctc`; its blank is the last
-    class), the auxiliary loss of hybrid CTC/attention recognisers, which makes the alignment learn sooner."""
+    class), the auxiliary loss of hybrid CTC/attention recognisers, which makes the alignment learn sooner.
+    `ctc_reaches_tower` False: the CTC loss trains its head alone (a fresh head over a trained tower)."""
     tokens, valid = module.encode_audio(features, lengths)
     token_loss = token_losses(module, tokens, seq, valid)
     weight = (seq[:, 1:] != pad_id).to(token_loss.dtype)
     heard = (token_loss * weight).sum() / weight.sum()
-    log_probs = F.log_softmax(ctc_head(tokens).float(), dim=-1).transpose(0, 1)  # (N, R, V + 1)
+    ctc_input = tokens if ctc_reaches_tower else tokens.detach()
+    log_probs = F.log_softmax(ctc_head(ctc_input).float(), dim=-1).transpose(0, 1)  # (N, R, V + 1)
     text = seq[:, 1:-1]  # without [BOS]; [EOS] and padding are dropped by the lengths below
     target_lengths = (text != pad_id).sum(1) - 1  # minus [EOS]
     ctc = F.ctc_loss(

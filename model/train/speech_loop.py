@@ -78,6 +78,7 @@ def make_optimizer(module: MultimodalTransformer, config: TrainConfig) -> torch.
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98))
 
 
+CTC_HEAD_ALONE = 200  # steps a fresh CTC head over a tower that already hears learns alone
 QUICK_CONDITIONS = ("telephone", "fast_240wpm", "babble_10db", "other_voices")  # the varied stage's quick checks
 
 
@@ -132,6 +133,9 @@ def train_speech(
     device = resolve_device("auto")
     trained, tokenizer, _ = load_module(init)  # read once: the weights and the tokenizer
     module = speech_module(config, trained, init).to(device)
+    # a tower that already hears (the hearing stage) gets a fresh CTC head: for its first `CTC_HEAD_ALONE`
+    # steps the head learns alone, so that its first, wild gradients do not undo what the tower knows
+    tower_trained = trained.audio is not None
     assert module.config.audio is not None
     text_tower = TextTower().to(device)
     optimizer = make_optimizer(module, config)
@@ -188,7 +192,13 @@ def train_speech(
         for r, i in enumerate(picked):
             seq[r, : len(rows[i])] = torch.tensor(rows[i])
         speech = speech_losses(
-            module, ctc_head, batch_features.to(device), lengths.to(device), seq.to(device), ids[PAD]
+            module,
+            ctc_head,
+            batch_features.to(device),
+            lengths.to(device),
+            seq.to(device),
+            ids[PAD],
+            ctc_reaches_tower=not tower_trained or step >= CTC_HEAD_ALONE,
         )
         images = to_device(replay(step), device)
         with torch.no_grad():

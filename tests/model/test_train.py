@@ -269,3 +269,19 @@ def test_hard_position_scenes_ask_first_about_an_object_named_in_three_words() -
     plain = Batches(replace(config, hard_position_share=0.0), tokenizer)(3)
     asked = [tokenizer.decode(row.tolist()) for row in plain["seq"][8:16]]
     assert sum(bool(re.search(r"(?:large|small) \w+ \w+ (?:left|right) of", q)) for q in asked) < 8
+
+
+@pytest.mark.parametrize("reaches", [True, False])
+def test_a_fresh_ctc_head_can_learn_alone_over_a_tower_that_hears(reaches: bool) -> None:
+    """`ctc_reaches_tower=False`: the CTC loss trains its head and leaves the audio tower's gradients at zero."""
+    from model.train.objective import speech_losses
+
+    module = MultimodalTransformer(PRESETS["tiny+audio"])
+    assert module.audio is not None and module.config.audio is not None
+    head = torch.nn.Linear(module.config.vision.dim, module.config.decoder.vocab_size + 1)
+    features, lengths = torch.randn(2, 120, module.config.audio.n_mels), torch.tensor([120, 80])
+    seq = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]])
+    speech_losses(module, head, features, lengths, seq, 0, ctc_reaches_tower=reaches)["ctc"].backward()
+    tower = [p.grad for p in module.audio.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in tower) == reaches
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
