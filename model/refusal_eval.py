@@ -170,8 +170,8 @@ def heard_sets(
 def refusal_rates(sets: dict[str, list[Heard]], criteria: Sequence[Criterion]) -> dict[str, float]:
     """The share refused by `criteria` in each set, and over all out-of-domain sets together."""
 
-    def share(heard: Sequence[Heard]) -> float:  # a blank transcript is refused too (the service's 422)
-        return sum(not h.text.strip() or refusal(h, criteria) is not None for h in heard) / max(1, len(heard))
+    def share(heard: Sequence[Heard]) -> float:
+        return sum(refusal(h, criteria) is not None for h in heard) / max(1, len(heard))
 
     rates = {name: share(heard) for name, heard in sets.items()}
     rates["out_of_domain"] = share([h for name, heard in sets.items() if name != "in_domain" for h in heard])

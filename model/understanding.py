@@ -68,6 +68,12 @@ def low_confidence(threshold: float) -> Criterion:
     return check
 
 
+def nothing_understood(heard: Heard) -> str | None:
+    """Refuse a blank transcript: the built-in model writes nothing for audio that is not a scene sentence
+    (everyday speech, other languages, noise, music: its `hearing` training stage)."""
+    return None if heard.text.strip() else "nothing in it was understood as a scene sentence"
+
+
 def looped(heard: Heard) -> str | None:
     """Refuse a transcript cut short because it repeated itself (`model.loops`)."""
     return "the transcript repeated itself" if heard.finish_reason == "repetition" else None
@@ -76,8 +82,14 @@ def looped(heard: Heard) -> str | None:
 def default_criteria(
     max_no_speech_prob: float = MAX_NO_SPEECH_PROB, min_avg_logprob: float = MIN_AVG_LOGPROB, loops: bool = True
 ) -> list[Criterion]:
-    """The criteria a spoken question is refused by: no speech, low confidence, and a loop (unless `loops` is off)."""
-    return [no_speech(max_no_speech_prob), low_confidence(min_avg_logprob), *([looped] if loops else [])]
+    """The criteria a spoken question is refused by: no speech, nothing understood (a blank transcript), low
+    confidence, and a loop (unless `loops` is off)."""
+    return [
+        no_speech(max_no_speech_prob),
+        nothing_understood,
+        low_confidence(min_avg_logprob),
+        *([looped] if loops else []),
+    ]
 
 
 def refusal(heard: Heard, criteria: Sequence[Criterion]) -> str | None:

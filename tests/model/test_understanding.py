@@ -27,6 +27,8 @@ def test_each_criterion_names_its_reason_and_the_first_one_wins() -> None:
     assert refusal(Heard("is there a?", -2.31, 0.98, "stop"), criteria) == "no speech: no_speech_prob 0.98 above 0.01"
     assert refusal(Heard("is there a?", -2.31, 0.0, "stop"), criteria) == "avg_logprob -2.31 below -0.5"
     assert refusal(Heard("a a a a", -0.1, 0.0, "repetition"), criteria) == "the transcript repeated itself"
+    for blank in ("", "  "):  # audio the model wrote nothing for (not a scene sentence), however sure of it
+        assert refusal(Heard(blank, -0.01, 0.0, "stop"), criteria) == "nothing in it was understood as a scene sentence"
     unknown = Heard("what colour is the circle?", None, None)  # a model that reports nothing is never refused
     assert refusal(unknown, [no_speech(0.0), low_confidence(0.0), looped]) is None
 
