@@ -77,7 +77,10 @@ def test_transcribes_held_out_sentences(shipped) -> None:
     utterances = eval_utterances(held_out_voice=False, n=24)
     heard = shipped.transcribe([synthesise(u, 16_000, i) for i, u in enumerate(utterances)])
     truth = [u.text for u in utterances]
-    assert sum(h == t for h, t in zip(heard, truth, strict=True)) >= 20, list(zip(heard, truth, strict=True))
+    # (the hearing stage traded a little here for unheard voices: on the card's 300 sentences, held-out questions
+    # in training voices are heard word for word 0.80 of the time, 0.90 before it; in unheard voices 0.53, 0.41
+    # before; captions 1.00 and 0.71, 0.37 before)
+    assert sum(h == t for h, t in zip(heard, truth, strict=True)) >= 18, list(zip(heard, truth, strict=True))
     assert word_error_rate(truth, heard) < 0.05
 
 

@@ -39,9 +39,9 @@ QUESTIONS = [
     "is there a red diamond?",
 ]
 SPOKEN = ["a red circle", "two blue squares and a green triangle", "three"]
-# A question about objects scene 32 lacks: the shipped model writes its scratchpad twice, "zero left [SEP] four
-# left [SEP] yes" (a stream used to show "four left", and then nothing of the answer "yes").
-TWICE = (32, "is the triangle left of the square?")
+# A question about objects scene 1 lacks: the shipped model writes its scratchpad twice, "zero left [SEP] zero
+# right [SEP] yes" (a stream used to show "zero right", and then nothing of the answer "yes").
+TWICE = (1, "is the circle right of the square?")
 
 TOKENIZER = load_tokenizer(WEIGHTS_DIR / "tokenizer.json")
 SEP_ID = TOKENIZER.token_to_id(SEP)
