@@ -10,13 +10,17 @@ once on the same image encoding:
 - locked-text contrastive tuning: the image projection is pulled towards the frozen MiniLM embedding of
   the scene's caption (symmetric InfoNCE with soft labels, since two scenes can share a caption).
 
-The shipped model comes from a recipe of three stages, which `mmserve train` runs one after the other:
+The shipped model comes from a recipe of five stages, which `mmserve train` runs one after the other:
 - `base`: everything from scratch, every question family equally often, one-word answers; a curriculum
   raises the number of objects per scene over the first third of the stage;
 - `position`: from the base weights, full scenes, position questions four times as often and written
   with the scratchpad, at half the learning rate;
 - `colour`: colour questions four times as often (position twice), both with the scratchpad, so that
-  "what colour is the square?" reuses the look-up of an object's column that position questions taught.
+  "what colour is the square?" reuses the look-up of an object's column that position questions taught;
+- `speech`: a new audio tower, and the decoder learns to write what it hears (espeak-ng's voices, from a
+  pool synthesised once: `speech`, `speech_loop`), the image tasks replayed beside it;
+- `hearing`: more voices, speeds and listening conditions (`model/speech_conditions.py`), SpecAugment
+  (`spec_augment`), and audio that is not a scene sentence transcribed as nothing (`out_of_domain`).
 
 Each stage checkpoints its state atomically every few hundred steps under `--run-dir/<stage>/` and
 `--resume` continues from it (a finished stage is not trained again); each stage's weights go to
