@@ -33,15 +33,15 @@ class DecodeOptions:
     def resolve(
         cls, device: torch.device, fixed_shapes: bool | None = None, cuda_graphs: bool | None = None
     ) -> DecodeOptions:
-        """The options for `device`: None means on for CUDA devices, off elsewhere (on a CPU the fixed shapes
-        cost compute and there is nothing to capture: docs/benchmarks.md). Graphs need CUDA and imply fixed
-        shapes."""
+        """The options for `device`: None means off (on a CPU the fixed shapes cost compute and there is nothing
+        to capture, docs/benchmarks.md; on CUDA the graphs have not been measured yet, `bench/gpu_check.sh`).
+        Graphs need CUDA and imply fixed shapes."""
         cuda = device.type == "cuda"
-        graphs = cuda if cuda_graphs is None else cuda_graphs
+        graphs = bool(cuda_graphs)
         if graphs and not cuda:
             logger.warning("CUDA graphs need a CUDA device (this one is %s): decoding steps run eagerly", device)
             graphs = False
-        fixed = (cuda if fixed_shapes is None else fixed_shapes) or graphs
+        fixed = bool(fixed_shapes) or graphs
         return cls(fixed_shapes=fixed, cuda_graphs=graphs)
 
 

@@ -94,8 +94,8 @@ class Settings(BaseSettings):
     # The built-in model's decoding step (the same tokens either way). fixed_shape_step: rows padded to a
     # bucket (1, 2, 4, ...) and attention over every cached position, masked, so a step's shapes stay the same
     # within a bucket; cuda_graphs: each bucket's step captured as a CUDA graph and replayed (implies fixed
-    # shapes; a capture that fails falls back to eager, logged). None: on for CUDA devices, off on a CPU (where
-    # the fixed shapes cost compute: docs/benchmarks.md).
+    # shapes; a capture that fails falls back to eager, logged). None: off, until bench/gpu_check.sh has measured
+    # them on a GPU (on a CPU the fixed shapes cost compute: docs/benchmarks.md).
     fixed_shape_step: bool | None = None
     cuda_graphs: bool | None = None
     encoder_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)  # image encodings kept for reuse; 0: off

@@ -204,7 +204,8 @@ def test_cuda_graphs_that_cannot_be_captured_fall_back_to_eager_with_a_log_line(
 
 def test_options_for_a_device() -> None:
     assert DecodeOptions.resolve(torch.device("cpu")) == DecodeOptions(fixed_shapes=False, cuda_graphs=False)
-    assert DecodeOptions.resolve(torch.device("cuda")) == DecodeOptions(fixed_shapes=True, cuda_graphs=True)
+    assert DecodeOptions.resolve(torch.device("cuda")) == DecodeOptions(fixed_shapes=False, cuda_graphs=False)
+    assert DecodeOptions.resolve(torch.device("cuda"), cuda_graphs=True) == DecodeOptions(True, True)
     assert DecodeOptions.resolve(torch.device("cuda"), cuda_graphs=False) == DecodeOptions(True, False)
     assert DecodeOptions.resolve(torch.device("cpu"), fixed_shapes=True) == DecodeOptions(True, False)
     assert DecodeOptions.resolve(torch.device("cpu"), cuda_graphs=True) == DecodeOptions(False, False)  # logged
