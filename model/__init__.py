@@ -85,7 +85,7 @@ def load_model(
 
     `dtype=None` picks fp32 on CPU and bf16 (fp16 where bf16 is unsupported) on CUDA. `fixed_shape_step` and
     `cuda_graphs`: how the built-in model's continuous-batching step runs (`model.step_graphs.DecodeOptions`;
-    None: on for CUDA devices, off elsewhere); Hugging Face models decode their own way and ignore them.
+    None: off); Hugging Face models decode their own way and ignore them.
     """
     from model.checkpoint import is_builtin_checkpoint, load_builtin
 

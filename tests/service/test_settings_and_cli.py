@@ -38,7 +38,7 @@ def test_defaults() -> None:
 
 
 def test_decoding_step_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """None (the default): the model's choice for its device (on for CUDA); else what was said."""
+    """None (the default): off (`DecodeOptions.resolve`); else what was said."""
     assert (Settings().fixed_shape_step, Settings().cuda_graphs) == (None, None)
     monkeypatch.setenv("MMSERVE_CUDA_GRAPHS", "false")
     monkeypatch.setenv("MMSERVE_FIXED_SHAPE_STEP", "true")
