@@ -26,6 +26,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from importlib.util import find_spec
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/suite.py` from a checkout
@@ -46,6 +47,7 @@ ENDPOINTS = ("/embed", "/caption", "/transcribe")
 SECTION = "serving"  # the suite's section of its output file (between its markers)
 TRANSCRIBING = ("mmserve",)  # the servers that run /transcribe (the peers do not hear; the other mmserve
 # variants differ only in how captions are batched)
+PEER_PACKAGES = {"litserve": "litserve"}  # peers whose package is not one of mmserve's own dependencies
 CAPTION_CLIENTS = 24  # "an embedding's p50 while 24 clients caption"
 FULL = {"duration_s": 10.0, "warmup_s": 2.0, "concurrency": [1, 8, 32, 64, 128], "memory": [1000, 20000]}
 QUICK = {"duration_s": 1.0, "warmup_s": 0.5, "concurrency": [1, 32], "memory": [100, 500]}
@@ -273,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     wrk.wrk_binary()  # fail now, not after the model has loaded
+    missing = [key for key, package in PEER_PACKAGES.items() if key in args.servers and not find_spec(package)]
+    if missing:  # a peer that cannot start would fail every one of its cells, after the others have run
+        sys.exit(f"{', '.join(missing)} not installed: pip install -e '.[bench]', or leave it out of --servers")
     kept = args.output.read_text() if args.output.exists() else ""
     replace_section(kept, SECTION, "")  # markers it could not write between fail now, not after the run
     started = datetime.now(UTC)

@@ -254,8 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         logger.warning("sentence-transformers is not installed: parity not measured")
     if "transcribe" in model.tasks and model.audio is not None:
+        from model.spoken_vqa_eval import spoken_vqa_metrics
+
         metrics.update(speech_metrics(model))
         metrics.update(refusal_metrics(model))
+        metrics.update(spoken_vqa_metrics(model))
     for k, v in metrics.items():
         print(f"{k:32s} {v:.4f}")
     if not args.no_card:

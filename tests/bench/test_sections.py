@@ -98,9 +98,15 @@ def test_the_suite_writes_its_section_and_keeps_the_rest(tmp_path: Path, monkeyp
     monkeypatch.setattr(report, "plot", lambda *args: False)
     page = tmp_path / "benchmarks.md"
     page.write_text(HAND_BEFORE + section("serving", "stale tables\n") + HAND_AFTER)
-    suite.main(["--quick", "--output", str(page), "--plot", str(tmp_path / "b.png")])
+    suite.main(["--quick", "--servers", "mmserve", "--output", str(page), "--plot", str(tmp_path / "b.png")])
     assert page.read_text() == HAND_BEFORE + section("serving", "# Serving benchmark\n\nfresh tables\n") + HAND_AFTER
     page.write_text(HAND_BEFORE + begin_marker("serving") + "\nno end\n")
     with pytest.raises(ValueError, match="1 begin and 0 end markers"):
-        suite.main(["--quick", "--output", str(page), "--plot", str(tmp_path / "b.png")])
+        suite.main(["--quick", "--servers", "mmserve", "--output", str(page), "--plot", str(tmp_path / "b.png")])
     assert NoRun.runs == 1  # refused before the run
+    # a peer whose package is missing: refused before the run too (it would fail every cell of its own)
+    page.write_text(HAND_BEFORE + section("serving", "stale tables\n") + HAND_AFTER)
+    monkeypatch.setattr(suite, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match="litserve not installed"):
+        suite.main(["--quick", "--servers", "mmserve", "litserve", "--output", str(page)])
+    assert NoRun.runs == 1

@@ -100,3 +100,14 @@ def test_hears_a_question_and_answers_it(shipped) -> None:
     scene = make_scene(HELD_OUT_SEED_START)  # a small purple square, a small blue diamond and a small blue triangle
     [square] = [o for o in scene.objects if o.shape == "square"]
     assert shipped.answer([render(scene)], [heard]) == [square.colour]
+
+
+@needs_espeak
+def test_spoken_questions_in_unheard_voices_against_typed(shipped) -> None:
+    """The spoken-/vqa measure of the card: typed and spoken accuracy, refusals counted wrong."""
+    from model.spoken_vqa_eval import spoken_vqa_metrics
+
+    metrics = spoken_vqa_metrics(shipped, n=20)
+    assert metrics["vqa_typed"] >= 0.9
+    assert metrics["vqa_spoken_held_out_voices"] <= metrics["vqa_typed"]  # a refusal or a mishearing only loses
+    assert metrics["vqa_spoken_held_out_voices"] >= 0.6 and 0 <= metrics["spoken_refused_held_out_voices"] <= 0.3
