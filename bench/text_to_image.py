@@ -16,6 +16,7 @@ machine whose load drifts shows it in the ratios.
 
     python -m bench.text_to_image --out /tmp/t2i.json                  # the random built-in-shaped UNet
     python -m bench.text_to_image --generator model/weights/generator  # a real folder
+    python -m bench.text_to_image --embed-only --out /tmp/t2i-embed.json  # the embedding cells alone
     python -m bench.text_to_image --render /tmp/t2i.json                # the tables again, from a result file
     python -m bench.text_to_image --render /tmp/t2i.json --plot docs/benchmarks-text-to-image.png
 """
@@ -252,6 +253,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests-per-client", type=int, default=2, help="requests in the list per client (c=1: 4)")
     parser.add_argument("--threads", default="1", help="MMSERVE_TORCH_THREADS (and the in-process limit's)")
     parser.add_argument("--no-embed", action="store_true", help="skip the embedding-under-load cells")
+    parser.add_argument("--embed-only", action="store_true", help="only the embedding-under-load cells")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--render", type=Path, default=None, help="print the tables of a results file, run nothing")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the results as a PNG here")
@@ -277,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         reference = InProcess(folder)
         cells = {c: workload(max(4, c * args.requests_per_client), seed=c) for c in args.clients}
+        cells = {} if args.embed_only else cells
         embed_asks = workload(16, seed=99) if not args.no_embed else []
         started = time.perf_counter()
         for asks in [*cells.values(), embed_asks]:
