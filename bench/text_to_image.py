@@ -160,6 +160,21 @@ class InProcess:
             if ask not in self.alone:
                 self.alone[ask] = pixels(self.generator.generate([self.spec(ask)])[0])
 
+    def step_ms(self, rows: int, repeats: int = 5) -> tuple[float, float]:
+        """The median ms of a denoising step of one image, and of `rows` images, with `rows` running (50
+        steps each, guided): the floor under what a request beside them waits for, and what it waited before."""
+        state = self.generator.new_state(rows)
+        state.join([self.spec(Ask(PROMPTS[i % len(PROMPTS)], i, 50)) for i in range(rows)])
+        one, every = [], []
+        for i in range(repeats):
+            t = time.perf_counter()
+            state.step([i % rows])
+            one.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            state.step()
+            every.append((time.perf_counter() - t) * 1000)
+        return round(statistics.median(one), 1), round(statistics.median(every), 1)
+
     def limit(self, asks: Sequence[Ask], clients: int) -> Run:
         """The list through the generator with `clients` rows at most, refilled as rows finish."""
         started = time.perf_counter()
@@ -301,6 +316,10 @@ def main(argv: list[str] | None = None) -> None:
                     results["runs"].append({"order": order[0] + " first", **limit.row()})
                     print(results["runs"][-1], flush=True)
             results["embed"] = []
+            if not args.no_embed:
+                one, eight = reference.step_ms(8)
+                results["step_ms"] = {"one image of 8": one, "8 images": eight}
+                print(results["step_ms"], flush=True)
             for order in (("continuous", "static"), ("static", "continuous")) if not args.no_embed else ():
                 for mode in order:
                     cell = asyncio.run(embed_under_load(servers[mode], mode, embed_asks, reference))
@@ -380,6 +399,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {cell['order']} | {cell['mode']} | {a50:.1f} | {u50:.1f} | {u50 / a50:.2f} | {a90:.1f} | {u90:.1f} | "
             f"{cell['images_per_s']:.2f} | {cell['mismatches']} | {cell['errors']} |"
         )
+    if "step_ms" in results:
+        steps = results["step_ms"]
+        lines += [
+            "",
+            f"A denoising step in-process, 8 images running: {steps['one image of 8']:.0f} ms for one of them, "
+            f"{steps['8 images']:.0f} ms for all 8.",
+        ]
     return "\n".join(lines)
 
 
