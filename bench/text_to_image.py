@@ -16,6 +16,7 @@ machine whose load drifts shows it in the ratios.
 
     python -m bench.text_to_image --out /tmp/t2i.json                  # the random built-in-shaped UNet
     python -m bench.text_to_image --generator model/weights/generator  # a real folder
+    python -m bench.text_to_image --embed-only --out /tmp/t2i-embed.json  # the embedding cells alone
     python -m bench.text_to_image --render /tmp/t2i.json                # the tables again, from a result file
     python -m bench.text_to_image --render /tmp/t2i.json --plot docs/benchmarks-text-to-image.png
 """
@@ -159,6 +160,21 @@ class InProcess:
             if ask not in self.alone:
                 self.alone[ask] = pixels(self.generator.generate([self.spec(ask)])[0])
 
+    def step_ms(self, rows: int, repeats: int = 5) -> tuple[float, float]:
+        """The median ms of a denoising step of one image, and of `rows` images, with `rows` running (50
+        steps each, guided): the floor under what a request beside them waits for, and what it waited before."""
+        state = self.generator.new_state(rows)
+        state.join([self.spec(Ask(PROMPTS[i % len(PROMPTS)], i, 50)) for i in range(rows)])
+        one, every = [], []
+        for i in range(repeats):
+            t = time.perf_counter()
+            state.step([i % rows])
+            one.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            state.step()
+            every.append((time.perf_counter() - t) * 1000)
+        return round(statistics.median(one), 1), round(statistics.median(every), 1)
+
     def limit(self, asks: Sequence[Ask], clients: int) -> Run:
         """The list through the generator with `clients` rows at most, refilled as rows finish."""
         started = time.perf_counter()
@@ -252,6 +268,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests-per-client", type=int, default=2, help="requests in the list per client (c=1: 4)")
     parser.add_argument("--threads", default="1", help="MMSERVE_TORCH_THREADS (and the in-process limit's)")
     parser.add_argument("--no-embed", action="store_true", help="skip the embedding-under-load cells")
+    parser.add_argument("--embed-only", action="store_true", help="only the embedding-under-load cells")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--render", type=Path, default=None, help="print the tables of a results file, run nothing")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the results as a PNG here")
@@ -277,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         reference = InProcess(folder)
         cells = {c: workload(max(4, c * args.requests_per_client), seed=c) for c in args.clients}
+        cells = {} if args.embed_only else cells
         embed_asks = workload(16, seed=99) if not args.no_embed else []
         started = time.perf_counter()
         for asks in [*cells.values(), embed_asks]:
@@ -298,6 +316,10 @@ def main(argv: list[str] | None = None) -> None:
                     results["runs"].append({"order": order[0] + " first", **limit.row()})
                     print(results["runs"][-1], flush=True)
             results["embed"] = []
+            if not args.no_embed:
+                one, eight = reference.step_ms(8)
+                results["step_ms"] = {"one image of 8": one, "8 images": eight}
+                print(results["step_ms"], flush=True)
             for order in (("continuous", "static"), ("static", "continuous")) if not args.no_embed else ():
                 for mode in order:
                     cell = asyncio.run(embed_under_load(servers[mode], mode, embed_asks, reference))
@@ -377,6 +399,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {cell['order']} | {cell['mode']} | {a50:.1f} | {u50:.1f} | {u50 / a50:.2f} | {a90:.1f} | {u90:.1f} | "
             f"{cell['images_per_s']:.2f} | {cell['mismatches']} | {cell['errors']} |"
         )
+    if "step_ms" in results:
+        steps = results["step_ms"]
+        lines += [
+            "",
+            f"A denoising step in-process, 8 images running: {steps['one image of 8']:.0f} ms for one of them, "
+            f"{steps['8 images']:.0f} ms for all 8.",
+        ]
     return "\n".join(lines)
 
 

@@ -299,8 +299,9 @@ class DenoisingState(Protocol):
         """Append rows: their prompts encoded, their initial noise drawn from their own seeds."""
         ...
 
-    def step(self) -> list[ImageUpdate]:
-        """One denoising step for every row (one batched UNet call); finished rows come decoded."""
+    def step(self, rows: Sequence[int] | None = None) -> list[ImageUpdate]:
+        """One denoising step for the rows `rows` (ascending; every row when None) in one batched UNet call;
+        an update per row stepped, in that order; finished rows come decoded."""
         ...
 
     def filter(self, keep: Sequence[int]) -> None:

@@ -2,10 +2,11 @@
 
 A row is one image. `join` encodes the rows' prompts once (and the unconditional prompt, once per model,
 for classifier-free guidance) and draws each row's initial noise from its own `torch.Generator` seeded with
-its request's seed; `step` advances every row by one denoising step in ONE batched UNet call, each row at
-its own timestep (`UNet2DConditionModel` takes a timestep per row), with its own guidance scale and its own
-scheduler instance, so rows with different step counts and guidance share the batch. A finished row is
-decoded (through the VAE where there is one) and comes back as a PIL image; `filter` drops rows.
+its request's seed; `step` advances every row (or the rows asked for, the others waiting) by one denoising
+step in ONE batched UNet call, each row at its own timestep (`UNet2DConditionModel` takes a timestep per row),
+with its own guidance scale and its own scheduler instance, so rows with different step counts and guidance
+share the batch. A finished row is decoded (through the VAE where there is one) and comes back as a PIL
+image; `filter` drops rows.
 
 Each row computes exactly what a diffusers pipeline computes for that image alone: the same text states,
 the same noise (drawn in the same order from the same generator), the same `scale_model_input` /
@@ -142,16 +143,19 @@ class DenoiseState:
             self._rows.append(_Row(spec, scheduler, generator, latents, text, mask))
 
     @torch.inference_mode()
-    def step(self) -> list[ImageUpdate]:
-        """One denoising step for every row: one UNet call per image size (one in all, usually)."""
-        if any(row.done >= row.steps for row in self._rows):
+    def step(self, rows: Sequence[int] | None = None) -> list[ImageUpdate]:
+        """One denoising step for the rows `rows` (ascending; every row when None), the others left where they
+        are: one UNet call per image size (one in all, usually); an update per row stepped, in that order.
+        A row's step depends on nothing but the row, so stepping rows in turns makes the same image."""
+        stepped = [self._rows[i] for i in (range(len(self._rows)) if rows is None else rows)]
+        if any(row.done >= row.steps for row in stepped):
             raise RuntimeError("filter out finished rows before the next step")
-        updates: list[ImageUpdate | None] = [None] * len(self._rows)
+        updates: list[ImageUpdate | None] = [None] * len(stepped)
         groups: dict[tuple[int, ...], list[int]] = {}
-        for index, row in enumerate(self._rows):
+        for index, row in enumerate(stepped):
             groups.setdefault(tuple(row.latents.shape), []).append(index)
         for indices in groups.values():
-            for index, update in zip(indices, self._step_group([self._rows[i] for i in indices]), strict=True):
+            for index, update in zip(indices, self._step_group([stepped[i] for i in indices]), strict=True):
                 updates[index] = update
         return [update for update in updates if update is not None]
 

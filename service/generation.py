@@ -276,13 +276,13 @@ class Generation(RunningRows[GenerationState, SequenceRow]):
         self.cache.clear()
         free_device_memory()
 
-    def _stepped(self, updates: Sequence[Update]) -> None:
+    def _stepped(self, rows: list[SequenceRow], updates: Sequence[Update]) -> None:
         self.cap.fitted()
         self.metrics.decode_steps.inc()
         self.metrics.batch_size.labels("decode_step").observe(len(updates))
-        for row in self.rows:  # what a response reports: the most sequences it decoded with
+        for row in rows:  # what a response reports: the most sequences it decoded with
             row.item.batch_size = max(row.item.batch_size, len(updates))
-        self._apply(list(self.rows), updates)
+        self._apply(list(rows), updates)
 
     def fail_all(self, error: BaseException) -> None:
         """Answer every sequence held with `error` (those whose audio is encoded too)."""

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 class RowState(Protocol):
     """A model state whose rows the base keeps in step with its own (`DecodeState`, `DenoiseState`)."""
 
-    def step(self) -> Sequence[Any]: ...
+    def step(self) -> Sequence[Any]: ...  # every row's update
     def filter(self, keep: Sequence[int]) -> None: ...
 
 
@@ -82,12 +82,16 @@ class RunningRows(Generic[S, R]):
 
     def step(self) -> None:
         """One step for every running row; what it did is `_stepped`'s business."""
-        if not self.rows:
+        self._step(self.rows, lambda: self.state.step())
+
+    def _step(self, rows: list[R], step: Callable[[], Sequence[Any]]) -> None:
+        """Run `step`, which steps the running rows `rows` (all of them, or some) and gives an update for each."""
+        if not rows:
             return
         try:
-            updates = self.state.step()
-            if len(updates) != len(self.rows):
-                raise RuntimeError(f"a step of {len(self.rows)} {self.what} gave {len(updates)} updates")
+            updates = step()
+            if len(updates) != len(rows):
+                raise RuntimeError(f"a step of {len(rows)} {self.what} gave {len(updates)} updates")
         except Exception as e:
             if is_device_broken(e):
                 self.fail_all(NotReady("the device failed; the server is unhealthy", retry_after_s=1))
@@ -97,11 +101,12 @@ class RunningRows(Generic[S, R]):
                 self._give_up_state(e)
                 return
         else:
-            self._stepped(updates)
+            self._stepped(rows, updates)
             return
         self._out_of_memory()  # outside the except block (its traceback no longer holds the step's tensors)
 
-    def _stepped(self, updates: Sequence[Any]) -> None:
+    def _stepped(self, rows: list[R], updates: Sequence[Any]) -> None:
+        """The rows `rows` took a step; `updates[i]` is row `rows[i]`'s."""
         raise NotImplementedError
 
     def _out_of_memory(self) -> None:

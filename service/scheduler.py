@@ -9,7 +9,8 @@ then turns the loop. Each turn:
    that cannot decode step by step, or of every model when `MMSERVE_SCHEDULER=static`), the one whose
    oldest item has waited longest;
 4. runs one decoding step for every running sequence, and one denoising step for every running image
-   (`service.denoising`); the finished ones answer at once.
+   (`service.denoising`; while other work shares the loop, for as many images as fit the turn's budget,
+   the longest waiting first); the finished ones answer at once.
 So nothing waits for a whole generation: an embedding waits at most one step and its own batch. While
 sequences decode, what joins them and a whole batch are each cut to fit `MMSERVE_MAX_TURN_MS`
 (`service.turn_budget`, at least one item), so the running streams wait between two tokens for about that
@@ -44,7 +45,7 @@ from service.errors import NotReady
 from service.faults import BatchCap, DeviceBroken, run_split
 from service.generation import Generation
 from service.metrics import Metrics
-from service.turn_budget import TurnBudget
+from service.turn_budget import DENOISE_STEP, TurnBudget
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class InferenceThread(threading.Thread):
 
     def _turn(self, engine: Engine) -> None:
         now = time.monotonic()
+        others = self._other_work()  # what this turn takes runs beside the images' step
         for generation in self._states:
             generation.drop_gone(now)
             generation.rejoin()  # sequences put back after an out-of-memory step go before new ones
@@ -224,7 +226,27 @@ class InferenceThread(threading.Thread):
             if items:
                 self._run_batch(engine, task, items)
         for generation in self._states:
-            generation.step()
+            if isinstance(generation, Denoising):
+                self._denoise(generation, others)
+            else:
+                generation.step()
+
+    def _denoise(self, denoising: Denoising, others: bool) -> None:
+        """One denoising step: of every running image, or, while other work shares the loop (`others`: some
+        ran in this turn), of as many as fit the turn's budget (the longest waiting first)."""
+        rows = len(denoising.rows)
+        if not rows:
+            return
+        now = time.monotonic()
+        if others or self._other_work():
+            self._budget.saw_other_work(now)
+        limit = self._budget.items(DENOISE_STEP, rows) if self._budget.shared(now) else rows
+        denoising.step(limit)
+        self._budget.observe(DENOISE_STEP, time.monotonic() - now, limit)
+
+    def _other_work(self) -> bool:
+        """Whether work beside the images waits (queued) or runs (sequences decoding)."""
+        return bool(self.running()) or any(b.pending() for t, b in self._batchers.items() if t != "text_to_image")
 
     # Whole batches.
     def _run_batch(self, engine: Engine, task: Task, items: list[Item[Any, Any]]) -> None:

@@ -89,7 +89,8 @@ class Settings(BaseSettings):
     # While sequences decode, what joins them in one turn (images encoded, prompts prefilled) and a whole
     # batch (a model that cannot decode step by step: Hugging Face, Whisper) each take only as many items as
     # their measured cost per item fits in this (at least one), so streams wait about this long at most
-    # between two tokens; 0: no budget.
+    # between two tokens. While other work waits or runs beside image generations, a denoising step advances
+    # only the images whose measured cost per image fits in this (the longest waiting first). 0: no budget.
     max_turn_ms: float = Field(default=50.0, ge=0)
     # The built-in model's decoding step (the same tokens either way). fixed_shape_step: rows padded to a
     # bucket (1, 2, 4, ...) and attention over every cached position, masked, so a step's shapes stay the same

@@ -1,7 +1,7 @@
 """The denoising state on a tiny random built-in generator (pixels folded space-to-depth, MiniLM token states,
 flow matching): its images equal the format's reference loop, and are identical alone, batched (prompts of
-other lengths, other step counts and guidance) and joining mid-way; per-step updates and previews; dropping
-rows; sizes it cannot make; the folder format's loader."""
+other lengths, other step counts and guidance), joining mid-way and advanced a row a step in turns;
+per-step updates and previews; dropping rows; sizes it cannot make; the folder format's loader."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from PIL import Image
 from model.api import ImageGenerator, ModelLoadError, UnsupportedImageSize
 from model.image_generator import DiffusionGenerator, load_image_generator
 from model.text_to_image import TextToImage
-from tests.model.test_diffusion_parity import join_midway, pixels
+from tests.model.test_diffusion_parity import in_turns, join_midway, pixels
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_the_folder_loads_as_an_image_generator(generator: DiffusionGenerator) -
     assert caught.value.sizes == ((32, 32),)
 
 
-def test_an_image_is_the_same_alone_batched_and_joining_midway(generator: DiffusionGenerator) -> None:
+def test_an_image_is_the_same_alone_batched_joining_midway_and_stepped_in_turns(generator: DiffusionGenerator) -> None:
     specs = [
         generator.image_spec("a red circle", 1, steps=5, guidance_scale=3.0),
         generator.image_spec("a blue square on the left", 2, steps=3, guidance_scale=1.0),
@@ -45,10 +45,12 @@ def test_an_image_is_the_same_alone_batched_and_joining_midway(generator: Diffus
     alone = [pixels(generator.generate([spec])[0]) for spec in specs]
     together = [pixels(image) for image in generator.generate(specs)]
     midway = [pixels(image) for image in join_midway(generator, specs)]
-    for one, batched, joined in zip(alone, together, midway, strict=True):
+    turns = [pixels(image) for image in in_turns(generator, specs, per_turn=1)]
+    for one, batched, joined, stepped in zip(alone, together, midway, turns, strict=True):
         assert one.shape == (32, 32, 3)
         assert np.abs(one - batched).max() <= 1
         assert np.abs(one - joined).max() <= 1
+        assert np.abs(one - stepped).max() <= 1  # one row a step, in turns
     assert np.abs(alone[0] - alone[2]).max() > 32  # another seed (and guidance): another image
     again = pixels(generator.generate([specs[0]])[0])
     assert np.array_equal(again, alone[0])  # the same seed: the same image

@@ -1,6 +1,7 @@
 """Our denoising loop against diffusers' own pipeline on a tiny random Stable Diffusion folder: the served
 image equals `pipeline(prompt, num_inference_steps=k, guidance_scale=g, generator=manual_seed(s))` pixel for
-pixel (at most 1/255 apart), alone and batched with requests of other step counts and guidance, for a
+pixel (at most 1/255 apart), alone, batched with requests of other step counts and guidance, and advanced
+in sub-batches over several turns (a few rows a step, as while other work waits), for a
 deterministic scheduler (DDIM), one that scales its input (Euler) and one that draws noise at every step
 (Euler ancestral: the row's own generator must be used in the pipeline's order)."""
 
@@ -51,6 +52,8 @@ def assert_parity(folder: Path) -> None:
     staggered = join_midway(model, specs)
     for want, got in zip(expected, staggered, strict=True):
         assert np.abs(want - pixels(got)).max() <= 1
+    for want, got in zip(expected, in_turns(model, specs, per_turn=2), strict=True):
+        assert np.abs(want - pixels(got)).max() <= 1
 
 
 def join_midway(model: DiffusionGenerator, specs: list[ImageSpec]) -> list[Image.Image]:
@@ -71,6 +74,31 @@ def join_midway(model: DiffusionGenerator, specs: list[ImageSpec]) -> list[Image
         keep = [i for i, update in enumerate(updates) if not update.finished]
         state.filter(keep)
         rows = [rows[i] for i in keep]
+    return [images[i] for i in range(len(specs))]
+
+
+def in_turns(model: DiffusionGenerator, specs: list[ImageSpec], per_turn: int) -> list[Image.Image]:
+    """Every image joins at once, then each turn steps only `per_turn` rows, those that have waited longest
+    (as the server does while other work waits): each image advances in sub-batches; images in order."""
+    state = model.new_state(len(specs))
+    state.join(specs)
+    rows = list(range(len(specs)))  # row → image
+    last = [0] * len(specs)  # row → the turn of its last step
+    images: dict[int, Image.Image] = {}
+    turn = 0
+    while rows:
+        turn += 1
+        chosen = sorted(sorted(range(len(rows)), key=lambda i: (last[i], i))[:per_turn])
+        updates = state.step(chosen)
+        assert len(updates) == len(chosen)
+        for i, update in zip(chosen, updates, strict=True):
+            last[i] = turn
+            if update.finished:
+                assert update.image is not None
+                images[rows[i]] = update.image
+        keep = [i for i in range(len(rows)) if rows[i] not in images]
+        state.filter(keep)
+        rows, last = [rows[i] for i in keep], [last[i] for i in keep]
     return [images[i] for i in range(len(specs))]
 
 

@@ -4,7 +4,9 @@ test_scheduler_properties.py) on the tiny random built-in generator, and a whole
 Images join the running ones between steps and every running image advances one step per turn (one UNet
 call); each image equals the one generated alone; a finished image is answered at once; a client that left
 or whose deadline passed is dropped at the next turn and frees its row; embeddings run between steps;
-progress goes to the item's sink; whole-request batching (`MMSERVE_SCHEDULER=static`) gives the same images.
+progress goes to the item's sink; whole-request batching (`MMSERVE_SCHEDULER=static`) gives the same images;
+while other work waits, a turn steps only the images its budget fits, the longest waiting first, to the
+same images, and when nothing else waits every image steps every turn.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from service.errors import ClientDisconnected, Timeout, UnsupportedSize
 from service.metrics import Metrics
 from service.runtime import Runtime, State
 from service.scheduler import InferenceThread
+from service.turn_budget import TurnBudget
 
 pytestmark = pytest.mark.anyio
 
@@ -73,13 +76,15 @@ class Loop:
         self.thread._build_generations(engine)
         self.thread._build_denoising(engine)
         self.rows: list[int] = []  # rows of each denoising step
+        self.seeds: list[list[int]] = []  # the seeds of the images each denoising step advanced
         denoising = self.denoising
         if denoising is not None:
             real_step = denoising.state.step
 
-            def step() -> list[ImageUpdate]:
-                self.rows.append(len(denoising.state))
-                return real_step()
+            def step(rows: list[int] | None = None) -> list[ImageUpdate]:
+                self.rows.append(len(denoising.state) if rows is None else len(rows))
+                self.seeds.append([s.seed for i, s in enumerate(denoising.state.specs) if rows is None or i in rows])
+                return real_step(rows)
 
             denoising.state.step = step  # type: ignore[method-assign]
 
@@ -315,3 +320,54 @@ def test_captions_decode_and_images_denoise_in_the_same_turns(
     assert caption.future.result().text == tiny_model.caption([noise_image(1)], 3)[0]
     assert caption.finished_at < image.finished_at  # answered when done, not when the image was
     assert np.abs(pixels(image.future.result().image) - alone[spec]).max() <= 1
+
+
+class Measured(TurnBudget):
+    """A 100 ms turn budget whose every measurement says `per_item_ms` an item."""
+
+    def __init__(self, per_item_ms: float) -> None:
+        super().__init__(100)
+        self.per_item_s = per_item_ms / 1000
+
+    def observe(self, task: str, seconds: float, size: int) -> None:
+        super().observe(task, self.per_item_s * size, size)
+
+
+def test_while_embeddings_wait_a_turn_steps_only_the_images_its_budget_fits_each_in_its_turn(
+    engine: Engine, generator: DiffusionGenerator, alone: dict[ImageSpec, np.ndarray]
+) -> None:
+    loop = Loop(engine)
+    loop.thread._budget = Measured(per_item_ms=60)  # one image's step fits a turn
+    specs = specs_of(generator)  # 6, 2 and 4 steps: seeds 11, 12, 13
+    items = [loop.submit("text_to_image", spec) for spec in specs]
+    embeddings = []
+    while loop.busy():
+        embeddings.append(loop.submit("embed_text", engine.prepare_text("embed_text", "a red circle")))
+        loop.turn()
+    assert all(e.future.done() and e.future.result().ndim == 1 for e in embeddings)  # each in its own turn
+    # the first step's cost was not known yet: every image; then one a turn, the longest waiting first
+    assert loop.seeds == [[11, 12, 13], [11], [12], [13], [11], [13], [11], [13], [11], [11]]
+    for spec, item in zip(specs, items, strict=True):
+        assert np.abs(pixels(item.future.result().image) - alone[spec]).max() <= 1
+    loop = Loop(engine)
+    loop.thread._budget = Measured(per_item_ms=45)  # two fit
+    items = [loop.submit("text_to_image", spec) for spec in specs]
+    while loop.busy():
+        loop.submit("embed_text", engine.prepare_text("embed_text", "a red circle"))
+        loop.turn()
+    assert loop.rows[0] == 3 and max(loop.rows[1:]) == 2 and sum(loop.rows) == 6 + 2 + 4
+    for spec, item in zip(specs, items, strict=True):
+        assert np.abs(pixels(item.future.result().image) - alone[spec]).max() <= 1
+
+
+def test_when_only_images_run_every_image_steps_in_every_turn(
+    engine: Engine, generator: DiffusionGenerator, alone: dict[ImageSpec, np.ndarray]
+) -> None:
+    loop = Loop(engine)
+    loop.thread._budget = Measured(per_item_ms=60)  # one would fit, were anything else waiting
+    items = [loop.submit("text_to_image", spec) for spec in specs_of(generator)]
+    while loop.busy():
+        loop.turn()
+    assert loop.rows == [3, 3, 2, 2, 1, 1]  # no throughput lost to the budget
+    for spec, item in zip(specs_of(generator), items, strict=True):
+        assert np.abs(pixels(item.future.result().image) - alone[spec]).max() <= 1
