@@ -206,7 +206,7 @@ def test_options_for_a_device() -> None:
     assert DecodeOptions.resolve(torch.device("cpu")) == DecodeOptions(fixed_shapes=False, cuda_graphs=False)
     assert DecodeOptions.resolve(torch.device("cuda")) == DecodeOptions(fixed_shapes=False, cuda_graphs=False)
     assert DecodeOptions.resolve(torch.device("cuda"), cuda_graphs=True) == DecodeOptions(True, True)
-    assert DecodeOptions.resolve(torch.device("cuda"), cuda_graphs=False) == DecodeOptions(True, False)
+    assert DecodeOptions.resolve(torch.device("cuda"), fixed_shapes=True) == DecodeOptions(True, False)
     assert DecodeOptions.resolve(torch.device("cpu"), fixed_shapes=True) == DecodeOptions(True, False)
     assert DecodeOptions.resolve(torch.device("cpu"), cuda_graphs=True) == DecodeOptions(False, False)  # logged
     assert DecodeOptions.resolve(torch.device("cuda"), False, True) == DecodeOptions(True, True)  # graphs need them

@@ -31,7 +31,14 @@ pytestmark = pytest.mark.anyio
 def live_server(checkpoint: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
     """A real uvicorn server on a free port, in a thread of this process; yields (url, app)."""
     settings = Settings(
-        **{"model": str(checkpoint), "device": "cpu", "torch_threads": 1, "decode_threads": 2, **overrides}
+        **{
+            "model": str(checkpoint),
+            "device": "cpu",
+            "torch_threads": 1,
+            "decode_threads": 2,
+            "exit_on_failure": False,  # in this process: a failure fails the test, it does not end pytest
+            **overrides,
+        }
     )
     app = create_app(settings)
     port = free_port()
@@ -67,8 +74,8 @@ def slow_steps(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], list[int]]:
     def install(delay_s: float) -> list[int]:
         real_new_state = BuiltinModel.new_state
 
-        def new_state(self: BuiltinModel, capacity: int) -> DecodeState:
-            state = real_new_state(self, capacity)
+        def new_state(self: BuiltinModel, capacity: int, *args: Any, **kwargs: Any) -> DecodeState:
+            state = real_new_state(self, capacity, *args, **kwargs)
             state._eos = -1  # no end of sequence: each runs to its max_new_tokens
             real_step = state.step
 
