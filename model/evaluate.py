@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from model.api import MultimodalModel
-from model.scenes import HELD_OUT_SEED_START, QUESTION_FAMILIES, SIZES, Question, Scene, ask, make_scene, render
+from model.scenes import HELD_OUT_SEED_START, QUESTION_FAMILIES, Scene, ask, make_scene, render
 from model.understanding import Criterion, default_criteria
 
 if TYPE_CHECKING:
@@ -124,20 +124,13 @@ def evaluate_model(model: MultimodalModel, n_scenes: int = 1000, chunk: int = 10
         metrics[f"vqa_{family}"] = sum(per_family[family]) / max(1, len(per_family[family]))
     metrics["vqa_overall"] = sum(sum(v) for v in per_family.values()) / max(1, len(answers))
     # position questions naming an object in three words ("is the large red circle left of ...?"): the hardest
-    three = [
-        a == q.answer for (_, q), a in zip(asked, answers, strict=True) if q.family == "position" and _names_three(q)
-    ]
+    three = [a == q.answer for (_, q), a in zip(asked, answers, strict=True) if q.names_three_words]
     metrics["vqa_position_three_words"] = sum(three) / max(1, len(three))
 
     image_emb = torch.cat([model.embed_image(images[s : s + chunk]) for s in range(0, n_scenes, chunk)])
     text_emb = model.embed_text(truths)
     metrics["recall@1_text_to_image"], metrics["recall@1_image_to_text"] = recall_at_1(image_emb, text_emb, truths)
     return metrics
-
-
-def _names_three(question: Question) -> bool:
-    """Whether a position question names one of its objects by size, colour and shape."""
-    return any(size in question.text.split() for size in SIZES)
 
 
 def quick_eval(

@@ -71,6 +71,12 @@ class Question:
     # what the decoder writes before the answer, if anything (see `ask`); the answer alone is what counts
     scratchpad: str = ""
 
+    @property
+    def names_three_words(self) -> bool:
+        """A position question that names an object by size, colour and shape ("is the large red circle left
+        of ...?"): the grammar's hardest, asked only of scenes where two objects differ in size alone."""
+        return self.family == "position" and any(word in SIZES for word in self.text.split())
+
 
 def make_scene(seed: int, min_objects: int = 1, max_objects: int = MAX_OBJECTS) -> Scene:
     """The scene of `seed`: its objects in distinct columns, left to right."""

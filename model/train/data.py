@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from model.config import PRESETS
 from model.images import to_pixels
-from model.scenes import HELD_OUT_SEED_START, SIZES, Question, Scene, ask, ask_any, make_scene, render
+from model.scenes import HELD_OUT_SEED_START, Question, Scene, ask, ask_any, make_scene, render
 from model.tokenizer import BOS, EOS, PAD, SEP
 from model.train.recipe import TrainConfig, max_objects_at
 
@@ -74,27 +74,23 @@ class Batches:
         return ids
 
 
-def _names_three(question: Question | None) -> bool:
-    return question is not None and question.family == "position" and any(w in SIZES for w in question.text.split())
-
-
 def _with_three_word_reference(seed: int, rng: random.Random) -> Scene:
     """A training scene, from `seed` on, in which a position question can name an object by size, colour and
     shape (two objects differ only in size): such questions are rare among random scenes (see
     `TrainConfig.hard_position_share`)."""
     while True:
         scene = make_scene(seed)
-        if any(_names_three(ask(scene, "position", rng)) for _ in range(12)):
+        if any((q := ask(scene, "position", rng)) and q.names_three_words for _ in range(12)):
             return scene
         seed = (seed + 7_919) % HELD_OUT_SEED_START  # training seeds stay below the held-out range
 
 
 def _three_word_position(scene: Scene, rng: random.Random) -> Question:
     """A position question about `scene` that names an object in three words (the scene allows one)."""
-    while not _names_three(question := ask(scene, "position", rng)):
-        pass
-    assert question is not None
-    return question
+    while True:
+        question = ask(scene, "position", rng)
+        if question is not None and question.names_three_words:
+            return question
 
 
 def token_id(tokenizer: Tokenizer, token: str) -> int:

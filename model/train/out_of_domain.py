@@ -10,17 +10,16 @@ voices are never used, and its noise, melodies and silences come from other seed
 from __future__ import annotations
 
 import random
-from functools import cache
 
 import numpy as np
 
-from model.scenes import COLOURS, NUMBERS, SHAPES, SIZES
 from model.speech_conditions import with_talkers
+from model.train.everyday import everyday_text
+from model.train.speech import TRAIN_ACCENTS, TRAIN_VARIANTS, Utterance, synthesise
 
 # voices of other languages: they read random words as their language would (French and German are the
 # evaluation's; never heard in training)
 FOREIGN_VOICES = ("es", "it", "pt", "nl", "sv", "pl", "cs", "ru", "fi", "hu", "ro", "tr", "id", "sw", "el", "da")
-SCENE_WORDS = (*SHAPES, *COLOURS, *SIZES, *NUMBERS, "left", "right", "colour", "shape", "how", "many", "yes", "no")
 SEED_OFFSET = 50_000_000  # apart from the evaluation's clips (model.refusal_eval uses seeds below 10,000)
 KINDS = (
     ("english", 0.35),
@@ -30,25 +29,6 @@ KINDS = (
     ("near_silence", 0.08),
     ("talk", 0.08),
 )
-
-
-@cache
-def everyday_words() -> tuple[str, ...]:
-    """Words of English from the shipped MiniLM vocabulary (whole words of 3-10 letters, no scene words)."""
-    from model.text import minilm_path
-
-    words = (minilm_path() / "vocab.txt").read_text().split()
-    scene = set(SCENE_WORDS)
-    return tuple(w for w in words if w.isascii() and w.isalpha() and 3 <= len(w) <= 10 and w not in scene)
-
-
-def everyday_text(rng: random.Random) -> str:
-    """3-12 random English words, and a scene word or two among them a quarter of the time."""
-    words = rng.choices(everyday_words(), k=rng.randint(3, 12))
-    if rng.random() < 0.25:
-        for _ in range(rng.randint(1, 2)):
-            words.insert(rng.randrange(len(words) + 1), rng.choice(SCENE_WORDS))
-    return " ".join(words)
 
 
 def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -78,8 +58,6 @@ def _melody(rng: np.random.Generator, rate: int) -> np.ndarray:
 
 def clip(seed: int, rate: int) -> np.ndarray:
     """The out-of-domain clip of `seed` (float32 mono at `rate`, peak at most 1)."""
-    from model.train.speech import TRAIN_ACCENTS, TRAIN_VARIANTS, Utterance, synthesise
-
     rng = random.Random(SEED_OFFSET + seed)
     nprng = np.random.default_rng(SEED_OFFSET + seed)
     kind = rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]

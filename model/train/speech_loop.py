@@ -34,15 +34,8 @@ from model.train.data import Batches, to_device, token_id
 from model.train.objective import decoder_losses, speech_losses
 from model.train.recipe import TrainConfig, lr_at
 from model.train.spec_augment import spec_augment
-from model.train.speech import (
-    Variety,
-    build_pool,
-    condition_utterances,
-    eval_utterances,
-    length_batches,
-    load_pool,
-    synthesise,
-)
+from model.train.speech import condition_utterances, eval_utterances, synthesise
+from model.train.speech_pool import Variety, build_pool, length_batches, load_pool
 
 logger = logging.getLogger("model.train")
 

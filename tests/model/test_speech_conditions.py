@@ -80,7 +80,7 @@ def test_spec_augment_masks_inside_each_utterance_and_leaves_padding_alone() -> 
 
 
 def test_everyday_words_hold_no_scene_word() -> None:
-    from model.train.out_of_domain import SCENE_WORDS, everyday_words
+    from model.train.everyday import SCENE_WORDS, everyday_words
 
     words = everyday_words()
     assert len(words) > 5_000 and not set(words) & set(SCENE_WORDS)
@@ -90,7 +90,8 @@ def test_everyday_words_hold_no_scene_word() -> None:
 def test_the_hearing_pool_holds_scene_sentences_and_audio_to_transcribe_as_nothing() -> None:
     from model.refusal_eval import FRENCH, GERMAN
     from model.train import out_of_domain
-    from model.train.speech import Variety, is_held_out, pool_item
+    from model.train.speech import is_held_out
+    from model.train.speech_pool import Variety, pool_item
 
     items = [pool_item(seed, RATE, Variety(varied=True, out_of_domain=0.3)) for seed in range(60)]
     kept = [item for item in items if item is not None]
