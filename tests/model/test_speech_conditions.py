@@ -121,3 +121,13 @@ def test_evaluation_conditions_apply_what_they_name() -> None:
     assert all(len(u.talkers) == 2 and u.talkers_snr_db == 10.0 for u in condition_utterances("babble_10db", 3))
     voices = {u.voice.split("+")[0] for u in condition_utterances("other_voices", 10)}
     assert voices <= set(HELD_OUT_OTHER_VOICES) and not voices & set(OTHER_TRAIN_VOICES)
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped hearing stage heard Dutch and Italian as out-of-domain voices")
+def test_the_other_voices_evaluation_uses_voices_training_never_heard() -> None:
+    """The `other_voices` condition's voices read nothing in training; drop them from `FOREIGN_VOICES` when the
+    hearing stage is trained again (then this passes, and the strict mark says so)."""
+    from model.train.out_of_domain import FOREIGN_VOICES
+    from model.train.speech import HELD_OUT_OTHER_VOICES, OTHER_TRAIN_VOICES
+
+    assert not set(HELD_OUT_OTHER_VOICES) & {*FOREIGN_VOICES, *OTHER_TRAIN_VOICES}
