@@ -175,7 +175,9 @@ def markdown(
 ) -> str:
     cells = medians(cells)
     labels = {key: spec.label for key, spec in specs(args.device).items()}
-    header = ["# Serving benchmark", ""]
+    words = getattr(args, "words", (3, 48))
+    mix = "" if words == (3, 48) else f": `/embed` texts of {words[0]}–{words[1]} words"
+    header = [f"# Serving benchmark{mix}", ""]
     if args.smoke:
         header += [
             "> **Smoke run, not a measurement**: short cells on a shared machine; it shows that the suite works.",
@@ -188,7 +190,8 @@ def markdown(
         f"`-c N -t min(N,2)`), on the same machine. Each cell: {args.warmup_s:g} s warm-up, then "
         f"{args.duration_s:g} s measured; {args.repeat} run(s){', in both orders' if args.both_orders else ''}, "
         "medians shown (errors summed). Every response is verified against the model's answer for that input "
-        f"alone (`/embed`: one text per request, 64 texts of 3–48 words, the first 8 components within "
+        f"alone (`/embed`: one text per request, 64 texts of {words[0]}–{words[1]} words, the first 8 components "
+        f"within "
         f"{args.tolerance:g} and the length; `/caption`: 32 scene images, `max_new_tokens` spread over 4–64, "
         "the exact caption; `/transcribe`, mmserve only: 16 scene sentences spoken by espeak-ng as base64 WAV, "
         "the exact transcript); a wrong answer is an error and its latency is not counted. Latencies are measured "

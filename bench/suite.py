@@ -78,6 +78,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory", type=int, nargs=2, metavar=("N1", "N2"), help="RSS after N1 and N2 requests")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="per embedding component")
     parser.add_argument(
+        "--words",
+        type=int,
+        nargs=2,
+        default=[3, 48],
+        metavar=("MIN", "MAX"),
+        help="/embed texts of MIN to MAX words (3 48); another mix writes its own section and plot",
+    )
+    parser.add_argument(
         "--output", type=Path, help="docs/benchmarks.md (quick: bench/results/quick.md): its suite section only"
     )
     parser.add_argument("--plot", type=Path, help="docs/benchmarks.png (quick: bench/results/quick.png)")
@@ -95,9 +103,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rates = {endpoint: float(rps) for endpoint, _, rps in (r.partition("=") for r in args.rate)}
     args.smoke = args.smoke or args.quick
     # A smoke run never overwrites the measured tables unless asked to.
+    if args.words[0] < 1 or args.words[0] > args.words[1]:
+        parser.error(f"--words {args.words[0]} {args.words[1]}: MIN must be at least 1 and at most MAX")
+    args.words = tuple(args.words)
+    args.section = SECTION if args.words == (3, 48) else f"{SECTION}-{args.words[0]}-{args.words[1]}-words"
     written = REPO_ROOT / ("bench/results/quick" if args.quick else "docs/benchmarks")
     args.output = args.output or written.with_suffix(".md")
-    args.plot = args.plot or written.with_suffix(".png")
+    suffix = "" if args.section == SECTION else "-" + args.section.removeprefix(f"{SECTION}-")
+    plot = written.with_name(written.name + suffix)
+    args.plot = args.plot or plot.with_suffix(".png")
     return args
 
 
@@ -146,7 +160,7 @@ class Suite:
 
         self._step("expected answers")
         model = load_model(self.args.model, device=self.args.device)
-        requests = build(model)
+        requests = build(model, words=self.args.words)
         del model
         gc.collect()
         save(requests, self.workload)
@@ -279,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:  # a peer that cannot start would fail every one of its cells, after the others have run
         sys.exit(f"{', '.join(missing)} not installed: pip install -e '.[bench]', or leave it out of --servers")
     kept = args.output.read_text() if args.output.exists() else ""
-    replace_section(kept, SECTION, "")  # markers it could not write between fail now, not after the run
+    replace_section(kept, args.section, "")  # markers it could not write between fail now, not after the run
     started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="mmserve-bench-") as workdir, logging_redirect_tqdm():
         suite = Suite(args, Path(workdir))
@@ -289,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.write(tables)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     kept = args.output.read_text() if args.output.exists() else ""  # (again: it may have been edited meanwhile)
-    args.output.write_text(replace_section(kept, SECTION, tables))
+    args.output.write_text(replace_section(kept, args.section, tables))
     if report.plot(suite.cells, args.plot, "smoke run, not a measurement" if args.smoke else ""):
         logger.info("wrote %s and %s", args.output, args.plot)
     else:

@@ -47,10 +47,10 @@ class Request:
     max_new_tokens: int = 0
 
 
-def embed_texts(count: int = 64, seed: int = 11) -> list[str]:
-    """Deterministic texts of mixed lengths (3 to 48 words)."""
-    rng, words = random.Random(seed), _PROSE.split()
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 48))) for _ in range(count)]
+def embed_texts(count: int = 64, seed: int = 11, words: tuple[int, int] = (3, 48)) -> list[str]:
+    """Deterministic texts of mixed lengths (`words`: the fewest and most words, 3 to 48 unless told)."""
+    rng, vocabulary = random.Random(seed), _PROSE.split()
+    return [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(*words))) for _ in range(count)]
 
 
 def token_limits(count: int) -> list[int]:
@@ -65,12 +65,14 @@ def _png_b64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def build(model: MultimodalModel, embed_count: int = 64, caption_count: int = 32) -> dict[Kind, list[Request]]:
+def build(
+    model: MultimodalModel, embed_count: int = 64, caption_count: int = 32, words: tuple[int, int] = (3, 48)
+) -> dict[Kind, list[Request]]:
     """Requests for each endpoint with the answers `model` gives for each input alone."""
     from model.scenes import HELD_OUT_SEED_START, make_scene, render
 
     embeds = []
-    for text in embed_texts(embed_count):
+    for text in embed_texts(embed_count, words=words):
         vector = model.embed_text([text])[0]
         embeds.append(
             Request(
