@@ -75,10 +75,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="for embedding components")
+    parser.add_argument(
+        "--naive", action="store_true", help="pad every batch of texts to its longest (no micro-batches by length)"
+    )
     args = parser.parse_args(argv)
     from model import load_model
 
     model = load_model("builtin", device=args.device)
+    if args.naive:
+        model.text_tower.padding_aware = False
     workload = load(args.workload)
     for kind in args.kinds:
         for batch_size in args.batch_sizes:

@@ -30,12 +30,12 @@ class MemoryPoint:
     errors: int
 
 
-def limit_cell(line: str, run: int) -> Cell:
+def limit_cell(line: str, run: int, key: str = "limit") -> Cell:
     """A cell from one JSON line of `bench.limit`: items/s, and a batch call's latency percentiles."""
     raw = json.loads(line)
     batch = WrkResult(0, 0, 0, 0, 1.0, raw["batch_ms"])
     return Cell(
-        "limit",
+        key,
         f"/{raw['kind']}",
         "closed",
         raw["batch_size"],
@@ -230,7 +230,7 @@ def plot(cells: Iterable[Cell], path: Path, title: str = "") -> bool:
             loads = [c.load for c in points]
             style = {"marker": "o", "label": server, "color": colours.get(server)}
             axes[0][column].plot(loads, [c.requests_per_s for c in points], **style)
-            if server != "limit":  # the limit's latency is a batch call, not a request
+            if not server.startswith("limit"):  # the limit's latency is a batch call, not a request
                 axes[1][column].plot(loads, [c.p99_ms for c in points], **style)
         axes[0][column].set_title(f"{endpoint}: throughput")
         axes[0][column].set_ylabel("requests/s (limit: items/s)")

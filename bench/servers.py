@@ -29,7 +29,8 @@ TASKS = ("caption", "vqa", "embed_text", "embed_image")
 class ServerSpec:
     key: str  # what --servers names
     label: str  # what the tables say
-    command: tuple[str, ...] = ()  # run with the port appended as `--port N` unless it is mmserve
+    command: tuple[str, ...] = ()  # run with the port appended as `--port N` unless it is mmserve; for an
+    # in-process limit (`http=False`), further arguments of `bench.limit`
     env: dict[str, str] = field(default_factory=dict)
     http: bool = True  # False: the in-process limit, which has no server
     cwd: Path | None = None  # where it runs (None: this checkout); `python -m` imports from there first
@@ -50,6 +51,12 @@ def specs(device: str) -> dict[str, ServerSpec]:
         s.key: s
         for s in (
             ServerSpec("limit", "the model in-process, no HTTP (items/s at batch = concurrency)", http=False),
+            ServerSpec(
+                "limit-naive",
+                "the model in-process, each batch padded to its longest text (the naive limit; `/embed` only)",
+                ("--naive",),
+                http=False,
+            ),
             _mmserve("mmserve", "mmserve, defaults"),
             _mmserve("mmserve-static", "mmserve, `MMSERVE_SCHEDULER=static`", MMSERVE_SCHEDULER="static"),
             _mmserve("mmserve-unbatched", "mmserve, `max_batch_size=1`", **unbatched),

@@ -138,6 +138,8 @@ class Suite:
     def _endpoints(self, spec: ServerSpec) -> list[str]:
         """The endpoints a server runs: /transcribe only on `TRANSCRIBING` servers, when the model hears."""
         hears = spec.key in TRANSCRIBING and (not self.lua or "/transcribe" in self.lua)
+        if spec.key == "limit-naive":  # padding is a question for embeddings only
+            return [e for e in self.args.endpoints if e == "/embed"]
         return [e for e in self.args.endpoints if e != "/transcribe" or hears]
 
     def _server_steps(self, spec: ServerSpec) -> int:
@@ -191,7 +193,7 @@ class Suite:
                         with Server(spec, self.args.device, self.args.model) as server:
                             self.http(server, run)
                     else:
-                        self.limit(run)
+                        self.limit(spec, run)
                 except Exception as e:  # one failed server must not lose the others' numbers
                     logger.exception("%s failed", key)
                     self.notes.append(f"`{key}` (run {run + 1}) failed: {str(e).splitlines()[0][:200]}")
@@ -203,20 +205,20 @@ class Suite:
                 self.notes.append(f"memory measurement failed: {str(e).splitlines()[0][:200]}")
         self.progress.close()
 
-    def limit(self, run: int) -> None:
-        self._step("limit")
-        kinds = [ENDPOINT_KIND[endpoint] for endpoint in self._endpoints(self.specs["limit"])]
+    def limit(self, spec: ServerSpec, run: int) -> None:
+        self._step(spec.key)
+        kinds = [ENDPOINT_KIND[endpoint] for endpoint in self._endpoints(spec)]
         if not kinds:
             return
         command = [
             sys.executable, "-m", "bench.limit", "--workload", str(self.workload), "--kinds", *kinds,
             "--batch-sizes", *map(str, self.args.concurrency), "--duration-s", str(self.args.duration_s),
-            "--device", self.args.device, "--tolerance", str(self.args.tolerance),
+            "--device", self.args.device, "--tolerance", str(self.args.tolerance), *spec.command,
         ]  # fmt: skip
         with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True) as process:
             assert process.stdout is not None
             for line in process.stdout:
-                self.cells.append(report.limit_cell(line, run))
+                self.cells.append(report.limit_cell(line, run, spec.key))
                 self.progress.update()
         if process.returncode != 0:
             raise RuntimeError(f"bench.limit exited with {process.returncode}")

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     device: str = "auto"  # "auto": CUDA when available, else CPU (with a warning); or "cpu", "cuda:1", ...
     dtype: DType = "auto"  # "auto": the model's choice (fp32 on CPU, bf16/fp16 on CUDA)
     torch_threads: int | None = Field(default=None, ge=1)  # CPU intra-op threads; None: torch's default
+    gc_freeze: bool = True  # once loaded, the models' objects are left out of Python's garbage collections
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from tests.support.builtin_checkpoint import tiny_checkpoint
 from tests.support.hf_checkpoints import build_whisper
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# The many servers a test run starts in this one process would each freeze every object alive at their start
+# (`MMSERVE_GC_FREEZE`), garbage of earlier tests included; the tests of that setting turn it on themselves.
+os.environ.setdefault("MMSERVE_GC_FREEZE", "false")
 
 
 @pytest.fixture(scope="session")

@@ -110,3 +110,52 @@ def test_the_suite_writes_its_section_and_keeps_the_rest(tmp_path: Path, monkeyp
     with pytest.raises(SystemExit, match="litserve not installed"):
         suite.main(["--quick", "--servers", "mmserve", "litserve", "--output", str(page)])
     assert NoRun.runs == 1
+
+
+def test_another_text_length_mix_writes_its_own_section_and_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--words 8 20`: the tables of that mix go to their own section (the default mix's stays as it was) and
+    their own plot; the texts have that many words."""
+    from bench.workload import embed_texts
+
+    written: list[str] = []
+
+    class NoRun:
+        def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+            self.cells: list[Any] = []
+            self.memory: list[Any] = []
+            self.notes: list[str] = []
+            written.append(args.section)
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(suite, "Suite", NoRun)
+    monkeypatch.setattr(wrk, "wrk_binary", lambda: "wrk")
+    monkeypatch.setattr(report, "markdown", lambda *args: "# Serving benchmark\n\n8-20 tables\n")
+    monkeypatch.setattr(report, "plot", lambda *args: False)
+    page = tmp_path / "benchmarks.md"
+    page.write_text(HAND_BEFORE + section("serving", "3-48 tables\n") + HAND_AFTER)
+    suite.main(["--quick", "--servers", "mmserve", "--words", "8", "20", "--output", str(page)])
+    assert written == ["serving-8-20-words"]
+    text = page.read_text()
+    assert section("serving", "3-48 tables\n") in text and "8-20 tables" in text
+    assert text.index("8-20 tables") > text.index(begin_marker("serving-8-20-words"))
+    assert suite.parse_args(["--words", "8", "20"]).plot.name == "benchmarks-8-20-words.png"
+    assert suite.parse_args([]).plot.name == "benchmarks.png"
+    with pytest.raises(SystemExit):
+        suite.parse_args(["--words", "20", "8"])
+    assert {len(text.split()) for text in embed_texts(200, words=(8, 20))} == set(range(8, 21))
+
+
+def test_the_naive_limit_pads_and_runs_embeddings_only() -> None:
+    from bench.servers import specs
+
+    naive = specs("cpu")["limit-naive"]
+    assert not naive.http and naive.command == ("--naive",)
+    plan = suite.Suite.__new__(suite.Suite)
+    plan.args = suite.parse_args(["--endpoints", "/embed", "/caption"])
+    plan.lua = {}
+    assert suite.Suite._endpoints(plan, naive) == ["/embed"]
+    assert suite.Suite._endpoints(plan, specs("cpu")["limit"]) == ["/embed", "/caption"]

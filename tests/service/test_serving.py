@@ -9,6 +9,7 @@ is transcribed.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -147,6 +148,22 @@ async def test_a_stream_ending_in_an_error_is_counted_with_it(
                 pass
         assert getattr(failed.value, "status_code", None) == 504
         assert requests(serving, "caption", 504) == 1 and requests(serving, "caption", 200) == 0
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+async def test_a_ready_service_leaves_what_loading_made_out_of_garbage_collections(
+    checkpoint: Path, reference: MultimodalModel, freeze: bool
+) -> None:
+    gc.unfreeze()  # (the test process's own objects: other tests' servers run with MMSERVE_GC_FREEZE=false)
+    try:
+        async with running(checkpoint, gc_freeze=freeze) as serving:
+            frozen = gc.get_freeze_count()
+            assert (frozen > 10_000) if freeze else frozen == 0  # the model's modules, tensors, tokenizer, ...
+            embedded = await serving.embed(given(EmbedAsk(["a red circle"])), stays)  # and it serves
+            expected = reference.embed_text(["a red circle"])[0].numpy()
+            np.testing.assert_allclose(embedded.vectors[0], expected, atol=1e-5)
+    finally:
+        gc.unfreeze()
 
 
 async def test_embeddings_keep_their_order_and_count_tokens_from_the_ids(
