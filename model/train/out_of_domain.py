@@ -15,11 +15,12 @@ import numpy as np
 
 from model.speech_conditions import with_talkers
 from model.train.everyday import everyday_text
-from model.train.speech import TRAIN_ACCENTS, TRAIN_VARIANTS, Utterance, synthesise
+from model.train.speech import OTHER_TRAIN_VOICES, TRAIN_ACCENTS, TRAIN_VARIANTS, Utterance, synthesise
 
-# voices of other languages: they read random words as their language would (French and German are the
-# evaluation's; never heard in training)
-FOREIGN_VOICES = ("es", "it", "pt", "nl", "sv", "pl", "cs", "ru", "fi", "hu", "ro", "tr", "id", "sw", "el", "da")
+# voices of other languages: they read random words as their language would. The same voices read scene
+# sentences too (`OTHER_TRAIN_VOICES`), so that content, not a voice, is what is heard as nothing; French and
+# German (the refusal evaluation's) and Dutch and Italian (the "other voices" evaluation's) are never heard.
+FOREIGN_VOICES = OTHER_TRAIN_VOICES
 SEED_OFFSET = 50_000_000  # apart from the evaluation's clips (model.refusal_eval uses seeds below 10,000)
 KINDS = (
     ("english", 0.35),

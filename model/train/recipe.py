@@ -40,6 +40,7 @@ class TrainConfig:
     # audio that is not a scene sentence, to be transcribed as nothing
     speech_varied: bool = False
     out_of_domain_share: float = 0.0
+    vtlp_share: float = 0.0  # of a step's utterances, spectra scaled along frequency (`warp_frequencies`)
     # this share of a step's scenes are ones where a position question names an object in three words ("is
     # the large red circle left of ...?"), asked first: rare among random scenes, and the hardest questions
     hard_position_share: float = 0.0
@@ -83,18 +84,21 @@ STAGES: dict[str, TrainConfig] = {
     ),
 }
 # Hearing more than the training voices (issue 23): from the speech stage's weights, on a pool with the wider
-# variety of voices, speeds and listening conditions (`model.train.speech.varied_utterance`), SpecAugment, and
-# audio that is not a scene sentence (`model.train.out_of_domain`) taught to be transcribed as nothing
+# variety of voices, speeds and listening conditions (`model.train.speech.varied_utterance`), vocal tract
+# length perturbation and SpecAugment, audio that is not a scene sentence (`model.train.out_of_domain`)
+# taught to be transcribed as nothing, and a quarter of the replayed scenes asking the hardest position questions
 STAGES["hearing"] = replace(
     STAGES["speech"],
-    steps=1500,
+    steps=2000,
     lr=5e-4,
     warmup_steps=50,
-    eval_every=300,
+    eval_every=400,
     speech_pool=24_000,
     speech_eval=200,
     speech_varied=True,
     out_of_domain_share=0.12,
+    vtlp_share=0.5,
+    hard_position_share=0.25,
 )
 
 

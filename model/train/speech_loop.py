@@ -33,7 +33,7 @@ from model.tokenizer import BOS, EOS, PAD
 from model.train.data import Batches, to_device, token_id
 from model.train.objective import decoder_losses, speech_losses
 from model.train.recipe import TrainConfig, lr_at
-from model.train.spec_augment import spec_augment
+from model.train.spec_augment import spec_augment, warp_frequencies
 from model.train.speech import condition_utterances, eval_utterances, synthesise
 from model.train.speech_pool import Variety, build_pool, length_batches, load_pool
 
@@ -178,6 +178,8 @@ def train_speech(
             group["lr"] = lr_at(config, step)
         picked = next(order)
         batch_features, lengths = pad_features([features[i].float() for i in picked])
+        if config.vtlp_share:
+            batch_features = warp_frequencies(batch_features, lengths, masks, config.vtlp_share)
         if config.speech_varied:
             batch_features = spec_augment(batch_features, lengths, masks)
         longest = max(len(rows[i]) for i in picked)
