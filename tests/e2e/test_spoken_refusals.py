@@ -60,14 +60,33 @@ def test_no_speech_is_refused_with_what_was_heard(client: httpx.Client, audio: b
     assert 'above 0.01): heard "' in error["message"]
 
 
-def test_a_scene_question_in_a_held_out_voice_is_answered(client: httpx.Client) -> None:
-    """Answered, not refused. (What it is heard as is not pinned: in this voice the shipped model hears "what
-    colour is the square?"; the model card gives the word error rate in unheard voices, 0.08.)"""
-    response = ask(client, encode(*speech("what colour is the circle?", voice=HELD_OUT_VOICE)))
-    assert response.status_code == 200, response.text
-    assert response.json()["heard"].startswith("what colour is the ")
-    heard = ask(client, encode(*speech("how many shapes are there?", voice=HELD_OUT_VOICE)))
-    assert heard.status_code == 200 and heard.json()["heard"] == "how many shapes are there?", heard.text
+HELD_OUT_QUESTIONS = [
+    ("what colour is the circle?", "what colour is the "),
+    ("how many shapes are there?", "how many shapes are there?"),
+    ("what shape is the red one?", "what shape is the "),
+    ("is there a blue square?", "is there a "),
+    ("what colour is the large triangle?", "what colour is the "),
+    ("how many circles are there?", "how many "),
+]
+
+
+def test_scene_questions_in_held_out_voices_are_answered(client: httpx.Client) -> None:
+    """Answered as the kind of question they are, not refused, in two voices training never used, all but at
+    most one of twelve: the model card measures 0.053 of such questions heard as nothing (a 422 that says
+    so), and the words of an unheard voice are not pinned (WER 0.08 there; "what colour is the circle?" in
+    en-029+m7 is heard as nothing by the shipped model)."""
+    answered, refused = 0, []
+    for voice in (HELD_OUT_VOICE, "en-us-nyc+f4"):
+        for question, heard_as in HELD_OUT_QUESTIONS:
+            response = ask(client, encode(*speech(question, voice=voice)))
+            if response.status_code == 422:
+                assert error_of(response)["type"] == "not_understood", response.text
+                refused.append((voice, question))
+                continue
+            assert response.status_code == 200, response.text
+            assert response.json()["heard"].startswith(heard_as), (voice, question, response.text)
+            answered += 1
+    assert answered >= 11, f"refused: {refused}"
 
 
 @pytest.mark.parametrize(
