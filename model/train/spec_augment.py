@@ -25,8 +25,7 @@ WHISPER_MAX_HZ = 8000.0  # the front end's mel filters span 0-8 kHz (`model.audi
 def _centres(n_mels: int) -> np.ndarray:
     """The centre frequencies (Hz) of the front end's `n_mels` mel filters (Slaney's scale, 0-8 kHz)."""
     points = np.linspace(0.0, float(hertz_to_mel(WHISPER_MAX_HZ, "slaney")), n_mels + 2)
-    centres: np.ndarray = mel_to_hertz(points[1:-1], "slaney")
-    return centres
+    return np.asarray(mel_to_hertz(points[1:-1], "slaney"), dtype=np.float64)
 
 
 def warp_index(n_mels: int, factor: float) -> torch.Tensor:
