@@ -77,25 +77,32 @@ def test_the_benchmarks_page_keeps_its_hand_written_sections() -> None:
     assert len(hand_written) >= 3 and all(line in replaced.splitlines() for line in hand_written)
 
 
-def test_the_suite_writes_its_section_and_keeps_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`bench/suite.py`'s main, its measuring stubbed: an existing page keeps its hand-written text; a page
-    with broken markers is refused before anything runs."""
+def stub_suite(monkeypatch: pytest.MonkeyPatch, tables: str) -> list[argparse.Namespace]:
+    """`bench/suite.py`'s measuring parts stubbed: its main writes `tables`; the list gets each run's arguments."""
+    runs: list[argparse.Namespace] = []
 
     class NoRun:
-        runs = 0
-
         def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+            self.args = args
             self.cells: list[Any] = []
             self.memory: list[Any] = []
             self.notes: list[str] = []
 
         def run(self) -> None:
-            NoRun.runs += 1
+            runs.append(self.args)
 
     monkeypatch.setattr(suite, "Suite", NoRun)
     monkeypatch.setattr(wrk, "wrk_binary", lambda: "wrk")
-    monkeypatch.setattr(report, "markdown", lambda *args: "# Serving benchmark\n\nfresh tables\n")
+    monkeypatch.setattr(report, "markdown", lambda *args: tables)
     monkeypatch.setattr(report, "plot", lambda *args: False)
+    return runs
+
+
+def test_the_suite_writes_its_section_and_keeps_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench/suite.py`'s main, its measuring stubbed: an existing page keeps its hand-written text; a page
+    with broken markers is refused before anything runs."""
+
+    runs = stub_suite(monkeypatch, "# Serving benchmark\n\nfresh tables\n")
     page = tmp_path / "benchmarks.md"
     page.write_text(HAND_BEFORE + section("serving", "stale tables\n") + HAND_AFTER)
     suite.main(["--quick", "--servers", "mmserve", "--output", str(page), "--plot", str(tmp_path / "b.png")])
@@ -103,13 +110,13 @@ def test_the_suite_writes_its_section_and_keeps_the_rest(tmp_path: Path, monkeyp
     page.write_text(HAND_BEFORE + begin_marker("serving") + "\nno end\n")
     with pytest.raises(ValueError, match="1 begin and 0 end markers"):
         suite.main(["--quick", "--servers", "mmserve", "--output", str(page), "--plot", str(tmp_path / "b.png")])
-    assert NoRun.runs == 1  # refused before the run
+    assert len(runs) == 1  # refused before the run
     # a peer whose package is missing: refused before the run too (it would fail every cell of its own)
     page.write_text(HAND_BEFORE + section("serving", "stale tables\n") + HAND_AFTER)
     monkeypatch.setattr(suite, "find_spec", lambda name: None)
     with pytest.raises(SystemExit, match="litserve not installed"):
         suite.main(["--quick", "--servers", "mmserve", "litserve", "--output", str(page)])
-    assert NoRun.runs == 1
+    assert len(runs) == 1
 
 
 def test_another_text_length_mix_writes_its_own_section_and_plot(
@@ -119,26 +126,11 @@ def test_another_text_length_mix_writes_its_own_section_and_plot(
     their own plot; the texts have that many words."""
     from bench.workload import embed_texts
 
-    written: list[str] = []
-
-    class NoRun:
-        def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-            self.cells: list[Any] = []
-            self.memory: list[Any] = []
-            self.notes: list[str] = []
-            written.append(args.section)
-
-        def run(self) -> None:
-            pass
-
-    monkeypatch.setattr(suite, "Suite", NoRun)
-    monkeypatch.setattr(wrk, "wrk_binary", lambda: "wrk")
-    monkeypatch.setattr(report, "markdown", lambda *args: "# Serving benchmark\n\n8-20 tables\n")
-    monkeypatch.setattr(report, "plot", lambda *args: False)
+    runs = stub_suite(monkeypatch, "# Serving benchmark\n\n8-20 tables\n")
     page = tmp_path / "benchmarks.md"
     page.write_text(HAND_BEFORE + section("serving", "3-48 tables\n") + HAND_AFTER)
     suite.main(["--quick", "--servers", "mmserve", "--words", "8", "20", "--output", str(page)])
-    assert written == ["serving-8-20-words"]
+    assert [args.section for args in runs] == ["serving-8-20-words"]
     text = page.read_text()
     assert section("serving", "3-48 tables\n") in text and "8-20 tables" in text
     assert text.index("8-20 tables") > text.index(begin_marker("serving-8-20-words"))
