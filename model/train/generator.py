@@ -5,8 +5,9 @@ image space-to-depth into 48×16×16, and trains the UNet by flow matching: for 
 distribution (as Stable Diffusion 3 samples it), x_σ = (1 - σ)·image + σ·noise and the UNet, given σ·1000
 and the caption's MiniLM token states, predicts noise - image (mean squared error). A tenth of the captions
 are replaced by the empty prompt, so that the same UNet also gives the unconditional prediction that
-classifier-free guidance needs. AdamW at a constant rate after a linear warm-up; the shipped weights are
-an exponential moving average of the trained ones.
+classifier-free guidance needs. AdamW at a constant rate after a linear warm-up and, with `--decay-minutes`,
+a cosine down to zero over the last minutes of the `--max-minutes` budget; the shipped weights are an
+exponential moving average of the trained ones.
 
 The run is bounded by steps and, with `--max-minutes`, by training time (summed over resumed legs). Its
 state is saved atomically every `checkpoint_every` steps under `--run-dir/generate/` and `--resume`
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import math
 import os
 import random
 import shutil
@@ -58,6 +60,7 @@ class GeneratorConfig:
     batch_size: int = 32
     lr: float = 5e-4
     warmup_steps: int = 100
+    decay_minutes: float = 0.0  # the rate follows a cosine to zero over the budget's last minutes (needs max_minutes)
     weight_decay: float = 0.0
     # what the UNet predicts: "sample" (the clean image; the velocity follows from it) or "flow" (the velocity)
     prediction: str = "sample"
@@ -70,6 +73,16 @@ class GeneratorConfig:
     eval_every_minutes: float = 20.0
     eval_captions: int = 100  # held-out captions per round-trip check (100 or more: recall among 100)
     seed: int = 0
+
+
+def learning_rate(config: GeneratorConfig, step: int, warm_from: int, minutes: float) -> float:
+    """The rate at `step`: a linear warm-up from `warm_from`, constant, then a cosine over the last minutes."""
+    rate = config.lr * min(1.0, (step - warm_from + 1) / config.warmup_steps)
+    if config.decay_minutes > 0 and config.max_minutes is not None:
+        into = (minutes - (config.max_minutes - config.decay_minutes)) / config.decay_minutes
+        if into > 0:
+            rate *= 0.5 * (1 + math.cos(math.pi * min(1.0, into)))
+    return rate
 
 
 def _factor(config: GeneratorConfig) -> int:
@@ -199,7 +212,7 @@ def train_generator(
             logger.info("stopping at step %d: the %.0f-minute budget is spent", step, config.max_minutes)
             break
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * min(1.0, (step - warm_from + 1) / config.warmup_steps)
+            group["lr"] = learning_rate(config, step, warm_from, minutes)
         images, captions = batch_at(config, step)
         states, mask = encode_prompts(tower, captions, config.max_text_tokens)
         loss = flow_loss(unet, to_sample(images, _factor(config)), states, mask, config.prediction)
@@ -330,13 +343,15 @@ def main(argv: list[str] | None = None) -> None:
         "sample_size",
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)), default=None)
-    for name in ("max_minutes", "eval_every_minutes", "default_guidance_scale"):
+    for name in ("max_minutes", "decay_minutes", "eval_every_minutes", "default_guidance_scale"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
     parser.add_argument("--default-steps", type=int, default=None, help="sampling steps of the exported model")
     parser.add_argument("--channels", type=_channels, default=None, help="UNet widths, e.g. 32,64,128")
     args = parser.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if k in GeneratorConfig.__dataclass_fields__ and v is not None}
     config = replace(defaults, **given)
+    if config.decay_minutes > 0 and config.max_minutes is None:
+        parser.error("--decay-minutes counts back from the end of --max-minutes: give both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

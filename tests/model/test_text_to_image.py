@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.text_to_image import GENERATOR_DIR, GeneratorIndex, TextToImage, to_images, to_sample
-from model.train.generator import GeneratorConfig, batch_at, train_generator
+from model.train.generator import GeneratorConfig, batch_at, learning_rate, train_generator
 
 TINY = GeneratorConfig(
     channels=(32, 32),
@@ -38,6 +38,16 @@ def test_batches_are_deterministic_and_drop_some_captions() -> None:
     assert images.shape == (2, 3, 64, 64) and images.min() >= -1 and images.max() <= 1
     dropped = sum(c == "" for step in range(50) for c in batch_at(GeneratorConfig(batch_size=4), step)[1])
     assert 5 < dropped < 40  # a tenth of 200
+
+
+def test_the_rate_warms_up_holds_and_decays_to_zero_over_the_budgets_last_minutes() -> None:
+    config = GeneratorConfig(lr=1e-3, warmup_steps=10, max_minutes=100.0, decay_minutes=40.0)
+    assert learning_rate(config, 0, 0, 0.0) == pytest.approx(1e-4)  # warming up
+    assert learning_rate(config, 500, 0, 60.0) == pytest.approx(1e-3)  # held until the decay starts
+    assert learning_rate(config, 600, 0, 80.0) == pytest.approx(0.5e-3)  # half way down the cosine
+    assert learning_rate(config, 700, 0, 100.0) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(config, 700, 0, 120.0) == pytest.approx(0.0, abs=1e-12)  # never below zero
+    assert learning_rate(GeneratorConfig(lr=1e-3, max_minutes=100.0), 700, 0, 99.0) == 1e-3  # no decay asked
 
 
 def test_the_stage_trains_exports_and_resumes(tmp_path: Path, text_tower) -> None:  # type: ignore[no-untyped-def]
