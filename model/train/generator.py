@@ -68,7 +68,7 @@ class GeneratorConfig:
     ema_decay: float = 0.999  # the shipped weights: this average of the trained ones
     max_text_tokens: int = 64
     default_steps: int = 20  # sampling steps of the shipped model
-    default_guidance_scale: float = 4.0
+    default_guidance_scale: float = 2.0  # bench.generator_guidance chose it
     checkpoint_every: int = 100
     eval_every_minutes: float = 20.0
     eval_captions: int = 100  # held-out captions per round-trip check (100 or more: recall among 100)

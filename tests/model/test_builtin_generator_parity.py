@@ -18,7 +18,7 @@ def test_the_served_generator_equals_its_reference_loop_alone_and_batched() -> N
     served = load_image_generator("builtin", torch.device("cpu"), torch.float32)
     prompts = ["a large red circle", "a small blue square and a large green triangle", "a purple diamond"]
     expected = [np.asarray(reference.generate([p], [seed])[0], dtype=int) for seed, p in enumerate(prompts, 1)]
-    specs = [served.image_spec(p, seed) for seed, p in enumerate(prompts, 1)]  # the defaults: 20 steps, guidance 4
+    specs = [served.image_spec(p, seed) for seed, p in enumerate(prompts, 1)]  # the folder's defaults
     alone = [np.asarray(served.generate([spec])[0], dtype=int) for spec in specs]
     batched = [np.asarray(image, dtype=int) for image in served.generate(specs)]
     for want, one, many in zip(expected, alone, batched, strict=True):
