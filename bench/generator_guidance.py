@@ -21,7 +21,7 @@ import torch
 from model import load_model
 from model.api import MultimodalModel
 from model.evaluate import parse_caption
-from model.generator_eval import ROUND_TRIP_CAPTIONS, round_trip
+from model.generator_eval import ROUND_TRIP_CAPTIONS, read_back, round_trip
 from model.scenes import HELD_OUT_SEED_START, Scene, make_scene
 from model.text_to_image import GENERATOR_DIR, TextToImage
 
@@ -40,12 +40,7 @@ def confusions(
     generator: TextToImage, captioner: MultimodalModel, scenes: list[Scene], steps: int, guidance: float
 ) -> None:
     """Print the attribute swaps among objects of captions read back with the right object count."""
-    prompts = [s.caption for s in scenes]
-    images = []
-    for start in range(0, len(prompts), 50):
-        part = prompts[start : start + 50]
-        images += generator.generate(part, list(range(start, start + len(part))), steps, guidance)
-    read = captioner.caption(images, max_new_tokens=40)
+    _, read = read_back(generator, captioner, [s.caption for s in scenes], steps, guidance)
     swaps: Counter[tuple[str, str, str]] = Counter()
     objects = matched = borrowed = colour_errors = 0
     for scene, caption in zip(scenes, read, strict=True):

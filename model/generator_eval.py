@@ -23,6 +23,8 @@ from model.evaluate import attribute_accuracy, parse_caption, recall_at_1
 from model.scenes import HELD_OUT_SEED_START, MAX_OBJECTS, Scene, make_scene
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from model.api import MultimodalModel
     from model.text_to_image import TextToImage
 
@@ -35,6 +37,22 @@ def held_out_scenes(n: int) -> list[Scene]:
     return [make_scene(HELD_OUT_SEED_START + i) for i in range(n)]
 
 
+def read_back(
+    generator: TextToImage,
+    captioner: MultimodalModel,
+    prompts: list[str],
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    chunk: int = 50,
+) -> tuple[list[Image.Image], list[str]]:
+    """One image per prompt (seed = its index), `chunk` at a time, and the captioner's caption of each."""
+    images: list[Image.Image] = []
+    for start in range(0, len(prompts), chunk):
+        part = prompts[start : start + chunk]
+        images += generator.generate(part, list(range(start, start + len(part))), steps, guidance_scale)
+    return images, captioner.caption(images, max_new_tokens=40)
+
+
 def round_trip(
     generator: TextToImage,
     captioner: MultimodalModel,
@@ -45,11 +63,7 @@ def round_trip(
 ) -> dict[str, float]:
     """The round-trip metrics of `generator` on the captions of `scenes` (one image each, seed = index)."""
     prompts = [s.caption for s in scenes]
-    images = []
-    for start in range(0, len(prompts), chunk):
-        part = prompts[start : start + chunk]
-        images += generator.generate(part, list(range(start, start + len(part))), steps, guidance_scale)
-    read = captioner.caption(images, max_new_tokens=40)
+    images, read = read_back(generator, captioner, prompts, steps, guidance_scale, chunk)
     hits = [r == p for r, p in zip(read, prompts, strict=True)]
     metrics = {"round_trip_exact_match": sum(hits) / len(hits)}
     for count in range(1, MAX_OBJECTS + 1):

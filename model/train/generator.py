@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import os
 import random
 import shutil
@@ -46,6 +45,7 @@ from model.text_to_image import (
     to_sample,
     unet_config,
 )
+from model.train.recipe import cosine_to_zero
 
 logger = logging.getLogger("model.train")
 
@@ -81,7 +81,7 @@ def learning_rate(config: GeneratorConfig, step: int, warm_from: int, minutes: f
     if config.decay_minutes > 0 and config.max_minutes is not None:
         into = (minutes - (config.max_minutes - config.decay_minutes)) / config.decay_minutes
         if into > 0:
-            rate *= 0.5 * (1 + math.cos(math.pi * min(1.0, into)))
+            rate *= cosine_to_zero(into)
     return rate
 
 

@@ -108,11 +108,15 @@ def max_objects_at(config: TrainConfig, step: int) -> int:
     return next(n for until, n in config.curriculum if progress < until or until >= 1.0)
 
 
+def cosine_to_zero(progress: float) -> float:
+    """The cosine schedule's factor: 1 at `progress` 0, 0 from 1 on (0.5 half way)."""
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 def lr_at(config: TrainConfig, step: int) -> float:
     """Linear warm-up, then a cosine from `lr` down to `lr * min_lr_ratio` over the planned steps."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     planned = config.schedule_steps or config.steps
     progress = (step - config.warmup_steps) / max(1, planned - config.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine_to_zero(progress))
