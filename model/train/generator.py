@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model.scenes import IMAGE_SIZE, make_scene, render
+from model.scenes import IMAGE_SIZE, MAX_OBJECTS, make_scene, render
 from model.text import TextTower
 from model.text_to_image import (
     GENERATOR_DIR,
@@ -65,6 +65,8 @@ class GeneratorConfig:
     # what the UNet predicts: "sample" (the clean image; the velocity follows from it) or "flow" (the velocity)
     prediction: str = "sample"
     uncond_share: float = 0.1  # captions replaced by "" (classifier-free guidance)
+    # relative weights of scenes with 1, 2, … objects; empty: make_scene's own draw (uniform counts)
+    object_weights: tuple[float, ...] = ()
     ema_decay: float = 0.999  # the shipped weights: this average of the trained ones
     max_text_tokens: int = 64
     default_steps: int = 20  # sampling steps of the shipped model
@@ -93,8 +95,14 @@ def _factor(config: GeneratorConfig) -> int:
 def batch_at(config: GeneratorConfig, step: int) -> tuple[torch.Tensor, list[str]]:
     """Step `step`'s scenes: images (B, 3, 64, 64) in [-1, 1] and captions ("" for a share of them)."""
     rng = random.Random(f"{config.seed}:{step}")
-    seeds = range(step * config.batch_size, (step + 1) * config.batch_size)
-    scenes = [make_scene(s + config.seed * 1_000_003) for s in seeds]
+    seeds = [s + config.seed * 1_000_003 for s in range(step * config.batch_size, (step + 1) * config.batch_size)]
+    if config.object_weights:
+        counts = random.Random(f"{config.seed}:{step}:objects").choices(
+            range(1, len(config.object_weights) + 1), weights=config.object_weights, k=len(seeds)
+        )
+        scenes = [make_scene(s, min_objects=n, max_objects=n) for s, n in zip(seeds, counts, strict=True)]
+    else:
+        scenes = [make_scene(s) for s in seeds]
     pixels = np.stack([np.asarray(render(s), dtype=np.float32) for s in scenes])  # (B, 64, 64, 3)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2) / 127.5 - 1
     captions = [UNCOND_PROMPT if rng.random() < config.uncond_share else s.caption for s in scenes]
@@ -321,6 +329,18 @@ def _channels(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected widths like 32,64,128, not {text!r}") from None
 
 
+def _object_weights(text: str) -> tuple[float, ...]:
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        weights = ()
+    if not 1 <= len(weights) <= MAX_OBJECTS or any(w < 0 for w in weights) or not any(weights):
+        raise argparse.ArgumentTypeError(
+            f"expected 1 to {MAX_OBJECTS} non-negative weights of 1, 2, … objects, like 2,3,4,4, not {text!r}"
+        )
+    return weights
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mmserve train --stage generate", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--stage", choices=["generate"], required=True)
@@ -347,6 +367,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
     parser.add_argument("--default-steps", type=int, default=None, help="sampling steps of the exported model")
     parser.add_argument("--channels", type=_channels, default=None, help="UNet widths, e.g. 32,64,128")
+    parser.add_argument(
+        "--object-weights",
+        type=_object_weights,
+        default=None,
+        help="relative weights of training scenes with 1, 2, … objects, e.g. 2,3,4,4 (default: uniform)",
+    )
     args = parser.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if k in GeneratorConfig.__dataclass_fields__ and v is not None}
     config = replace(defaults, **given)

@@ -70,7 +70,5 @@ def speech_losses(
     log_probs = F.log_softmax(ctc_head(ctc_input).float(), dim=-1).transpose(0, 1)  # (N, R, V + 1)
     text = seq[:, 1:-1]  # without [BOS]; [EOS] and padding are dropped by the lengths below
     target_lengths = (text != pad_id).sum(1) - 1  # minus [EOS]
-    ctc = F.ctc_loss(
-        log_probs, text, valid.sum(1), target_lengths, blank=log_probs.shape[-1] - 1, zero_infinity=True
-    )
+    ctc = F.ctc_loss(log_probs, text, valid.sum(1), target_lengths, blank=log_probs.shape[-1] - 1, zero_infinity=True)
     return {"heard": heard, "ctc": ctc}

@@ -1,11 +1,11 @@
 """Audio the built-in model must not take for a scene sentence, for the `hearing` stage: it learns to write nothing.
 
-Everyday speech that is not about a scene (random words of English, sometimes with a scene word or two among
-them), speech in other languages' voices, noise, melodies and near-silence; each clip a pure function of
-its seed, and its transcript the empty one. None of it is what `model.refusal_eval` measures refusals on:
-that evaluation's English sentences are never spoken here (these are random words), its French and German
-voices are never used, and its noise, melodies and silences come from other seeds (`SEED_OFFSET`).
-"""
+Everyday speech that is not about a scene (random words of English, in espeak-ng's and flite's voices,
+sometimes with a scene word or two among them), speech in other languages' voices, noise, melodies and near-
+silence; each clip a pure function of its seed, and its transcript the empty one. None of it is what
+`model.refusal_eval` measures refusals on: that evaluation's English sentences are never spoken here (these
+are random words), its French and German voices are never used, and its noise, melodies and silences come from
+other seeds (`SEED_OFFSET`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,16 @@ import numpy as np
 
 from model.speech_conditions import with_talkers
 from model.train.everyday import everyday_text
-from model.train.speech import OTHER_TRAIN_VOICES, TRAIN_ACCENTS, TRAIN_VARIANTS, Utterance, synthesise
+from model.train.speech import (
+    FLITE,
+    FLITE_SHARE,
+    FLITE_TRAIN_VOICES,
+    OTHER_TRAIN_VOICES,
+    TRAIN_ACCENTS,
+    TRAIN_VARIANTS,
+    Utterance,
+    synthesise,
+)
 
 # voices of other languages: they read random words as their language would. The same voices read scene
 # sentences too (`OTHER_TRAIN_VOICES`), so that content, not a voice, is what is heard as nothing; French and
@@ -63,11 +72,15 @@ def clip(seed: int, rate: int) -> np.ndarray:
     nprng = np.random.default_rng(SEED_OFFSET + seed)
     kind = rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
     level = 10 ** rng.uniform(-2.0, -0.1)
+    other_kind = random.Random(SEED_OFFSET + seed * 19 + 7)  # its own draws: the other clips stay as they were
 
     def speech(voices: tuple[str, ...]) -> np.ndarray:
+        voice = f"{rng.choice(voices)}+{rng.choice(TRAIN_VARIANTS)}"
+        if voices is TRAIN_ACCENTS and other_kind.random() < FLITE_SHARE:  # flite's voices say everyday words too
+            voice = FLITE + other_kind.choice(FLITE_TRAIN_VOICES)
         u = Utterance(
             everyday_text(rng),
-            f"{rng.choice(voices)}+{rng.choice(TRAIN_VARIANTS)}",
+            voice,
             rng.randint(90, 280),
             rng.randint(0, 99),
             rng.uniform(-20.0, -1.0),

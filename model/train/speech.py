@@ -5,11 +5,13 @@ half and half), a voice (an espeak-ng accent and a voice variant), a speed, a pi
 background noise and silence around it. espeak-ng (the Debian package `espeak-ng`) speaks at 22,050 Hz;
 the waveform is resampled to the model's rate with soxr, as the service resamples uploads.
 
-Voices: the training voices are six accents × ten variants. Two accents and three variants are never
-used in training; a held-out voice is a held-out accent with a held-out variant, so both are unheard.
-Sentences: a tenth of all the grammar's sentences are held out, chosen by a digest of their text (every one
-but "how many shapes are there?", the count family's only question); training skips them, and the
-evaluation sentences are held-out ones (from seeds in the held-out range), so none of them is ever heard.
+Voices: the training voices are six accents × ten variants (and, in the `hearing` stage's wider variety, other
+languages' voices and three of flite's, speakers of another kind; one more flite voice is held out). Two
+accents and three variants are never used in training; a held-out voice is a held-out accent with a held-out
+variant, so both are unheard. Sentences: a tenth of all the grammar's sentences are held out, chosen by a
+digest of their text (every one but "how many shapes are there?", the count family's only question); training
+skips them, and the evaluation sentences are held-out ones (from seeds in the held-out range), so none of them
+is ever heard.
 
 The training pool built of them (and of out-of-domain clips, `model.train.out_of_domain`) is
 `model.train.speech_pool`'s.
@@ -22,7 +24,9 @@ import io
 import random
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -93,6 +97,13 @@ OTHER_TRAIN_VOICES = (
 HELD_OUT_OTHER_VOICES = ("nl", "it")
 OTHER_VOICES_SHARE = 0.2  # of the varied utterances, read in one of `OTHER_TRAIN_VOICES`
 ESPEAK_RATE = 22_050  # Hz, what espeak-ng writes
+# Speakers of another kind than espeak-ng's formant synthesis: flite's voices (the Debian package `flite`),
+# built from recordings of people (kal: diphones; awb, rms, slt: statistical parametric, CMU ARCTIC). A voice
+# is written "flite:NAME". slt (the one woman) is held out for the evaluation's `flite_held_out_voice`.
+FLITE = "flite:"
+FLITE_TRAIN_VOICES = ("kal16", "rms", "awb")
+FLITE_HELD_OUT_VOICES = ("slt",)
+FLITE_SHARE = 0.2  # of the varied utterances, spoken by one of `FLITE_TRAIN_VOICES`
 
 # evaluation sentences: seeds from here on (an offset into the held-out range, apart from the image sets)
 SPEECH_EVAL_SEED_START = HELD_OUT_SEED_START + 5_000_000
@@ -172,9 +183,13 @@ def varied_utterance(seed: int, text: str) -> Utterance:
     waveform), a room (RT60 0.2-1.2 s), other talkers (0-20 dB below), a telephone line or a low-bit-rate codec."""
     rng = random.Random(seed * 17 + 5)
     accent = rng.choice(OTHER_TRAIN_VOICES) if rng.random() < OTHER_VOICES_SHARE else rng.choice(TRAIN_ACCENTS)
+    voice = f"{accent}+{rng.choice(TRAIN_VARIANTS + MORE_VARIANTS)}"
+    other_kind = random.Random(seed * 19 + 7)  # its own draws: the espeak-ng utterances stay what they were
+    if other_kind.random() < FLITE_SHARE:
+        voice = FLITE + other_kind.choice(FLITE_TRAIN_VOICES)
     return Utterance(
         text=text,
-        voice=f"{accent}+{rng.choice(TRAIN_VARIANTS + MORE_VARIANTS)}",
+        voice=voice,
         speed=rng.randint(90, 290),
         pitch=rng.randint(0, 99),
         gain_db=rng.uniform(-25.0, -1.0),
@@ -212,6 +227,8 @@ CONDITIONS: dict[str, dict[str, object]] = {
     "reverb_1s": {"rt60": 1.0},
     "mp3": {"codec": True},
     "other_voices": {},  # other languages' voices never heard in training, reading the English sentences
+    "flite_voices": {},  # flite's training voices (people's recordings, not espeak-ng), held-out sentences
+    "flite_held_out_voice": {"voice": FLITE + FLITE_HELD_OUT_VOICES[0]},  # a flite voice never heard
 }
 
 
@@ -226,6 +243,8 @@ def condition_utterances(name: str, n: int = 100) -> list[Utterance]:
             fields["talkers"] = (start + 2 * i, start + 2 * i + 1)
         if name == "other_voices":
             fields["voice"] = f"{rng.choice(HELD_OUT_OTHER_VOICES)}+{u.voice.split('+')[1]}"
+        if name == "flite_voices":
+            fields["voice"] = FLITE + rng.choice(FLITE_TRAIN_VOICES)
         out.append(replace(u, **fields))  # type: ignore[arg-type]
     return out
 
@@ -237,14 +256,34 @@ def espeak() -> str:
     return found
 
 
+def flite() -> str:
+    found = shutil.which("flite")
+    if found is None:
+        raise RuntimeError("flite's voices need flite (Debian: apt-get install flite)")
+    return found
+
+
+def speak(u: Utterance) -> bytes:
+    """The WAV file of `u.text` in `u.voice` at `u.speed` words a minute and `u.pitch` (0-99).
+
+    flite has no words-a-minute: its durations are stretched by 175 / speed (espeak-ng's default rate is
+    175), and its mean pitch is 85-204 Hz for 0-99 (rms's voice keeps its own pitch: flite ignores it there).
+    """
+    if u.voice.startswith(FLITE):
+        stretch, f0 = f"{175 / u.speed:.3f}", f"{85 + 1.2 * u.pitch:.0f}"
+        with tempfile.TemporaryDirectory() as folder:  # a file, not a pipe: flite seeks back to its header
+            out = Path(folder) / "speech.wav"
+            command = [flite(), "-voice", u.voice.removeprefix(FLITE), "--setf", f"duration_stretch={stretch}"]
+            command += ["--setf", f"int_f0_target_mean={f0}", "-t", u.text, "-o", str(out)]
+            subprocess.run(command, check=True, capture_output=True)
+            return out.read_bytes()
+    command = [espeak(), "--stdout", "-v", u.voice, "-s", str(u.speed), "-p", str(u.pitch), u.text]
+    return subprocess.run(command, check=True, capture_output=True).stdout
+
+
 def synthesise(u: Utterance, sampling_rate: int, seed: int = 0) -> np.ndarray:
     """The utterance as float32 mono at `sampling_rate`: spoken, resampled, padded, scaled and noised."""
-    wav = subprocess.run(
-        [espeak(), "--stdout", "-v", u.voice, "-s", str(u.speed), "-p", str(u.pitch), u.text],
-        check=True,
-        capture_output=True,
-    ).stdout
-    samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    samples, rate = sf.read(io.BytesIO(speak(u)), dtype="float32")
     samples = soxr.resample(samples, rate, sampling_rate).astype(np.float32)
     rng = np.random.default_rng(seed)
     before, after = (np.zeros(int(s * sampling_rate), np.float32) for s in u.pad_s)

@@ -72,7 +72,7 @@ def make_optimizer(module: MultimodalTransformer, config: TrainConfig) -> torch.
 
 
 CTC_HEAD_ALONE = 200  # steps a fresh CTC head over a tower that already hears learns alone
-QUICK_CONDITIONS = ("telephone", "fast_240wpm", "babble_10db", "other_voices")  # the varied stage's quick checks
+QUICK_CONDITIONS = ("telephone", "fast_240wpm", "babble_10db", "other_voices", "flite_held_out_voice")  # quick checks
 
 
 def eval_sets(

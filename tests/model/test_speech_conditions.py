@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from model import speech_conditions as c
-from tests.support.audio import needs_espeak
+from tests.support.audio import needs_espeak, needs_flite
 
 RATE = 16_000
 
@@ -162,3 +164,72 @@ def test_the_other_voices_evaluation_uses_voices_training_never_heard() -> None:
     assert set(FOREIGN_VOICES) <= set(OTHER_TRAIN_VOICES)
     variants = [*TRAIN_VARIANTS, *MORE_VARIANTS]
     assert len(variants) == len(set(variants)) and not set(variants) & set(HELD_OUT_VARIANTS)
+
+
+@needs_flite
+def test_flite_speaks_at_the_utterances_speed_and_pitch() -> None:
+    """A "flite:NAME" voice is spoken by flite: slower words last longer, a higher pitch is higher."""
+    import io
+
+    import soundfile as sf
+
+    from model.train.speech import Utterance, speak, synthesise
+
+    said = Utterance("a large red circle", "flite:awb", 175, 50, -6.0, None, (0.0, 0.0))
+
+    def heard(u: Utterance) -> tuple[np.ndarray, int]:
+        samples, rate = sf.read(io.BytesIO(speak(u)), dtype="float32")
+        return samples, rate
+
+    plain, rate = heard(said)
+    slow, _ = heard(replace(said, speed=100))
+    assert rate == 16_000 and len(slow) / len(plain) == pytest.approx(1.75, rel=0.15)
+    low, high = heard(replace(said, pitch=0))[0], heard(replace(said, pitch=99))[0]
+    assert pitch_hz(high, rate) > 1.5 * pitch_hz(low, rate)
+    samples = synthesise(said, RATE)
+    assert samples.dtype == np.float32 and 0 < np.abs(samples).max() <= 1.0
+
+
+def pitch_hz(samples: np.ndarray, rate: int) -> float:
+    """The median pitch of the voiced 40 ms frames (the autocorrelation's peak between 60 and 400 Hz)."""
+    n, found = int(0.04 * rate), []
+    for i in range(0, len(samples) - n, n // 2):
+        frame = samples[i : i + n] - samples[i : i + n].mean()
+        if np.sqrt((frame**2).mean()) < 0.02 * np.abs(samples).max():
+            continue
+        ac = np.correlate(frame, frame, "full")[n - 1 :]
+        lag = int(rate / 400) + int(np.argmax(ac[int(rate / 400) : int(rate / 60)]))
+        if ac[lag] > 0.3 * ac[0]:
+            found.append(rate / lag)
+    return float(np.median(found))
+
+
+def test_flite_voices_train_one_is_held_out_and_only_the_evaluation_speaks_it() -> None:
+    from model.train import out_of_domain
+    from model.train.speech import (
+        FLITE,
+        FLITE_HELD_OUT_VOICES,
+        FLITE_SHARE,
+        FLITE_TRAIN_VOICES,
+        condition_utterances,
+        varied_utterance,
+    )
+
+    assert not set(FLITE_HELD_OUT_VOICES) & set(FLITE_TRAIN_VOICES)
+    voices = [varied_utterance(seed, "a red circle").voice for seed in range(3000)]
+    flite = [v.removeprefix(FLITE) for v in voices if v.startswith(FLITE)]
+    assert set(flite) == set(FLITE_TRAIN_VOICES)
+    assert len(flite) / len(voices) == pytest.approx(FLITE_SHARE, abs=0.03)
+    assert {u.voice for u in condition_utterances("flite_held_out_voice", 5)} == {FLITE + FLITE_HELD_OUT_VOICES[0]}
+    assert {u.voice.removeprefix(FLITE) for u in condition_utterances("flite_voices", 30)} == set(FLITE_TRAIN_VOICES)
+    # random everyday words (heard as nothing) are said in flite's training voices too, never the held-out one
+    spoken: list[str] = []
+    real = out_of_domain.synthesise
+    try:
+        out_of_domain.synthesise = lambda u, rate, seed: spoken.append(u.voice) or np.zeros(160, np.float32)  # type: ignore[assignment,func-returns-value]
+        for seed in range(600):
+            out_of_domain.clip(seed, RATE)
+    finally:
+        out_of_domain.synthesise = real
+    said_by_flite = {v.removeprefix(FLITE) for v in spoken if v.startswith(FLITE)}
+    assert said_by_flite == set(FLITE_TRAIN_VOICES)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.text_to_image import GENERATOR_DIR, GeneratorIndex, TextToImage, to_images, to_sample
-from model.train.generator import GeneratorConfig, batch_at, learning_rate, train_generator
+from model.train.generator import GeneratorConfig, _object_weights, batch_at, learning_rate, train_generator
 
 TINY = GeneratorConfig(
     channels=(32, 32),
@@ -38,6 +38,27 @@ def test_batches_are_deterministic_and_drop_some_captions() -> None:
     assert images.shape == (2, 3, 64, 64) and images.min() >= -1 and images.max() <= 1
     dropped = sum(c == "" for step in range(50) for c in batch_at(GeneratorConfig(batch_size=4), step)[1])
     assert 5 < dropped < 40  # a tenth of 200
+
+
+def test_object_weights_shift_the_batches_towards_crowded_scenes() -> None:
+    def objects(caption: str) -> int:
+        return caption.count(",") + caption.count(" and ") + 1
+
+    def counts(config: GeneratorConfig) -> list[int]:
+        return [objects(c) for step in range(40) for c in batch_at(config, step)[1] if c]
+
+    uniform, crowded = (
+        counts(GeneratorConfig(batch_size=8)),
+        counts(GeneratorConfig(batch_size=8, object_weights=(0, 1, 0, 3))),
+    )
+    assert set(uniform) == {1, 2, 3, 4}
+    assert set(crowded) == {2, 4} and 0.6 < crowded.count(4) / len(crowded) < 0.9  # three quarters
+    again = batch_at(GeneratorConfig(batch_size=8, object_weights=(0, 1, 0, 3)), 7)
+    assert torch.equal(again[0], batch_at(GeneratorConfig(batch_size=8, object_weights=(0, 1, 0, 3)), 7)[0])
+    assert _object_weights("2,3,4,4") == (2.0, 3.0, 4.0, 4.0)
+    for bad in ("", "a,b", "1,2,3,4,5", "-1,2", "0,0"):
+        with pytest.raises(Exception, match="non-negative weights"):
+            _object_weights(bad)
 
 
 def test_the_rate_warms_up_holds_and_decays_to_zero_over_the_budgets_last_minutes() -> None:

@@ -1,7 +1,7 @@
 """Test audio: speech synthesised with espeak-ng (a tone sweep when it is not installed), and encoders.
 
-    speech("a red circle")              # float32 mono samples and their rate (espeak-ng speaks at 22,050 Hz)
-    encode(samples, rate, "FLAC")       # the bytes of an audio file, as a client would upload them
+speech("a red circle")              # float32 mono samples and their rate (espeak-ng speaks at 22,050 Hz)
+encode(samples, rate, "FLAC")       # the bytes of an audio file, as a client would upload them
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ ESPEAK = shutil.which("espeak-ng")
 NO_ESPEAK = "espeak-ng is not installed: apt-get install espeak-ng (.ci/run installs it)"
 # For tests that need real speech (what the shipped model hears, speech training), not just audio.
 needs_espeak = pytest.mark.skipif(ESPEAK is None, reason=NO_ESPEAK)
+# flite's voices (speakers of another kind, in the hearing stage's pool and two evaluation conditions)
+needs_flite = pytest.mark.skipif(
+    shutil.which("flite") is None, reason="flite is not installed: apt-get install flite (.ci/run installs it)"
+)
 
 
 def speech(text: str, voice: str = "en", speed: int = 160) -> tuple[np.ndarray, int]:
