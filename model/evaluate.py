@@ -155,17 +155,18 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.wer([normalise_words(r) for r in references], hypotheses))
 
 
-def speech_metrics(model: MultimodalModel, per_condition: int = 100) -> dict[str, float]:
+def speech_metrics(
+    model: MultimodalModel, per_condition: int = 100, only: Sequence[str] | None = None
+) -> dict[str, float]:
     """WER on the held-out sentences (synthesised by espeak-ng): in training voices and in held-out ones (300
-    each), and `per_condition` of them under each listening condition of `model.train.speech.CONDITIONS`."""
+    each), and `per_condition` of them under each listening condition of `model.train.speech.CONDITIONS`;
+    `only`: just these sets (names of conditions, or `train_voices` / `held_out_voices`)."""
     from model.train.speech import CONDITIONS, condition_utterances, eval_utterances, synthesise
 
     assert model.audio is not None
-    sets = {
-        "train_voices": eval_utterances(False),
-        "held_out_voices": eval_utterances(True),
-        **{name: condition_utterances(name, per_condition) for name in CONDITIONS},
-    }
+    everything = {"train_voices": lambda: eval_utterances(False), "held_out_voices": lambda: eval_utterances(True)}
+    everything |= {name: (lambda name=name: condition_utterances(name, per_condition)) for name in CONDITIONS}
+    sets = {name: make() for name, make in everything.items() if only is None or name in only}
     metrics = {}
     for name, utterances in sets.items():
         audios = [synthesise(u, model.audio.sampling_rate, i) for i, u in enumerate(utterances)]
@@ -218,16 +219,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generator", type=Path, default=None, help="the generator folder (default: the shipped one)")
     parser.add_argument("--captions", type=int, default=None, help="held-out captions for --generate (default 500)")
     parser.add_argument(
+        "--speech-sets",
+        nargs="+",
+        default=None,
+        metavar="SET",
+        help="only the word error rate on these sets (train_voices, held_out_voices or a condition of "
+        "model.train.speech.CONDITIONS; printed, the card left alone)",
+    )
+    parser.add_argument(
         "--refusals",
         action="store_true",
         help="only the spoken-question refusal rates (printed; the card left alone)",
     )
     args = parser.parse_args(argv)
+    if args.speech_sets:
+        from model.train.speech import CONDITIONS
+
+        unknown = set(args.speech_sets) - {"train_voices", "held_out_voices", *CONDITIONS}
+        if unknown:
+            parser.error(
+                f"unknown speech sets {sorted(unknown)}: train_voices, held_out_voices, {', '.join(CONDITIONS)}"
+            )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from model import load_model
     from model.checkpoint import WEIGHTS_DIR
 
     model = load_model(args.model, args.device)
+    if args.speech_sets:
+        for k, v in speech_metrics(model, only=args.speech_sets).items():
+            print(f"{k:32s} {v:.4f}")
+        return
     if args.refusals:
         for k, v in refusal_metrics(model).items():
             print(f"{k:32s} {v:.4f}")
