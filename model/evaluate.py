@@ -164,9 +164,13 @@ def speech_metrics(
     from model.train.speech import CONDITIONS, condition_utterances, eval_utterances, synthesise
 
     assert model.audio is not None
-    everything = {"train_voices": lambda: eval_utterances(False), "held_out_voices": lambda: eval_utterances(True)}
-    everything |= {name: (lambda name=name: condition_utterances(name, per_condition)) for name in CONDITIONS}
-    sets = {name: make() for name, make in everything.items() if only is None or name in only}
+    names = ["train_voices", "held_out_voices", *CONDITIONS]
+    sets = {}
+    for name in names if only is None else [n for n in names if n in only]:
+        if name in ("train_voices", "held_out_voices"):
+            sets[name] = eval_utterances(name == "held_out_voices")
+        else:
+            sets[name] = condition_utterances(name, per_condition)
     metrics = {}
     for name, utterances in sets.items():
         audios = [synthesise(u, model.audio.sampling_rate, i) for i, u in enumerate(utterances)]
