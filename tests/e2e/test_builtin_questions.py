@@ -149,8 +149,8 @@ def test_a_spoken_sentence_that_is_no_question_is_a_422_quoting_what_was_heard(s
     assert answered.json()["answer"] == answer(server, image, "what colour is the square?")
 
 
-# Questions about objects a scene lacks, which make the shipped model write its scratchpad twice ("zero left [SEP]
-# zero right [SEP] yes"; tests/model/test_streaming_text.py checks that it still does): a stream showed the text
+# Questions about objects a scene lacks, which made the weights shipped before the hearing stage's flite leg write
+# their scratchpad twice ("zero left [SEP] zero right [SEP] yes"; today's write it once): a stream showed the text
 # after the first [SEP] ("zero right"), the answer is what follows the last ("yes"). The streamed pieces must add
 # up to the answer, on /vqa and on the chat route.
 TWICE_SCRATCHPADS = [(1, "is the circle right of the square?"), (1, "is the square left of the triangle?")]

@@ -4,7 +4,7 @@ A caption's or a transcript's text streams as it decodes, a few tokens at a time
 equals decoding the whole id list after every token; an answer's text (what follows the last `[SEP]`) is told
 at the end only, since another `[SEP]` may still come. A Hypothesis property checks both rules on id lists
 over the real vocabulary with no, one, two and more `[SEP]`s; and streamed captions, answers (the shipped
-model's scratchpads, written once or twice) and transcripts of the tiny and the shipped models stream what
+model's scratchpads) and transcripts of the tiny and the shipped models stream what
 the rule says, against `greedy_decode`.
 """
 
@@ -39,8 +39,10 @@ QUESTIONS = [
     "is there a red diamond?",
 ]
 SPOKEN = ["a red circle", "two blue squares and a green triangle", "three"]
-# A question about objects scene 1 lacks: the shipped model writes its scratchpad twice, "zero left [SEP] zero
-# right [SEP] yes" (a stream used to show "zero right", and then nothing of the answer "yes").
+# A question about objects scene 1 lacks. The weights shipped before the hearing stage's flite leg wrote its
+# scratchpad twice here, "zero left [SEP] zero right [SEP] yes" (a stream used to show "zero right", and then
+# nothing of the answer "yes"); today's write it once ("zero left [SEP] no"). Two [SEP]s stay covered by the
+# Hypothesis property below and by tests/model/test_continuous.py's scripted rows.
 TWICE = (1, "is the circle right of the square?")
 
 TOKENIZER = load_tokenizer(WEIGHTS_DIR / "tokenizer.json")
@@ -221,10 +223,10 @@ def test_streams_of_the_tiny_model_follow_the_rule(
 def test_streams_of_the_shipped_model_follow_the_rule(
     shipped: BuiltinModel, audios: list[np.ndarray], shapes: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Real captions, answers after their scratchpads (one of them written twice), and transcripts (with fixed
-    shapes too)."""
+    """Real captions, answers after their scratchpads (one about objects the scene lacks), and transcripts
+    (with fixed shapes too)."""
     monkeypatch.setattr(shipped, "decode_options", STEP_SHAPES[shapes])
     rows = _rows(shipped, audios)
-    twice = _greedy_ids(shipped, *reversed(rows[-1]))  # type: ignore[arg-type]
-    assert twice.count(SEP_ID) == 2, decode(twice)  # (what this test is about: a scratchpad written twice)
+    lacking = _greedy_ids(shipped, *reversed(rows[-1]))  # type: ignore[arg-type]
+    assert lacking.count(SEP_ID) >= 1, decode(lacking)  # a scratchpad, then the answer
     _check(shipped, rows)
