@@ -144,3 +144,18 @@ def test_the_card_section_is_rewritten_between_its_markers(tmp_path: Path) -> No
     text = card.read_text()
     assert text.startswith("before\n") and text.endswith(f"{CARD_END}\nafter\n") and "old numbers" not in text
     assert "| round_trip_exact_match | 0.500 |" in text and "| 5 | 1.0 | 0.250 |" in text
+
+
+@shipped
+def test_the_whole_card_takes_the_generator_section_from_the_folder(tmp_path: Path) -> None:
+    """`mmserve evaluate` rewrites the whole card from its template: the generator's part comes from the
+    folder's last evaluation, not from a copy kept in the template."""
+    from model.evaluate import write_card
+    from model.generator_eval import CARD_BEGIN, CARD_END, card_section
+
+    card = tmp_path / "MODEL_CARD.md"
+    write_card({"caption_exact_match": 1.0}, {"scenes": 10, "training": "{}"}, card)
+    text = card.read_text()
+    between = text[text.index(CARD_BEGIN) + len(CARD_BEGIN) : text.index(CARD_END)]
+    assert between.strip() == card_section(GENERATOR_DIR).strip()
+    assert "| caption_exact_match | 1.000 |" in text and "{generator}" not in text
