@@ -155,6 +155,9 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.wer([normalise_words(r) for r in references], hypotheses))
 
 
+VOICE_SETS = ("train_voices", "held_out_voices")  # the held-out sentences in training voices, in held-out ones
+
+
 def speech_metrics(
     model: MultimodalModel, per_condition: int = 100, only: Sequence[str] | None = None
 ) -> dict[str, float]:
@@ -164,10 +167,10 @@ def speech_metrics(
     from model.train.speech import CONDITIONS, condition_utterances, eval_utterances, synthesise
 
     assert model.audio is not None
-    names = ["train_voices", "held_out_voices", *CONDITIONS]
+    names = [*VOICE_SETS, *CONDITIONS]
     sets = {}
     for name in names if only is None else [n for n in names if n in only]:
-        if name in ("train_voices", "held_out_voices"):
+        if name in VOICE_SETS:
             sets[name] = eval_utterances(name == "held_out_voices")
         else:
             sets[name] = condition_utterances(name, per_condition)
@@ -239,11 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.speech_sets:
         from model.train.speech import CONDITIONS
 
-        unknown = set(args.speech_sets) - {"train_voices", "held_out_voices", *CONDITIONS}
+        known = [*VOICE_SETS, *CONDITIONS]
+        unknown = set(args.speech_sets) - set(known)
         if unknown:
-            parser.error(
-                f"unknown speech sets {sorted(unknown)}: train_voices, held_out_voices, {', '.join(CONDITIONS)}"
-            )
+            parser.error(f"unknown speech sets {sorted(unknown)}: {', '.join(known)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from model import load_model
     from model.checkpoint import WEIGHTS_DIR

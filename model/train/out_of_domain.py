@@ -74,9 +74,9 @@ def clip(seed: int, rate: int) -> np.ndarray:
     level = 10 ** rng.uniform(-2.0, -0.1)
     other_kind = random.Random(SEED_OFFSET + seed * 19 + 7)  # its own draws: the other clips stay as they were
 
-    def speech(voices: tuple[str, ...]) -> np.ndarray:
+    def speech(voices: tuple[str, ...], flite: bool = False) -> np.ndarray:
         voice = f"{rng.choice(voices)}+{rng.choice(TRAIN_VARIANTS)}"
-        if voices is TRAIN_ACCENTS and other_kind.random() < FLITE_SHARE:  # flite's voices say everyday words too
+        if flite and other_kind.random() < FLITE_SHARE:  # flite's voices say everyday English words too
             voice = FLITE + other_kind.choice(FLITE_TRAIN_VOICES)
         u = Utterance(
             everyday_text(rng),
@@ -90,11 +90,13 @@ def clip(seed: int, rate: int) -> np.ndarray:
         return synthesise(u, rate, SEED_OFFSET + seed)
 
     if kind == "english":
-        samples = speech(TRAIN_ACCENTS)
+        samples = speech(TRAIN_ACCENTS, flite=True)
     elif kind == "foreign":
         samples = speech(FOREIGN_VOICES)
     elif kind == "talk":  # several people talking at once, none louder
-        samples = with_talkers(speech(TRAIN_ACCENTS), [speech(FOREIGN_VOICES + TRAIN_ACCENTS)], rng.uniform(-3, 3))
+        samples = with_talkers(
+            speech(TRAIN_ACCENTS, flite=True), [speech(FOREIGN_VOICES + TRAIN_ACCENTS)], rng.uniform(-3, 3)
+        )
     else:
         n = int(rng.uniform(0.5, 6.0) * rate)
         if kind == "noise":

@@ -249,17 +249,10 @@ def condition_utterances(name: str, n: int = 100) -> list[Utterance]:
     return out
 
 
-def espeak() -> str:
-    found = shutil.which("espeak-ng")
+def _program(name: str, needed_by: str) -> str:
+    found = shutil.which(name)
     if found is None:
-        raise RuntimeError("speech training needs espeak-ng (Debian: apt-get install espeak-ng)")
-    return found
-
-
-def flite() -> str:
-    found = shutil.which("flite")
-    if found is None:
-        raise RuntimeError("flite's voices need flite (Debian: apt-get install flite)")
+        raise RuntimeError(f"{needed_by} needs {name} (Debian: apt-get install {name})")
     return found
 
 
@@ -270,14 +263,15 @@ def speak(u: Utterance) -> bytes:
     175), and its mean pitch is 85-204 Hz for 0-99 (rms's voice keeps its own pitch: flite ignores it there).
     """
     if u.voice.startswith(FLITE):
-        stretch, f0 = f"{175 / u.speed:.3f}", f"{85 + 1.2 * u.pitch:.0f}"
+        flite = _program("flite", "a flite voice")
+        settings = [f"duration_stretch={175 / u.speed:.3f}", f"int_f0_target_mean={85 + 1.2 * u.pitch:.0f}"]
         with tempfile.TemporaryDirectory() as folder:  # a file, not a pipe: flite seeks back to its header
             out = Path(folder) / "speech.wav"
-            command = [flite(), "-voice", u.voice.removeprefix(FLITE), "--setf", f"duration_stretch={stretch}"]
-            command += ["--setf", f"int_f0_target_mean={f0}", "-t", u.text, "-o", str(out)]
-            subprocess.run(command, check=True, capture_output=True)
+            command = [flite, "-voice", u.voice.removeprefix(FLITE), *(a for v in settings for a in ("--setf", v))]
+            subprocess.run([*command, "-t", u.text, "-o", str(out)], check=True, capture_output=True)
             return out.read_bytes()
-    command = [espeak(), "--stdout", "-v", u.voice, "-s", str(u.speed), "-p", str(u.pitch), u.text]
+    espeak = _program("espeak-ng", "speech training")
+    command = [espeak, "--stdout", "-v", u.voice, "-s", str(u.speed), "-p", str(u.pitch), u.text]
     return subprocess.run(command, check=True, capture_output=True).stdout
 
 

@@ -1,7 +1,7 @@
 """Test audio: speech synthesised with espeak-ng (a tone sweep when it is not installed), and encoders.
 
-speech("a red circle")              # float32 mono samples and their rate (espeak-ng speaks at 22,050 Hz)
-encode(samples, rate, "FLAC")       # the bytes of an audio file, as a client would upload them
+    speech("a red circle")              # float32 mono samples and their rate (espeak-ng speaks at 22,050 Hz)
+    encode(samples, rate, "FLAC")       # the bytes of an audio file, as a client would upload them
 """
 
 from __future__ import annotations
