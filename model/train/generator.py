@@ -3,13 +3,14 @@
 Every step draws a fresh batch of training scenes (seeds below the held-out range), folds each 64×64
 image space-to-depth into 48×16×16, and trains the UNet by flow matching: for σ from a logit-normal
 distribution (as Stable Diffusion 3 samples it), x_σ = (1 - σ)·image + σ·noise and the UNet, given σ·1000
-and the caption's MiniLM token states, predicts noise - image (mean squared error). A tenth of the captions
+and the caption's MiniLM token states, predicts the clean image (`flow_loss`). A tenth of the captions
 are replaced by the empty prompt, so that the same UNet also gives the unconditional prediction that
-classifier-free guidance needs. AdamW at a constant rate after a linear warm-up and, with `--decay-minutes`,
-a cosine down to zero over the last minutes of the `--max-minutes` budget; the shipped weights are an
-exponential moving average of the trained ones.
+classifier-free guidance needs. Scenes of more objects are drawn more often (`--object-weights`, 2 : 3 : 4 : 4
+for one to four). AdamW at a constant rate after a linear warm-up, then a cosine down to zero over the last
+`--decay-minutes` (80) of the `--max-minutes` budget (120); the shipped weights are an exponential moving
+average of the trained ones. The defaults are the recipe of the shipped generator: one plain run.
 
-The run is bounded by steps and, with `--max-minutes`, by training time (summed over resumed legs). Its
+The run is bounded by steps and by training time (`--max-minutes`, summed over resumed legs). Its
 state is saved atomically every `checkpoint_every` steps under `--run-dir/generate/` and `--resume`
 continues from it. Every `--eval-every-minutes` the averaged weights are exported to `--out` and judged by
 the round trip (`model.generator_eval`) on a few held-out captions: the learning curve (round trip against
@@ -56,17 +57,17 @@ class GeneratorConfig:
     attention_levels: int = 2  # cross-attention at the last levels only (8×8 and 4×4) and in the middle
     sample_size: int = 16  # the UNet's side: 64×64 images folded 4×4 space-to-depth (48 channels)
     steps: int = 20_000  # an upper bound: `max_minutes` usually ends the run first
-    max_minutes: float | None = None  # training time budget, over resumed legs (evaluations not counted)
+    max_minutes: float | None = 120.0  # training time budget, over resumed legs (evaluations not counted)
     batch_size: int = 32
     lr: float = 5e-4
     warmup_steps: int = 100
-    decay_minutes: float = 0.0  # the rate follows a cosine to zero over the budget's last minutes (needs max_minutes)
+    decay_minutes: float = 80.0  # the rate follows a cosine to zero over the budget's last minutes (needs max_minutes)
     weight_decay: float = 0.0
     # what the UNet predicts: "sample" (the clean image; the velocity follows from it) or "flow" (the velocity)
     prediction: str = "sample"
     uncond_share: float = 0.1  # captions replaced by "" (classifier-free guidance)
     # relative weights of scenes with 1, 2, … objects; empty: make_scene's own draw (uniform counts)
-    object_weights: tuple[float, ...] = ()
+    object_weights: tuple[float, ...] = (2.0, 3.0, 4.0, 4.0)
     ema_decay: float = 0.999  # the shipped weights: this average of the trained ones
     max_text_tokens: int = 64
     default_steps: int = 20  # sampling steps of the shipped model
@@ -81,7 +82,8 @@ def learning_rate(config: GeneratorConfig, step: int, warm_from: int, minutes: f
     """The rate at `step`: a linear warm-up from `warm_from`, constant, then a cosine over the last minutes."""
     rate = config.lr * min(1.0, (step - warm_from + 1) / config.warmup_steps)
     if config.decay_minutes > 0 and config.max_minutes is not None:
-        into = (minutes - (config.max_minutes - config.decay_minutes)) / config.decay_minutes
+        decay = min(config.decay_minutes, config.max_minutes)  # a short budget decays from its start
+        into = (minutes - (config.max_minutes - decay)) / decay
         if into > 0:
             rate *= cosine_to_zero(into)
     return rate

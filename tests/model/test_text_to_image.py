@@ -48,7 +48,7 @@ def test_object_weights_shift_the_batches_towards_crowded_scenes() -> None:
         return [objects(c) for step in range(40) for c in batch_at(config, step)[1] if c]
 
     uniform, crowded = (
-        counts(GeneratorConfig(batch_size=8)),
+        counts(GeneratorConfig(batch_size=8, object_weights=())),
         counts(GeneratorConfig(batch_size=8, object_weights=(0, 1, 0, 3))),
     )
     assert set(uniform) == {1, 2, 3, 4}
@@ -68,7 +68,10 @@ def test_the_rate_warms_up_holds_and_decays_to_zero_over_the_budgets_last_minute
     assert learning_rate(config, 600, 0, 80.0) == pytest.approx(0.5e-3)  # half way down the cosine
     assert learning_rate(config, 700, 0, 100.0) == pytest.approx(0.0, abs=1e-12)
     assert learning_rate(config, 700, 0, 120.0) == pytest.approx(0.0, abs=1e-12)  # never below zero
-    assert learning_rate(GeneratorConfig(lr=1e-3, max_minutes=100.0), 700, 0, 99.0) == 1e-3  # no decay asked
+    assert learning_rate(GeneratorConfig(lr=1e-3, max_minutes=100.0, decay_minutes=0), 700, 0, 99.0) == 1e-3
+    short = GeneratorConfig(lr=1e-3, warmup_steps=10, max_minutes=20.0, decay_minutes=80.0)  # shorter than the decay
+    assert learning_rate(short, 500, 0, 0.0) == pytest.approx(1e-3)  # the cosine spans the whole budget
+    assert learning_rate(short, 500, 0, 10.0) == pytest.approx(0.5e-3)
 
 
 def test_the_stage_trains_exports_and_resumes(tmp_path: Path, text_tower) -> None:  # type: ignore[no-untyped-def]
