@@ -1,6 +1,6 @@
 """Audio the built-in model must not take for a scene sentence, for the `hearing` stage: it learns to write nothing.
 
-Everyday speech that is not about a scene (random words of English, in espeak-ng's and flite's voices,
+Everyday speech that is not about a scene (random words of English, in espeak-ng's, generated and flite's voices,
 sometimes with a scene word or two among them), speech in other languages' voices, noise, melodies and near-
 silence; each clip a pure function of its seed, and its transcript the empty one. None of it is what
 `model.refusal_eval` measures refusals on: that evaluation's English sentences are never spoken here (these
@@ -14,11 +14,13 @@ import random
 import numpy as np
 
 from model.speech_conditions import with_talkers
+from model.train.accents import ACCENTS, accent_name
 from model.train.everyday import everyday_text
 from model.train.speech import (
     FLITE,
     FLITE_SHARE,
     FLITE_TRAIN_VOICES,
+    GENERATED_ACCENT_SHARE,
     OTHER_TRAIN_VOICES,
     TRAIN_ACCENTS,
     TRAIN_VARIANTS,
@@ -73,9 +75,13 @@ def clip(seed: int, rate: int) -> np.ndarray:
     kind = rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
     level = 10 ** rng.uniform(-2.0, -0.1)
     other_kind = random.Random(SEED_OFFSET + seed * 19 + 7)  # its own draws: the other clips stay as they were
+    generated = random.Random(SEED_OFFSET + seed * 23 + 9)
 
     def speech(voices: tuple[str, ...], flite: bool = False) -> np.ndarray:
-        voice = f"{rng.choice(voices)}+{rng.choice(TRAIN_VARIANTS)}"
+        accent = rng.choice(voices)
+        if accent in TRAIN_ACCENTS and generated.random() < GENERATED_ACCENT_SHARE:  # as scene sentences are
+            accent = accent_name(generated.randrange(ACCENTS))
+        voice = f"{accent}+{rng.choice(TRAIN_VARIANTS)}"
         if flite and other_kind.random() < FLITE_SHARE:  # flite's voices say everyday English words too
             voice = FLITE + other_kind.choice(FLITE_TRAIN_VOICES)
         u = Utterance(

@@ -6,7 +6,8 @@ background noise and silence around it. espeak-ng (the Debian package `espeak-ng
 the waveform is resampled to the model's rate with soxr, as the service resamples uploads.
 
 Voices: the training voices are six accents × ten variants (and, in the `hearing` stage's wider variety, other
-languages' voices and three of flite's, speakers of another kind; one more flite voice is held out). Two
+languages' voices, accents generated from the training accents' parts (`model.train.accents`) and three of
+flite's voices, speakers of another kind; one more flite voice is held out). Two
 accents and three variants are never used in training; a held-out voice is a held-out accent with a held-out
 variant, so both are unheard. Sentences: a tenth of all the grammar's sentences are held out, chosen by a
 digest of their text (every one but "how many shapes are there?", the count family's only question); training
@@ -34,6 +35,7 @@ import soxr
 
 from model import speech_conditions as c
 from model.scenes import HELD_OUT_SEED_START, ask_any, make_scene
+from model.train.accents import ACCENTS, accent_name, data_path, is_generated
 from model.train.everyday import everyday_text
 
 TRAIN_ACCENTS = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd")
@@ -104,6 +106,10 @@ FLITE = "flite:"
 FLITE_TRAIN_VOICES = ("kal16", "rms", "awb")
 FLITE_HELD_OUT_VOICES = ("slt",)
 FLITE_SHARE = 0.2  # of the varied utterances, spoken by one of `FLITE_TRAIN_VOICES`
+# Generated accents (`model.train.accents`: espeak-ng language files drawn at random from the training
+# accents' phoneme tables and features common to many Englishes), for this share of the varied utterances
+# that a training accent would have said
+GENERATED_ACCENT_SHARE = 0.4
 
 # evaluation sentences: seeds from here on (an offset into the held-out range, apart from the image sets)
 SPEECH_EVAL_SEED_START = HELD_OUT_SEED_START + 5_000_000
@@ -183,6 +189,9 @@ def varied_utterance(seed: int, text: str) -> Utterance:
     waveform), a room (RT60 0.2-1.2 s), other talkers (0-20 dB below), a telephone line or a low-bit-rate codec."""
     rng = random.Random(seed * 17 + 5)
     accent = rng.choice(OTHER_TRAIN_VOICES) if rng.random() < OTHER_VOICES_SHARE else rng.choice(TRAIN_ACCENTS)
+    generated = random.Random(seed * 23 + 9)  # its own draws, as flite's below
+    if accent in TRAIN_ACCENTS and generated.random() < GENERATED_ACCENT_SHARE:
+        accent = accent_name(generated.randrange(ACCENTS))
     voice = f"{accent}+{rng.choice(TRAIN_VARIANTS + MORE_VARIANTS)}"
     other_kind = random.Random(seed * 19 + 7)  # its own draws: the espeak-ng utterances stay what they were
     if other_kind.random() < FLITE_SHARE:
@@ -249,7 +258,8 @@ def condition_utterances(name: str, n: int = 100) -> list[Utterance]:
     return out
 
 
-def _program(name: str, needed_by: str) -> str:
+def program(name: str, needed_by: str) -> str:
+    """The path of the program `name`, or a RuntimeError that says which Debian package has it."""
     found = shutil.which(name)
     if found is None:
         raise RuntimeError(f"{needed_by} needs {name} (Debian: apt-get install {name})")
@@ -263,15 +273,17 @@ def speak(u: Utterance) -> bytes:
     175), and its mean pitch is 85-204 Hz for 0-99 (rms's voice keeps its own pitch: flite ignores it there).
     """
     if u.voice.startswith(FLITE):
-        flite = _program("flite", "a flite voice")
+        flite = program("flite", "a flite voice")
         settings = [f"duration_stretch={175 / u.speed:.3f}", f"int_f0_target_mean={85 + 1.2 * u.pitch:.0f}"]
         with tempfile.TemporaryDirectory() as folder:  # a file, not a pipe: flite seeks back to its header
             out = Path(folder) / "speech.wav"
             command = [flite, "-voice", u.voice.removeprefix(FLITE), *(a for v in settings for a in ("--setf", v))]
             subprocess.run([*command, "-t", u.text, "-o", str(out)], check=True, capture_output=True)
             return out.read_bytes()
-    espeak = _program("espeak-ng", "speech training")
+    espeak = program("espeak-ng", "speech training")
     command = [espeak, "--stdout", "-v", u.voice, "-s", str(u.speed), "-p", str(u.pitch), u.text]
+    if is_generated(u.voice):  # a generated accent: its language file is in a data folder of our own
+        command[1:1] = [f"--path={data_path(espeak)}"]
     return subprocess.run(command, check=True, capture_output=True).stdout
 
 
