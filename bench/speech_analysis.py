@@ -5,8 +5,9 @@
 Prints, for each model: how sure it was of each transcript it left blank (P(end) at the first step, the
 exp of a blank transcript's `avg_logprob`), for in-domain questions in held-out voices and for everyday
 English, French and German (`model.refusal_eval`'s sets); held-out sentences heard word for word, captions
-and questions apart, in training and held-out voices; and the `other_voices` condition's blanks and the
-WER of the rest. `--before` a folder of earlier weights (e.g. `git show REV:model/weights/...`) to compare.
+and questions apart, in training and held-out voices, and the held-out voices' WER by accent and variant;
+the `other_voices` condition's blanks and the WER of the rest; and the spoken `/vqa` evaluation's losses.
+`--before` a folder of earlier weights (e.g. `git show REV:model/weights/...`) to compare.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from model import load_model
 from model.api import MultimodalModel
 from model.evaluate import word_error_rate
 from model.refusal_eval import hear, in_domain_clips, out_of_domain_clips
-from model.train.speech import condition_utterances, eval_utterances, synthesise
+from model.train.speech import condition_utterances, eval_utterances, is_held_out, synthesise, utterance
 
 
 def transcribe(model: MultimodalModel, audios: list, batch: int = 32) -> list[str]:  # type: ignore[type-arg]
@@ -42,11 +43,44 @@ def analyse(model: MultimodalModel) -> None:
             pairs = [(h, u.text) for h, u in zip(heard, utterances, strict=True) if u.text.endswith("?") == is_question]
             exact = sum(h == t for h, t in pairs) / len(pairs)
             print(f"  {'held-out' if held_out else 'training'} voices, {kind} word for word: {exact:.3f}")
+        if held_out:  # which held-out accent and variant the errors come from
+            for part in (0, 1):
+                for name in sorted({u.voice.split("+")[part] for u in utterances}):
+                    mine = [
+                        (u.text, h) for u, h in zip(utterances, heard, strict=True) if u.voice.split("+")[part] == name
+                    ]
+                    wer = word_error_rate([t for t, _ in mine], [h for _, h in mine])
+                    print(f"  held-out voices, {name}: WER {wer:.3f} ({len(mine)} sentences)")
     others = condition_utterances("other_voices", 100)
     heard = transcribe(model, [synthesise(u, 16_000, i) for i, u in enumerate(others)])
     kept = [(u.text, h) for u, h in zip(others, heard, strict=True) if h.strip()]
     wer = word_error_rate([t for t, _ in kept], [h for _, h in kept])
     print(f"  other languages' voices: {100 - len(kept)} of 100 heard as nothing, WER of the rest {wer:.3f}")
+
+
+def spoken_vqa_losses(model: MultimodalModel, n: int = 300) -> None:
+    """The spoken `/vqa` evaluation's losses one by one (`model.spoken_vqa_eval`'s scenes, questions and voices):
+    refused, or answered wrong as heard; each with its voice and whether its sentence is a held-out one."""
+    import random
+
+    from model.scenes import ask_any, make_scene, render
+    from model.spoken_vqa_eval import SEED_START
+    from model.understanding import default_criteria, refusal
+
+    scenes = [make_scene(SEED_START + i) for i in range(n)]
+    questions = [ask_any(s, random.Random(SEED_START + i)) for i, s in enumerate(scenes)]
+    said = [utterance(SEED_START + i, q.text, held_out_voice=True) for i, q in enumerate(questions)]
+    heard = hear(model, [synthesise(u, 16_000, i) for i, u in enumerate(said)])
+    answers = model.answer([render(s) for s in scenes], [h.text or "?" for h in heard])
+    losses = 0
+    for q, u, h, a in zip(questions, said, heard, answers, strict=True):
+        refused = refusal(h, default_criteria()) is not None
+        if refused or a != q.answer:
+            losses += 1
+            kind = "refused" if refused else f"answered {a!r} (truth {q.answer!r})"
+            sentence = "held-out sentence" if is_held_out(q.text) else "trained sentence"
+            print(f"  spoken /vqa loss, {u.voice}, {sentence}: {q.text!r} heard {h.text!r}, {kind}")
+    print(f"  spoken /vqa: {losses} of {n} lost")
 
 
 def main() -> None:
@@ -57,7 +91,9 @@ def main() -> None:
     torch.set_num_threads(2)
     for name in [args.before, args.model] if args.before else [args.model]:
         print(name)
-        analyse(load_model(name, "cpu"))
+        model = load_model(name, "cpu")
+        analyse(model)
+        spoken_vqa_losses(model)
 
 
 if __name__ == "__main__":
