@@ -15,7 +15,6 @@ the held-out questions of the WER sets (`eval_utterances`) heard word for word w
 from __future__ import annotations
 
 import argparse
-import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,13 +23,14 @@ import torch.nn.functional as F
 
 from model import load_model
 from model.audio import pad_features
+from model.evaluate import normalise_words
 from model.multimodal import BuiltinModel
 from model.refusal_eval import hear
-from model.scenes import COLOURS, SHAPES, SIZES, ask_any, make_scene, render
-from model.spoken_vqa_eval import SEED_START
+from model.scenes import COLOURS, SHAPES, SIZES, render
+from model.spoken_vqa_eval import spoken_questions
 from model.tokenizer import BOS, EOS
 from model.train.objective import token_losses
-from model.train.speech import eval_utterances, synthesise, utterance
+from model.train.speech import eval_utterances, synthesise
 from model.understanding import default_criteria, refusal
 
 KINDS = (list(SHAPES), list(COLOURS), list(SIZES), [s + "s" for s in SHAPES])
@@ -77,17 +77,14 @@ def rescored(model: BuiltinModel, head: torch.nn.Linear, clip: np.ndarray, text:
 
 
 def same(a: str, b: str) -> bool:
-    return a.lower().strip(" ?.") == b.lower().strip(" ?.")
+    return normalise_words(a) == normalise_words(b)
 
 
 def report(model: BuiltinModel, head: torch.nn.Linear, weights: Sequence[float], n: int = 300) -> None:
-    scenes = [make_scene(SEED_START + i) for i in range(n)]
-    questions = [ask_any(s, random.Random(SEED_START + i)) for i, s in enumerate(scenes)]
-    clips = [
-        synthesise(utterance(SEED_START + i, q.text, held_out_voice=True), 16_000, i) for i, q in enumerate(questions)
-    ]
+    asked = spoken_questions(n)
+    questions, clips = asked.questions, asked.clips
     heard = hear(model, clips)
-    images = [render(s) for s in scenes]
+    images = [render(s) for s in asked.scenes]
     refused = [refusal(h, default_criteria()) is not None for h in heard]
     for weight in weights:
         texts = [

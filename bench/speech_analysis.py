@@ -21,7 +21,7 @@ from model import load_model
 from model.api import MultimodalModel
 from model.evaluate import word_error_rate
 from model.refusal_eval import hear, in_domain_clips, out_of_domain_clips
-from model.train.speech import condition_utterances, eval_utterances, is_held_out, synthesise, utterance
+from model.train.speech import condition_utterances, eval_utterances, is_held_out, synthesise
 
 
 def transcribe(model: MultimodalModel, audios: list, batch: int = 32) -> list[str]:  # type: ignore[type-arg]
@@ -61,25 +61,21 @@ def analyse(model: MultimodalModel) -> None:
 def spoken_vqa_losses(model: MultimodalModel, n: int = 300) -> None:
     """The spoken `/vqa` evaluation's losses one by one (`model.spoken_vqa_eval`'s scenes, questions and voices):
     refused, or answered wrong as heard; each with its voice and whether its sentence is a held-out one."""
-    import random
-
-    from model.scenes import ask_any, make_scene, render
-    from model.spoken_vqa_eval import SEED_START
+    from model.scenes import render
+    from model.spoken_vqa_eval import spoken_questions
     from model.understanding import default_criteria, refusal
 
-    scenes = [make_scene(SEED_START + i) for i in range(n)]
-    questions = [ask_any(s, random.Random(SEED_START + i)) for i, s in enumerate(scenes)]
-    said = [utterance(SEED_START + i, q.text, held_out_voice=True) for i, q in enumerate(questions)]
-    heard = hear(model, [synthesise(u, 16_000, i) for i, u in enumerate(said)])
-    answers = model.answer([render(s) for s in scenes], [h.text or "?" for h in heard])
+    asked = spoken_questions(n)
+    heard = hear(model, asked.clips)
+    answers = model.answer([render(s) for s in asked.scenes], [h.text or "?" for h in heard])
     losses = 0
-    for q, u, h, a in zip(questions, said, heard, answers, strict=True):
+    for q, voice, h, a in zip(asked.questions, asked.voices, heard, answers, strict=True):
         refused = refusal(h, default_criteria()) is not None
         if refused or a != q.answer:
             losses += 1
             kind = "refused" if refused else f"answered {a!r} (truth {q.answer!r})"
             sentence = "held-out sentence" if is_held_out(q.text) else "trained sentence"
-            print(f"  spoken /vqa loss, {u.voice}, {sentence}: {q.text!r} heard {h.text!r}, {kind}")
+            print(f"  spoken /vqa loss, {voice}, {sentence}: {q.text!r} heard {h.text!r}, {kind}")
     print(f"  spoken /vqa: {losses} of {n} lost")
 
 

@@ -10,26 +10,46 @@ through the typed grammar (`model.questions`); here the transcript is answered a
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+
+import numpy as np
 
 from model.api import MultimodalModel
 from model.refusal_eval import hear
-from model.scenes import HELD_OUT_SEED_START, ask_any, make_scene, render
+from model.scenes import HELD_OUT_SEED_START, Question, Scene, ask_any, make_scene, render
 from model.understanding import default_criteria, refusal
 
 SEED_START = HELD_OUT_SEED_START + 7_000_000  # apart from the image metrics' scenes
 
 
-def spoken_vqa_metrics(model: MultimodalModel, n: int = 300, chunk: int = 50) -> dict[str, float]:
-    """`vqa_typed`, `vqa_spoken` (refusals counted wrong) and `spoken_refused` on `n` held-out scenes."""
+@dataclass(frozen=True)
+class SpokenQuestions:
+    """The evaluation's held-out scenes, a question about each, and the question spoken in a held-out voice."""
+
+    scenes: list[Scene]
+    questions: list[Question]
+    voices: list[str]  # espeak-ng's accent+variant of each clip
+    clips: list[np.ndarray]  # 16 kHz
+
+
+def spoken_questions(n: int = 300) -> SpokenQuestions:
+    """The first `n` of them (each a pure function of its index; the benches in `bench/` read the same)."""
     from model.train.speech import synthesise, utterance
 
     scenes = [make_scene(SEED_START + i) for i in range(n)]
     questions = [ask_any(s, random.Random(SEED_START + i)) for i, s in enumerate(scenes)]
-    images = [render(s) for s in scenes]
-    clips = [
-        synthesise(utterance(SEED_START + i, q.text, held_out_voice=True), 16_000, i) for i, q in enumerate(questions)
-    ]
-    heard = hear(model, clips)
+    said = [utterance(SEED_START + i, q.text, held_out_voice=True) for i, q in enumerate(questions)]
+    return SpokenQuestions(
+        scenes, questions, [u.voice for u in said], [synthesise(u, 16_000, i) for i, u in enumerate(said)]
+    )
+
+
+def spoken_vqa_metrics(model: MultimodalModel, n: int = 300, chunk: int = 50) -> dict[str, float]:
+    """`vqa_typed`, `vqa_spoken` (refusals counted wrong) and `spoken_refused` on `n` held-out scenes."""
+    asked_aloud = spoken_questions(n)
+    questions = asked_aloud.questions
+    images = [render(s) for s in asked_aloud.scenes]
+    heard = hear(model, asked_aloud.clips)
     criteria = default_criteria()
     refused = [refusal(h, criteria) is not None for h in heard]
     typed: list[str] = []

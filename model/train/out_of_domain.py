@@ -14,17 +14,16 @@ import random
 import numpy as np
 
 from model.speech_conditions import with_talkers
-from model.train.accents import ACCENTS, accent_name
 from model.train.everyday import everyday_text
 from model.train.speech import (
     FLITE,
     FLITE_SHARE,
     FLITE_TRAIN_VOICES,
-    GENERATED_ACCENT_SHARE,
     OTHER_TRAIN_VOICES,
     TRAIN_ACCENTS,
     TRAIN_VARIANTS,
     Utterance,
+    maybe_generated,
     synthesise,
 )
 
@@ -78,9 +77,7 @@ def clip(seed: int, rate: int) -> np.ndarray:
     generated = random.Random(SEED_OFFSET + seed * 23 + 9)
 
     def speech(voices: tuple[str, ...], flite: bool = False) -> np.ndarray:
-        accent = rng.choice(voices)
-        if accent in TRAIN_ACCENTS and generated.random() < GENERATED_ACCENT_SHARE:  # as scene sentences are
-            accent = accent_name(generated.randrange(ACCENTS))
+        accent = maybe_generated(rng.choice(voices), generated)  # as scene sentences are
         voice = f"{accent}+{rng.choice(TRAIN_VARIANTS)}"
         if flite and other_kind.random() < FLITE_SHARE:  # flite's voices say everyday English words too
             voice = FLITE + other_kind.choice(FLITE_TRAIN_VOICES)

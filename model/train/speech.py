@@ -184,14 +184,19 @@ def utterance(seed: int, text: str, held_out_voice: bool = False, varied: bool =
     )
 
 
+def maybe_generated(accent: str, rng: random.Random) -> str:
+    """`accent`, or in its place (for a `GENERATED_ACCENT_SHARE` of the training accents) a generated one."""
+    if accent in TRAIN_ACCENTS and rng.random() < GENERATED_ACCENT_SHARE:
+        return accent_name(rng.randrange(ACCENTS))
+    return accent
+
+
 def varied_utterance(seed: int, text: str) -> Utterance:
     """`text` in a training voice of the wider variety, under conditions drawn at random: speed (0.9-1.1x the
     waveform), a room (RT60 0.2-1.2 s), other talkers (0-20 dB below), a telephone line or a low-bit-rate codec."""
     rng = random.Random(seed * 17 + 5)
     accent = rng.choice(OTHER_TRAIN_VOICES) if rng.random() < OTHER_VOICES_SHARE else rng.choice(TRAIN_ACCENTS)
-    generated = random.Random(seed * 23 + 9)  # its own draws, as flite's below
-    if accent in TRAIN_ACCENTS and generated.random() < GENERATED_ACCENT_SHARE:
-        accent = accent_name(generated.randrange(ACCENTS))
+    accent = maybe_generated(accent, random.Random(seed * 23 + 9))  # its own draws, as flite's below
     voice = f"{accent}+{rng.choice(TRAIN_VARIANTS + MORE_VARIANTS)}"
     other_kind = random.Random(seed * 19 + 7)  # its own draws: the espeak-ng utterances stay what they were
     if other_kind.random() < FLITE_SHARE:
@@ -258,8 +263,7 @@ def condition_utterances(name: str, n: int = 100) -> list[Utterance]:
     return out
 
 
-def program(name: str, needed_by: str) -> str:
-    """The path of the program `name`, or a RuntimeError that says which Debian package has it."""
+def _program(name: str, needed_by: str) -> str:
     found = shutil.which(name)
     if found is None:
         raise RuntimeError(f"{needed_by} needs {name} (Debian: apt-get install {name})")
@@ -273,14 +277,14 @@ def speak(u: Utterance) -> bytes:
     175), and its mean pitch is 85-204 Hz for 0-99 (rms's voice keeps its own pitch: flite ignores it there).
     """
     if u.voice.startswith(FLITE):
-        flite = program("flite", "a flite voice")
+        flite = _program("flite", "a flite voice")
         settings = [f"duration_stretch={175 / u.speed:.3f}", f"int_f0_target_mean={85 + 1.2 * u.pitch:.0f}"]
         with tempfile.TemporaryDirectory() as folder:  # a file, not a pipe: flite seeks back to its header
             out = Path(folder) / "speech.wav"
             command = [flite, "-voice", u.voice.removeprefix(FLITE), *(a for v in settings for a in ("--setf", v))]
             subprocess.run([*command, "-t", u.text, "-o", str(out)], check=True, capture_output=True)
             return out.read_bytes()
-    espeak = program("espeak-ng", "speech training")
+    espeak = _program("espeak-ng", "speech training")
     command = [espeak, "--stdout", "-v", u.voice, "-s", str(u.speed), "-p", str(u.pitch), u.text]
     if is_generated(u.voice):  # a generated accent: its language file is in a data folder of our own
         command[1:1] = [f"--path={data_path(espeak)}"]
