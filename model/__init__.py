@@ -79,19 +79,28 @@ def load_model(
     dtype: torch.dtype | None = None,
     fixed_shape_step: bool | None = None,
     cuda_graphs: bool | None = None,
+    blank_min_prob: float | None = None,
 ) -> MultimodalModel:
     """Load a model onto `device` ("auto": CUDA if there is one): "builtin", a built-in checkpoint folder, or a
     Hugging Face folder / hub id.
 
     `dtype=None` picks fp32 on CPU and bf16 (fp16 where bf16 is unsupported) on CUDA. `fixed_shape_step` and
     `cuda_graphs`: how the built-in model's continuous-batching step runs (`model.step_graphs.DecodeOptions`;
-    None: off); Hugging Face models decode their own way and ignore them.
+    None: off); `blank_min_prob`: when the built-in model leaves a transcript blank (`model.checkpoint.load_builtin`).
+    Hugging Face models decode their own way and ignore them.
     """
     from model.checkpoint import is_builtin_checkpoint, load_builtin
 
     if str(path_or_name) == BUILTIN or is_builtin_checkpoint(path_or_name):
         directory = None if str(path_or_name) == BUILTIN else Path(path_or_name)
-        return load_builtin(directory, device, dtype, fixed_shape_step=fixed_shape_step, cuda_graphs=cuda_graphs)
+        return load_builtin(
+            directory,
+            device,
+            dtype,
+            fixed_shape_step=fixed_shape_step,
+            cuda_graphs=cuda_graphs,
+            blank_min_prob=blank_min_prob,
+        )
     from model.hf import load_hf_model  # transformers-backed adapters (BLIP, CLIP, ST, VLMs, Whisper)
 
     return load_hf_model(str(path_or_name), device, dtype)

@@ -24,6 +24,7 @@ from model.multimodal import BuiltinModel, MultimodalTransformer
 from model.step_graphs import DecodeOptions
 from model.text import TextTower
 from model.tokenizer import load_tokenizer
+from model.understanding import MIN_BLANK_PROB
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +81,12 @@ def load_builtin(
     text_tower: TextTower | None = None,
     fixed_shape_step: bool | None = None,
     cuda_graphs: bool | None = None,
+    blank_min_prob: float | None = None,
 ) -> BuiltinModel:
     """The built-in model from `directory` (default: the shipped weights) on `device` in `dtype`; its decoding
-    step's shapes and CUDA graphs as `DecodeOptions.resolve` says (None: the device's default)."""
+    step's shapes and CUDA graphs as `DecodeOptions.resolve` says (None: the device's default). `blank_min_prob`
+    (`BuiltinModel`'s; None: `model.understanding.MIN_BLANK_PROB` for a checkpoint trained to write nothing for
+    audio that is not a scene sentence, its training recipe's `out_of_domain_share`, else 0)."""
     directory = directory or WEIGHTS_DIR
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
@@ -90,6 +94,8 @@ def load_builtin(
     module.to(device=device, dtype=dtype)
     training = json.loads((directory / "config.json").read_text()).get("training") or {}
     scratchpad = frozenset(training.get("scratchpad") or ())  # the families whose answers follow a scratchpad
+    if blank_min_prob is None:
+        blank_min_prob = MIN_BLANK_PROB if training.get("out_of_domain_share") else 0.0
     # the text tower stays in fp32: it is small, and its parity with sentence-transformers is a promise
     tower = (text_tower or TextTower()).to(device)
     logger.info("loaded %s from %s on %s (%s)", name, directory, device, dtype)
@@ -103,4 +109,5 @@ def load_builtin(
         scratchpad_families=scratchpad,
         closed_questions=bool(training),
         decode_options=DecodeOptions.resolve(device, fixed_shape_step, cuda_graphs),
+        blank_min_prob=blank_min_prob,
     )

@@ -132,6 +132,9 @@ class SequenceSpec:
     generated: tuple[int, ...] = ()
     logprob_sum: float = 0.0  # the log-probabilities of `generated` (and of nothing when it is empty), summed
     stop_repeats: int = 0  # end the row when one n-gram repeats this many times in a row (`model.loops`); 0: never
+    # a transcript's first token may be the end (a blank transcript: nothing understood) only when the end's
+    # probability is at least this; below it, the likeliest other token (0: greedy, as any other sequence)
+    blank_min_prob: float = 0.0
 
 
 @dataclass
@@ -259,7 +262,7 @@ class DecodeState:
             ids, positions, causal_mask(valid), self._self_kv, cross, rows, length, context_mask
         )
         last = hidden[torch.arange(k, device=self._device), lengths - 1]  # each prompt's last token
-        next_ids, pairs = self._greedy(self.decoder.logits(last))
+        next_ids, pairs = self._first_tokens(self.decoder.logits(last), specs)
         chosen = pairs.tolist()
         self._last[rows] = next_ids
         start = len(self._rows)
@@ -326,6 +329,20 @@ class DecodeState:
             self._last[:width, None], positions, mask, self._self_kv, self._cross_kv, rows, keys, context_mask
         )
         return self._greedy(self.decoder.logits(hidden[:, -1]))
+
+    def _first_tokens(self, logits: torch.Tensor, specs: Sequence[SequenceSpec]) -> StepOutputs:
+        """The prefilled rows' next tokens: greedy, except that a row with a `blank_min_prob` starting its
+        transcript takes the likeliest token other than the end when the end is less likely than that. Each
+        chosen token's log-probability is its own under the whole distribution (a doubt stays in `avg_logprob`)."""
+        floors = [0.0 if spec.generated else spec.blank_min_prob for spec in specs]
+        if not any(floor > 0 for floor in floors):
+            return self._greedy(logits)
+        logprobs = logits.float().log_softmax(-1)
+        unsure = logprobs[:, self._eos].exp() < torch.tensor(floors, device=logprobs.device)
+        candidates = logprobs.clone()
+        candidates[:, self._eos] = candidates[:, self._eos].masked_fill(unsure, -torch.inf)
+        next_ids = candidates.argmax(-1)
+        return next_ids, torch.stack([next_ids.float(), logprobs.gather(1, next_ids[:, None])[:, 0]], 1)
 
     @staticmethod
     def _greedy(logits: torch.Tensor) -> StepOutputs:

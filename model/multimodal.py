@@ -133,12 +133,15 @@ class BuiltinModel:
         scratchpad_families: frozenset[str] | None = None,
         closed_questions: bool = False,
         decode_options: DecodeOptions | None = None,
+        blank_min_prob: float = 0.0,
     ) -> None:
         """`scratchpad_families`: the question families whose answers follow a scratchpad (the checkpoint's
         training recipe says); None when not known: an answer is then what follows the last `[SEP]`, or all
         that was generated when there is none. `closed_questions`: it was trained on the scene grammar's
         questions and knows no others (the service then refuses the others; `known_question`). `decode_options`:
-        how the continuous-batching step runs (None: `DecodeOptions.resolve` for the device)."""
+        how the continuous-batching step runs (None: `DecodeOptions.resolve` for the device). `blank_min_prob`:
+        a transcript is left blank (nothing understood) only when the end is at least this likely at its first
+        token (`SequenceSpec.blank_min_prob`; 0: whenever it is the likeliest)."""
         self.module = module.eval()
         self.scratchpad_families = scratchpad_families
         self.closed_questions = closed_questions
@@ -149,6 +152,7 @@ class BuiltinModel:
         parameter = next(module.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.decode_options = decode_options or DecodeOptions.resolve(self.device)
+        self.blank_min_prob = blank_min_prob
         self.dim: int | None = module.config.embed_dim
         self.max_text_tokens = text_tower.max_tokens
         self._ids = {token: _token_id(tokenizer, token) for token in (PAD, BOS, EOS, SEP)}
@@ -185,11 +189,14 @@ class BuiltinModel:
     def sequence(self, task: Task, question: str | None, max_new_tokens: int) -> SequenceSpec:
         """A caption (and a transcript) is generated after `[BOS]`; an answer after `[BOS] question [SEP]` (the
         question normalised), its scratchpad hidden. A transcript runs to its end or the decoder's room, at
-        most `max_new_tokens` (give it `transcript_tokens(audio)`), and stops when it loops."""
+        most `max_new_tokens` (give it `transcript_tokens(audio)`), stops when it loops, and is blank only when
+        the end is at least `blank_min_prob` likely at its start."""
         if task == "caption":
             return SequenceSpec((self._ids[BOS],), max_new_tokens)
         if task == "transcribe":  # a loop ends the row (`model.loops`)
-            return SequenceSpec((self._ids[BOS],), max_new_tokens, stop_repeats=STOP_REPEATS)
+            return SequenceSpec(
+                (self._ids[BOS],), max_new_tokens, stop_repeats=STOP_REPEATS, blank_min_prob=self.blank_min_prob
+            )
         if task != "vqa" or question is None:
             raise ValueError(f"no sequence for task {task!r} with question {question!r}")
         ids = self.tokenizer.encode(normalise(question), add_special_tokens=False).ids

@@ -81,13 +81,14 @@ def in_domain_clips(n: int = 300) -> list[np.ndarray]:
     return [synthesise(u, SAMPLING_RATE, i) for i, u in enumerate(utterances)]
 
 
-def spoken(texts: Sequence[str], accents: Sequence[str], n: int) -> list[np.ndarray]:
-    """`n` clips of `texts` in turn, each in a voice of `accents` and a variant, at a speed and pitch of its own."""
+def spoken(texts: Sequence[str], accents: Sequence[str], n: int, first_seed: int = 9_000) -> list[np.ndarray]:
+    """`n` clips of `texts` in turn, each in a voice of `accents` and a variant, at a speed and pitch of its own
+    (clip i drawn from seed `first_seed` + i)."""
     from model.train.speech import Utterance, synthesise
 
     clips = []
     for i in range(n):
-        rng = random.Random(9_000 + i)
+        rng = random.Random(first_seed + i)
         variant = rng.choice(("m1", "m3", "f2", "f4", "m7"))
         u = Utterance(
             texts[i % len(texts)],

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 # (the decoder hallucinates scene questions confidently), so -0.5 only catches transcripts unsure of themselves.
 MAX_NO_SPEECH_PROB = 0.01
 MIN_AVG_LOGPROB = -0.5
+# The built-in model leaves a transcript blank (nothing understood: refused) only when the end is at least this
+# likely at its first token (`model.generate.SequenceSpec.blank_min_prob`); chosen on tuning clips apart from the
+# evaluation's (`python -m bench.blank_threshold`, model/MODEL_CARD.md)
+MIN_BLANK_PROB = 0.9
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,12 @@ class Engine:
             if spec not in loaded:
                 started = time.monotonic()
                 loaded[spec] = load_model(
-                    spec, device, dtype, fixed_shape_step=settings.fixed_shape_step, cuda_graphs=settings.cuda_graphs
+                    spec,
+                    device,
+                    dtype,
+                    fixed_shape_step=settings.fixed_shape_step,
+                    cuda_graphs=settings.cuda_graphs,
+                    blank_min_prob=settings.transcript_blank_min_prob,
                 )
                 logger.info(
                     "loaded %s (%s) on %s as %s in %.1f s",

@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     spoken_max_no_speech_prob: float = Field(default=0.01, ge=0, le=1)
     spoken_min_avg_logprob: float = Field(default=-0.5, le=0)
     spoken_refuse_loops: bool = True  # a transcript cut short for repeating itself is refused too
+    # The built-in model writes nothing (a blank transcript: refused as "nothing understood") for audio that is not
+    # a scene sentence; it does so only when the end is at least this likely at the transcript's first token, else
+    # it writes what it heard best (None: model.understanding.MIN_BLANK_PROB, chosen on held-out tuning clips;
+    # 0: whenever the end is likeliest, as before)
+    transcript_blank_min_prob: float | None = Field(default=None, ge=0, le=1)
 
     # Faults. No progress for this long (a turn of the step loop, or a decoding step inside a whole-batch
     # generation) means the device is stuck: unhealthy, every request answered 503, then exit (status 3).

@@ -6,6 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from model.checkpoint import is_builtin_checkpoint, load_builtin, load_module
 from model.scenes import make_scene, render
+from model.understanding import MIN_BLANK_PROB
 from tests.support.builtin_checkpoint import tiny_checkpoint
 
 
@@ -65,3 +66,14 @@ def test_loading_a_checkpoint_leaves_the_scene_generator_and_training_out(tiny_c
         [sys.executable, "-c", code, str(tiny_checkpoint_dir)], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_a_transcript_is_left_blank_as_the_checkpoint_learned_to(tiny_checkpoint_dir, text_tower) -> None:
+    """The shipped weights learned to write nothing for audio that is not a scene sentence (their recipe's
+    out-of-domain share): a blank only when the end is `MIN_BLANK_PROB` likely. A checkpoint with no recipe:
+    greedy (0). A value given wins, and only transcripts carry it."""
+    assert load_builtin(text_tower=text_tower).blank_min_prob == MIN_BLANK_PROB > 0
+    assert load_builtin(tiny_checkpoint_dir, text_tower=text_tower).blank_min_prob == 0.0
+    model = load_builtin(tiny_checkpoint_dir, text_tower=text_tower, blank_min_prob=0.3)
+    assert model.sequence("transcribe", None, 8).blank_min_prob == 0.3
+    assert model.sequence("caption", None, 8).blank_min_prob == 0.0

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model.config import ModelConfig
+from model.decoder import causal_mask
 from model.generate import DecodeState, ImageEncoding, SequenceSpec, encode_contexts, greedy_decode
 from model.multimodal import MultimodalTransformer
 from model.step_graphs import DecodeOptions
@@ -214,3 +215,34 @@ def test_a_preempted_sequence_resumed_with_its_tokens_equals_greedy_decoding_alo
     assert preempted
     assert [texts[i] for i in range(n)] == expected
     assert shown == expected
+
+
+def test_a_transcript_is_left_blank_only_when_the_end_is_likely_enough(options: DecodeOptions) -> None:
+    """`blank_min_prob`: with the end the likeliest first token, the row ends blank when the end is at least that
+    likely; below it, the row starts with the likeliest other token (its log-probability under the whole
+    distribution) and goes on as greedy decoding of the prompt and that token would."""
+    module = _random_module(VARIANTS[sorted(VARIANTS)[0]], 0)
+    tokens = _image_tokens(module, 1)
+    prompt = [2]
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        logits = module.decoder(ids, torch.zeros_like(ids), causal_mask(torch.ones_like(ids, dtype=torch.bool)), tokens)
+    logprobs = logits[0, -1].float().log_softmax(-1)
+    (end_lp, second_lp), (end, second) = logprobs.topk(2)  # the greedy first token plays the end
+    p_end = float(end_lp.exp())
+
+    def decode(blank_min_prob: float) -> tuple[list[int], str | None, float | None]:
+        state = DecodeState(module.decoder, 2, tokens.shape[1], int(end), PAD, SEP, str, options=options)
+        spec = SequenceSpec(tuple(prompt), 12, blank_min_prob=blank_min_prob)
+        [update] = state.prefill([spec], _encodings(module, tokens))
+        first_logprob = state._rows[0].logprob_sum
+        while not update.finished:
+            [update] = state.step()
+        return list(state._rows[0].ids), update.finish_reason, first_logprob
+
+    assert decode(0.0)[:2] == ([], "stop")  # greedy: blank
+    assert decode(p_end * 0.99)[:2] == ([], "stop")  # the end likely enough: still blank
+    written, _, first_logprob = decode(min(1.0, p_end * 1.01))
+    [rest] = greedy_decode(module.decoder, tokens, [[*prompt, int(second)]], [11], eos_id=int(end), pad_id=PAD)
+    assert written == [int(second), *rest]
+    assert first_logprob == pytest.approx(float(second_lp), abs=1e-5)

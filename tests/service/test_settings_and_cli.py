@@ -45,6 +45,16 @@ def test_decoding_step_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (Settings().fixed_shape_step, Settings().cuda_graphs) == (True, False)
 
 
+def test_the_blank_transcript_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """None (the default): the model's own (`load_builtin`); else a probability."""
+    assert Settings().transcript_blank_min_prob is None
+    monkeypatch.setenv("MMSERVE_TRANSCRIPT_BLANK_MIN_PROB", "0")
+    assert Settings().transcript_blank_min_prob == 0.0
+    monkeypatch.setenv("MMSERVE_TRANSCRIPT_BLANK_MIN_PROB", "1.5")
+    with pytest.raises(ValidationError, match="transcript_blank_min_prob"):
+        Settings()
+
+
 def test_per_task_models_default_to_model() -> None:
     settings = Settings(model="base", embed_model="clip")
     assert [settings.model_for(task) for task in ("caption", "vqa", "embed_text", "embed_image")] == [
