@@ -110,8 +110,6 @@ FLITE_SHARE = 0.2  # of the varied utterances, spoken by one of `FLITE_TRAIN_VOI
 # accents' phoneme tables and features common to many Englishes), for this share of the varied utterances
 # that a training accent would have said
 GENERATED_ACCENT_SHARE = 0.4
-# of the varied utterances: two training sentences joined at a word (`spliced`), word sequences never written
-SPLICED_SHARE = 0.15
 
 # evaluation sentences: seeds from here on (an offset into the held-out range, apart from the image sets)
 SPEECH_EVAL_SEED_START = HELD_OUT_SEED_START + 5_000_000
@@ -220,31 +218,10 @@ def varied_utterance(seed: int, text: str) -> Utterance:
     )
 
 
-def spliced(text: str, seed: int) -> str | None:
-    """`text` cut after a word and joined to the tail of another training sentence, cut before a word: word
-    sequences the grammar never writes ("is the yellow" + "one?"), so that what is heard, not the sentences
-    the decoder knows, decides the words. None when the join is a held-out sentence (never heard)."""
-    rng = random.Random(seed * 29 + 14)
-    other = sentence(rng.randrange(HELD_OUT_SEED_START))
-    while is_held_out(other):  # a held-out sentence's words are never heard, whole or in part
-        other = sentence(rng.randrange(HELD_OUT_SEED_START))
-    head, tail = text.split(), other.split()
-    joined = " ".join([*head[: rng.randint(1, len(head) - 1)], *tail[rng.randint(1, len(tail) - 1) :]])
-    return None if is_held_out(joined) else joined
-
-
 def training_utterance(seed: int, varied: bool = False) -> Utterance | None:
-    """The training utterance of `seed`, or None when its sentence is held out (never heard). In the wider
-    variety, a `SPLICED_SHARE` of the sentences are `spliced` with another."""
+    """The training utterance of `seed`, or None when its sentence is held out (never heard)."""
     text = sentence(seed)
-    if is_held_out(text):
-        return None
-    if varied and random.Random(seed * 29 + 13).random() < SPLICED_SHARE:
-        joined = spliced(text, seed)
-        if joined is None:
-            return None
-        text = joined
-    return utterance(seed, text, varied=varied)
+    return None if is_held_out(text) else utterance(seed, text, varied=varied)
 
 
 def eval_utterances(held_out_voice: bool, n: int = EVAL_SENTENCES) -> list[Utterance]:

@@ -72,11 +72,11 @@ HELD_OUT_QUESTIONS = [
 
 def test_scene_questions_in_held_out_voices_are_answered(client: httpx.Client) -> None:
     """Answered as the kind of question they are, not refused, in two voices training never used, all but at
-    most two of twelve: the model card measures 0.030 of such questions heard as nothing (a 422 that says
-    so); in the spoken `/vqa` evaluation every refusal is in the Caribbean accent, where "what colour is the
-    …?" is the question most often heard as nothing (the second accents leg's weights refused "what colour is
-    the circle?" and "what colour is the large triangle?" in en-029+m7; the weights before the accents legs
-    the first, and 0.050 overall). The words of an unheard voice are not pinned (WER 0.03 there)."""
+    most one of twelve: the model card measures 0.010 of such questions heard as nothing (a 422 that says so),
+    every one in the Caribbean accent, where "what colour is the circle?" is the question most often heard as
+    nothing (the shipped weights leave it blank in en-029+m7: the end token 0.8 likely or more; greedy
+    decoding without that threshold also left "what colour is the large triangle?" blank there). The words of
+    an unheard voice are not pinned (WER 0.03 there)."""
     answered, refused = 0, []
     for voice in (HELD_OUT_VOICE, "en-us-nyc+f4"):
         for question, heard_as in HELD_OUT_QUESTIONS:
@@ -88,7 +88,7 @@ def test_scene_questions_in_held_out_voices_are_answered(client: httpx.Client) -
             assert response.status_code == 200, response.text
             assert response.json()["heard"].startswith(heard_as), (voice, question, response.text)
             answered += 1
-    assert answered >= 10, f"refused: {refused}"
+    assert answered >= 11, f"refused: {refused}"
 
 
 @pytest.mark.parametrize(

@@ -110,23 +110,6 @@ def test_everyday_words_hold_no_scene_word() -> None:
     assert len(words) > 5_000 and not set(words) & set(SCENE_WORDS)
 
 
-def test_spliced_sentences_join_two_training_sentences_and_never_say_a_held_out_one() -> None:
-    """A share of the hearing stage's sentences are two training sentences joined at a word: word sequences the
-    grammar never writes, made of training sentences' words only, never a held-out sentence."""
-    from model.train.speech import SPLICED_SHARE, is_held_out, sentence, spliced, training_utterance
-
-    seeds = [seed for seed in range(3000) if not is_held_out(sentence(seed))]
-    said = {seed: training_utterance(seed, varied=True) for seed in seeds}
-    joined = [seed for seed, u in said.items() if u is not None and u.text != sentence(seed)]
-    assert abs(len(joined) / len(seeds) - SPLICED_SHARE) < 0.03
-    for seed in joined:
-        text = said[seed].text  # type: ignore[union-attr]
-        assert text.split()[0] == sentence(seed).split()[0] and not is_held_out(text)
-    plain = [training_utterance(seed) for seed in seeds[:200]]  # the plain variety is never spliced
-    assert all(u is not None and u.text == sentence(seed) for seed, u in zip(seeds, plain, strict=False))
-    assert spliced("what shape is the red one?", 5) == spliced("what shape is the red one?", 5)  # a function of its seed
-
-
 @needs_espeak
 def test_the_hearing_pool_holds_scene_sentences_and_audio_to_transcribe_as_nothing() -> None:
     from model.refusal_eval import FRENCH, GERMAN
