@@ -6,8 +6,9 @@ The built-in model writes nothing for audio that is not a scene sentence, and a 
 "nothing understood". Decoded greedily, a scene question in a voice it never heard is sometimes left blank too
 (the end the likeliest first token, at 0.5-0.9). With `blank_min_prob`, a transcript is blank only when the end
 is at least that likely; else the model writes what it heard best, and the other criteria (`avg_logprob`, the
-voice-activity detector) still apply. This prints, for thresholds from 0.5 to 0.99, the share of in-domain
-questions refused and of out-of-domain speech refused, on clips apart from `mmserve evaluate`'s:
+voice-activity detector) still apply. This prints, for no threshold (greedy) and thresholds from 0.5 to 0.99,
+the share of in-domain questions refused and of out-of-domain speech refused, on clips apart from `mmserve
+evaluate`'s:
 - in-domain: 300 scene questions (scenes from `SEED_START`, not the spoken `/vqa` evaluation's) in held-out
   voices (the voices where a question is left blank by mistake);
 - out-of-domain speech: everyday English sentences that the evaluation does not use, in five accents, and three
