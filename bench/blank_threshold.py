@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 
 import torch
 
 from model import load_model
 from model.api import MultimodalModel
 from model.refusal_eval import hear, spoken
-from model.scenes import HELD_OUT_SEED_START, ask_any, make_scene
+from model.scenes import HELD_OUT_SEED_START
+from model.spoken_vqa_eval import spoken_questions
 from model.understanding import Heard, default_criteria, refusal
 
 SEED_START = HELD_OUT_SEED_START + 8_000_000  # apart from the evaluation's scenes (+5,000,000 to +7,000,000)
@@ -80,12 +80,9 @@ THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
 
 
 def in_domain(n: int = 300) -> tuple[list[str], list]:  # type: ignore[type-arg]
-    """`n` scene questions and their clips, each in a held-out voice."""
-    from model.train.speech import synthesise, utterance
-
-    questions = [ask_any(make_scene(SEED_START + i), random.Random(SEED_START + i)).text for i in range(n)]
-    clips = [synthesise(utterance(SEED_START + i, q, held_out_voice=True), 16_000, i) for i, q in enumerate(questions)]
-    return questions, clips
+    """`n` scene questions and their clips, each in a held-out voice (`spoken_questions` from `SEED_START`)."""
+    asked = spoken_questions(n, SEED_START)
+    return [q.text for q in asked.questions], asked.clips
 
 
 def out_of_domain() -> list:  # type: ignore[type-arg]

@@ -32,13 +32,14 @@ class SpokenQuestions:
     clips: list[np.ndarray]  # 16 kHz
 
 
-def spoken_questions(n: int = 300) -> SpokenQuestions:
-    """The first `n` of them (each a pure function of its index; the benches in `bench/` read the same)."""
+def spoken_questions(n: int = 300, first_seed: int = SEED_START) -> SpokenQuestions:
+    """The first `n` of them (each a pure function of its index; the benches in `bench/` read the same); another
+    `first_seed`: other scenes and clips alike (`bench.blank_threshold`'s tuning questions)."""
     from model.train.speech import synthesise, utterance
 
-    scenes = [make_scene(SEED_START + i) for i in range(n)]
-    questions = [ask_any(s, random.Random(SEED_START + i)) for i, s in enumerate(scenes)]
-    said = [utterance(SEED_START + i, q.text, held_out_voice=True) for i, q in enumerate(questions)]
+    scenes = [make_scene(first_seed + i) for i in range(n)]
+    questions = [ask_any(s, random.Random(first_seed + i)) for i, s in enumerate(scenes)]
+    said = [utterance(first_seed + i, q.text, held_out_voice=True) for i, q in enumerate(questions)]
     return SpokenQuestions(
         scenes, questions, [u.voice for u in said], [synthesise(u, 16_000, i) for i, u in enumerate(said)]
     )
