@@ -1,15 +1,24 @@
-"""Would joint CTC/attention rescoring fix spoken `/vqa`'s mishearings? (issue 23; measured, not shipped)
+"""How much joint CTC/attention rescoring of heard questions gives spoken `/vqa`, and its weight (issue 23).
 
-    python -m bench.ctc_rescore --state runs/hear4/hearing/train_state.pt [--model builtin|FOLDER]
+    python -m bench.ctc_rescore [--model builtin|FOLDER] [--weights 0 0.3 0.5 0.7 0.9 1]
 
-Hybrid CTC/attention recognisers (Watanabe et al., 2017) score a hypothesis by both the attention decoder and
-a CTC head over the audio tokens, which knows no sentence prior. The built-in model's CTC head exists only in
-the hearing stage's training state (`--state`: a run's `hearing/train_state.pt`, from the same run as the
-weights). For each spoken `/vqa` clip (`model.spoken_vqa_eval`'s) the service would not refuse, the heard
-question and every variant with one colour, shape, size or plural shape swapped for another of its kind are
-scored by lambda x CTC + (1 - lambda) x attention log-likelihoods, and the best is answered. Prints spoken
-`/vqa` accuracy and questions heard word for word for each lambda (0: the decoder alone, as shipped), and
-the held-out questions of the WER sets (`eval_utterances`) heard word for word with and without it.
+The shipped rescoring (`model.heard_rescoring`): a heard question's candidates (its neighbours with one scene
+word swapped, and the grammar's short questions) scored by weight x CTC + (1 - weight) x attention
+log-likelihoods, the best answered. This bench scores every candidate of every question the service would not
+refuse once, then for each weight (0: the decoder alone, as heard) prints spoken `/vqa` accuracy and questions
+heard word for word, with the neighbours alone and with the short questions too, on two sets of 300 spoken
+questions in held-out voices:
+
+- tuning: other scenes and clips (`bench.blank_threshold`'s, seeds from 18,000,000), where `CTC_WEIGHT` was
+  chosen (the weight with the most tuning questions answered right; a tie goes to the lower weight);
+- evaluation: `model.spoken_vqa_eval`'s (what `mmserve evaluate` reports), read after the choice.
+
+The checkpoint's CTC head (`ctc_head.safetensors`, `python -m model.train.ctc_head`) must exist.
+
+`--alternatives`: two other corrections of the decoder's prior, measured first and not shipped, on the
+neighbours alone: attention + lambda x the answer's mean log-probability given the image (is a question about
+an object the image lacks answered less surely?), and attention - lambda x the decoder's internal language
+model (its log-likelihood with the audio replaced by one zero token; Meng et al., 2021).
 """
 
 from __future__ import annotations
@@ -17,111 +26,121 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
+from bench.blank_threshold import SEED_START as TUNING_SEED_START
 from model import load_model
-from model.audio import pad_features
+from model.api import Update
 from model.evaluate import normalise_words
+from model.generate import generate_all_updates
+from model.heard_rescoring import candidates, joint_scores, neighbours
 from model.multimodal import BuiltinModel
 from model.refusal_eval import hear
-from model.scenes import COLOURS, SHAPES, SIZES, render
-from model.spoken_vqa_eval import spoken_questions
+from model.scenes import render
+from model.spoken_vqa_eval import SEED_START, spoken_questions
 from model.tokenizer import BOS, EOS
-from model.train.objective import token_losses
-from model.train.speech import eval_utterances, synthesise
 from model.understanding import default_criteria, refusal
-
-KINDS = (list(SHAPES), list(COLOURS), list(SIZES), [s + "s" for s in SHAPES])
-
-
-def variants(text: str) -> list[str]:
-    """`text` and every text with one scene word swapped for another of its kind."""
-    words = text.split()
-    found = {text}
-    for i, word in enumerate(words):
-        core = word.rstrip("?")
-        for kind in KINDS:
-            if core in kind:
-                found |= {" ".join([*words[:i], word.replace(core, other), *words[i + 1 :]]) for other in kind}
-    return sorted(found)
-
-
-@torch.inference_mode()
-def rescored(model: BuiltinModel, head: torch.nn.Linear, clip: np.ndarray, text: str, weight: float) -> str:
-    """The variant of `text` with the best joint score (`weight` on CTC) for `clip`."""
-    texts = variants(text)
-    features, lengths = pad_features([model.prepare_audio(clip)])
-    tokens, valid = model.module.encode_audio(features, lengths)
-    bos, eos = model.tokenizer.token_to_id(BOS), model.tokenizer.token_to_id(EOS)
-    rows = [[bos, *model.tokenizer.encode(t, add_special_tokens=False).ids, eos] for t in texts]
-    seq = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-    mask = torch.zeros(len(rows), seq.shape[1] - 1)
-    for r, row in enumerate(rows):
-        seq[r, : len(row)] = torch.tensor(row)
-        mask[r, : len(row) - 1] = 1
-    n = len(rows)
-    attention = -(token_losses(model.module, tokens.expand(n, -1, -1), seq, valid.expand(n, -1)) * mask).sum(1)
-    log_probs = F.log_softmax(head(tokens).float(), -1).transpose(0, 1).expand(-1, n, -1)
-    ctc = -F.ctc_loss(
-        log_probs,
-        seq[:, 1:-1],
-        valid.sum(1).expand(n),
-        torch.tensor([len(r) - 2 for r in rows]),
-        blank=log_probs.shape[-1] - 1,
-        reduction="none",
-        zero_infinity=True,
-    )
-    return texts[int((weight * ctc + (1 - weight) * attention).argmax())]
 
 
 def same(a: str, b: str) -> bool:
     return normalise_words(a) == normalise_words(b)
 
 
-def report(model: BuiltinModel, head: torch.nn.Linear, weights: Sequence[float], n: int = 300) -> None:
-    asked = spoken_questions(n)
-    questions, clips = asked.questions, asked.clips
-    heard = hear(model, clips)
+def answers_scored(model: BuiltinModel, images: list[Image.Image], questions: list[str]) -> list[Update]:
+    """Each answer's finished update (its text and mean log-probability)."""
+    encodings = model.encode_images(model._prepared(images))
+    specs = [model.sequence("vqa", q or "?", 16) for q in questions]
+    return generate_all_updates(model.new_state(len(specs), once=True), specs, encodings)
+
+
+@torch.inference_mode()
+def internal_lm(model: BuiltinModel, rows: list[list[int]]) -> torch.Tensor:
+    """The decoder's log-likelihood of each row with the audio replaced by one zero token."""
+    zero = torch.zeros(model.module.config.vision.dim)
+    assert model.ctc_head is not None
+    return joint_scores(model.module.decoder, model.ctc_head, zero[None], rows, 0.0)
+
+
+def alternatives(model: BuiltinModel, name: str, first_seed: int, n: int = 300) -> None:
+    asked = spoken_questions(n, first_seed)
+    heard = hear(model, asked.clips)
     images = [render(s) for s in asked.scenes]
     refused = [refusal(h, default_criteria()) is not None for h in heard]
-    for weight in weights:
-        texts = [
-            h.text if r else rescored(model, head, c, h.text, weight)
-            for c, h, r in zip(clips, heard, refused, strict=True)
-        ]
-        answers = model.answer(images, [t or "?" for t in texts])
-        right = sum(a == q.answer and not r for a, q, r in zip(answers, questions, refused, strict=True))
-        exact = sum(same(t, q.text) for t, q in zip(texts, questions, strict=True))
-        print(
-            f"CTC weight {weight}: spoken /vqa {right} of {n} ({n - sum(refused)} not refused), "
-            f"heard word for word {exact}"
-        )
-    for held_out in (False, True):
-        said = [u for u in eval_utterances(held_out) if u.text.endswith("?")]
-        clips = [synthesise(u, 16_000, i) for i, u in enumerate(said)]
-        texts = [h.text for h in hear(model, clips)]
-        for weight in (0.0, max(weights)):
-            out = [t and rescored(model, head, c, t, weight) for c, t in zip(clips, texts, strict=True)]
-            exact = sum(same(t, u.text) for t, u in zip(out, said, strict=True))
-            voices = "held-out" if held_out else "training"
-            print(f"WER sets' questions, {voices} voices, CTC weight {weight}: {exact} of {len(said)} word for word")
+    bos, eos = model.tokenizer.token_to_id(BOS), model.tokenizer.token_to_id(EOS)
+    rows_of = []
+    for i, (clip, h, r) in enumerate(zip(asked.clips, heard, refused, strict=True)):
+        if r or not h.text:
+            rows_of.append(None)
+            continue
+        options = neighbours(h.text)
+        rows = [[bos, *model.tokenizer.encode(t, add_special_tokens=False).ids, eos] for t in options]
+        [encoding] = model.encode_audios([clip])
+        assert encoding.tokens is not None and model.ctc_head is not None
+        attention = joint_scores(model.module.decoder, model.ctc_head, encoding.tokens, rows, 0.0)
+        answers = answers_scored(model, [images[i]] * len(options), options)
+        confidence = torch.tensor([u.avg_logprob or -99.0 for u in answers])
+        rows_of.append((attention, confidence, internal_lm(model, rows), [u.text for u in answers]))
+    for label, sign, weights in (
+        ("answer confidence", 1.0, (0, 1, 4, 16, 50)),
+        ("internal LM", -1.0, (0, 0.1, 0.3, 0.5, 0.7)),
+    ):
+        for weight in weights:
+            right = 0
+            for q, row in zip(asked.questions, rows_of, strict=True):
+                if row is not None:
+                    other = row[1] if sign > 0 else row[2]
+                    right += row[3][int((row[0] + sign * weight * other).argmax())] == q.answer
+            print(f"{name}, {label}, weight {weight:g}: spoken /vqa {right} of {n} right", flush=True)
+
+
+def report(model: BuiltinModel, name: str, first_seed: int, weights: Sequence[float], n: int = 300) -> None:
+    assert model.ctc_head is not None
+    asked = spoken_questions(n, first_seed)
+    heard = hear(model, asked.clips)  # as heard (not rescored): the candidates come from this
+    images = [render(s) for s in asked.scenes]
+    refused = [refusal(h, default_criteria()) is not None for h in heard]
+    bos, eos = model.tokenizer.token_to_id(BOS), model.tokenizer.token_to_id(EOS)
+    for label, make in (("neighbours", neighbours), ("neighbours + short questions", candidates)):
+        scored: list[tuple[list[str], torch.Tensor, torch.Tensor] | None] = []
+        for clip, h, r in zip(asked.clips, heard, refused, strict=True):
+            if r or not h.text:
+                scored.append(None)
+                continue
+            options = make(h.text)
+            rows = [[bos, *model.tokenizer.encode(t, add_special_tokens=False).ids, eos] for t in options]
+            [encoding] = model.encode_audios([clip])
+            assert encoding.tokens is not None
+            ctc = joint_scores(model.module.decoder, model.ctc_head, encoding.tokens, rows, 1.0)
+            attention = joint_scores(model.module.decoder, model.ctc_head, encoding.tokens, rows, 0.0)
+            scored.append((options, ctc, attention))
+        for weight in weights:
+            texts = [
+                h.text if s is None else s[0][int((weight * s[1] + (1 - weight) * s[2]).argmax())]
+                for h, s in zip(heard, scored, strict=True)
+            ]
+            answers = model.answer(images, [t or "?" for t in texts])
+            right = sum(a == q.answer and not r for a, q, r in zip(answers, asked.questions, refused, strict=True))
+            exact = sum(same(t, q.text) for t, q in zip(texts, asked.questions, strict=True))
+            print(
+                f"{name}, {label}, CTC weight {weight:g}: spoken /vqa {right} of {n} right "
+                f"({n - sum(refused)} not refused), heard word for word {exact}",
+                flush=True,
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="builtin")
-    parser.add_argument("--state", required=True, help="the hearing stage's train_state.pt of the same run")
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9, 1.0])
+    parser.add_argument("--alternatives", action="store_true", help="the two corrections measured, not shipped")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = load_model(args.model, "cpu")
-    assert isinstance(model, BuiltinModel)
-    saved = torch.load(args.state, map_location="cpu", weights_only=False)["ctc_head"]
-    head = torch.nn.Linear(saved["weight"].shape[1], saved["weight"].shape[0])
-    head.load_state_dict(saved)
-    report(model, head, args.weights)
+    assert isinstance(model, BuiltinModel) and model.ctc_head is not None, "a built-in checkpoint with a CTC head"
+    run = alternatives if args.alternatives else lambda m, name, seed: report(m, name, seed, args.weights)
+    run(model, "tuning", TUNING_SEED_START)
+    run(model, "evaluation", SEED_START)
 
 
 if __name__ == "__main__":

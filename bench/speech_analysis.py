@@ -60,13 +60,14 @@ def analyse(model: MultimodalModel) -> None:
 
 def spoken_vqa_losses(model: MultimodalModel, n: int = 300) -> None:
     """The spoken `/vqa` evaluation's losses one by one (`model.spoken_vqa_eval`'s scenes, questions and voices):
-    refused, or answered wrong as heard; each with its voice and whether its sentence is a held-out one."""
+    refused, or answered wrong as heard (rescored, as the service rescores it); each with its voice and whether
+    its sentence is a held-out one."""
     from model.scenes import render
     from model.spoken_vqa_eval import spoken_questions
     from model.understanding import default_criteria, refusal
 
     asked = spoken_questions(n)
-    heard = hear(model, asked.clips)
+    heard = hear(model, asked.clips, questions=True)
     answers = model.answer([render(s) for s in asked.scenes], [h.text or "?" for h in heard])
     losses = 0
     for q, voice, h, a in zip(asked.questions, asked.voices, heard, answers, strict=True):

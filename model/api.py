@@ -151,6 +151,18 @@ class ScoredTranscriber(Protocol):
         ...
 
 
+@runtime_checkable
+class RescoresHeard(Protocol):
+    """A model that picks a heard question among its neighbours by how well each fits the audio (the built-in
+    model: `model.heard_rescoring`; a model without the means returns the texts as they are)."""
+
+    def encode_audios(self, audios: Sequence[Any]) -> list[Any]: ...
+
+    def rescore_heard(self, encodings: Sequence[Any], texts: Sequence[str]) -> list[str]:
+        """Each heard question (a transcript of the audio of the encoding beside it) as rescored."""
+        ...
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     """An image as a model takes it, and a digest of those pixels: equal keys give equal encodings."""

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 
 from model.config import ModelConfig
 from model.devices import default_dtype, resolve_device
+from model.heard_rescoring import HEAD_FILE
 from model.multimodal import BuiltinModel, MultimodalTransformer
 from model.step_graphs import DecodeOptions
 from model.text import TextTower
@@ -98,6 +99,8 @@ def load_builtin(
         blank_min_prob = MIN_BLANK_PROB if training.get("out_of_domain_share") else 0.0
     # the text tower stays in fp32: it is small, and its parity with sentence-transformers is a promise
     tower = (text_tower or TextTower()).to(device)
+    head_file = directory / HEAD_FILE  # a CTC head over the audio tower, for heard questions (`model.heard_rescoring`)
+    ctc_head = load_ctc_head(head_file) if head_file.is_file() else None
     logger.info("loaded %s from %s on %s (%s)", name, directory, device, dtype)
     # a checkpoint with a training recipe was trained on the scene grammar's questions, and knows no others;
     # an untrained one (the tests' random checkpoints) claims nothing
@@ -110,4 +113,18 @@ def load_builtin(
         closed_questions=bool(training),
         decode_options=DecodeOptions.resolve(device, fixed_shape_step, cuda_graphs),
         blank_min_prob=blank_min_prob,
+        ctc_head=ctc_head,
     )
+
+
+def load_ctc_head(path: Path) -> torch.nn.Linear:
+    """A CTC head (`weight` (V + 1, d), `bias`) saved by `save_ctc_head`."""
+    state = load_file(str(path))
+    head = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    head.load_state_dict(state, strict=True)
+    return head
+
+
+def save_ctc_head(head: torch.nn.Linear, path: Path) -> None:
+    state = {k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()}
+    atomic_write(path, lambda p: save_file(state, str(p)))

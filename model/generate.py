@@ -93,10 +93,13 @@ class ImageEncoding:
     """
 
     cross_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    # an audio's tower tokens (n, d'), kept when the model rescores heard questions (`model.heard_rescoring`)
+    tokens: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.cross_kv)
+        kept = 0 if self.tokens is None else self.tokens.numel() * self.tokens.element_size()
+        return kept + sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.cross_kv)
 
 
 def encode_contexts(

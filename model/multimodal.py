@@ -49,6 +49,7 @@ from model.generate import (
     generate_all,
     generate_all_updates,
 )
+from model.heard_rescoring import CTC_WEIGHT, candidates, joint_scores
 from model.images import to_pixels
 from model.inputs import check_pairs, row_limits
 from model.loops import STOP_REPEATS, transcript_token_limit
@@ -90,9 +91,12 @@ class AudioEncoding:
     """Audios going through the audio tower a block at a time, so that a step loop can interleave their
     encoding with decoding steps (each turn short); the same computation as one pass."""
 
-    def __init__(self, module: MultimodalTransformer, features: torch.Tensor, lengths: torch.Tensor) -> None:
+    def __init__(
+        self, module: MultimodalTransformer, features: torch.Tensor, lengths: torch.Tensor, keep_tokens: bool = False
+    ) -> None:
+        """`keep_tokens`: each encoding keeps its audio's tower tokens too (for `BuiltinModel.rescore_heard`)."""
         assert module.audio is not None
-        self._module, self._audio = module, module.audio
+        self._module, self._audio, self._keep_tokens = module, module.audio, keep_tokens
         self._x, self._valid = module.audio.embed(features, lengths)  # (B, N, dim), (B, N)
         self._blocks_run = 0
 
@@ -109,7 +113,11 @@ class AudioEncoding:
             self._blocks_run += 1
         if self.remaining:
             return None
-        return encode_contexts(self._module.decoder, self._audio.finish(self._x), self._valid.sum(1).tolist())
+        tokens, lengths = self._audio.finish(self._x), self._valid.sum(1).tolist()
+        encodings = encode_contexts(self._module.decoder, tokens, lengths)
+        if not self._keep_tokens:
+            return encodings
+        return [replace(e, tokens=tokens[i, :n]) for i, (e, n) in enumerate(zip(encodings, lengths, strict=True))]
 
 
 def _token_id(tokenizer: Tokenizer, token: str) -> int:
@@ -134,6 +142,7 @@ class BuiltinModel:
         closed_questions: bool = False,
         decode_options: DecodeOptions | None = None,
         blank_min_prob: float = 0.0,
+        ctc_head: torch.nn.Linear | None = None,
     ) -> None:
         """`scratchpad_families`: the question families whose answers follow a scratchpad (the checkpoint's
         training recipe says); None when not known: an answer is then what follows the last `[SEP]`, or all
@@ -141,7 +150,9 @@ class BuiltinModel:
         questions and knows no others (the service then refuses the others; `known_question`). `decode_options`:
         how the continuous-batching step runs (None: `DecodeOptions.resolve` for the device). `blank_min_prob`:
         a transcript is left blank (nothing understood) only when the end is at least this likely at its first
-        token (`SequenceSpec.blank_min_prob`; 0: whenever it is the likeliest)."""
+        token (`SequenceSpec.blank_min_prob`; 0: whenever it is the likeliest). `ctc_head`: a CTC head over the
+        audio tower's tokens, with which a heard question is rescored among its neighbours (`rescore_heard`;
+        None: a question is answered as heard)."""
         self.module = module.eval()
         self.scratchpad_families = scratchpad_families
         self.closed_questions = closed_questions
@@ -153,6 +164,7 @@ class BuiltinModel:
         self.device, self.dtype = parameter.device, parameter.dtype
         self.decode_options = decode_options or DecodeOptions.resolve(self.device)
         self.blank_min_prob = blank_min_prob
+        self.ctc_head = None if ctc_head is None else ctc_head.to(self.device, self.dtype).eval()
         self.dim: int | None = module.config.embed_dim
         self.max_text_tokens = text_tower.max_tokens
         self._ids = {token: _token_id(tokenizer, token) for token in (PAD, BOS, EOS, SEP)}
@@ -318,8 +330,29 @@ class BuiltinModel:
         features = [a if isinstance(a, torch.Tensor) else self.prepare_audio(a) for a in audios]
         batch, lengths = pad_features(features, pin=self._pinned)
         return AudioEncoding(
-            self.module, batch.to(self.device, self.dtype, non_blocking=True), lengths.to(self.device)
+            self.module,
+            batch.to(self.device, self.dtype, non_blocking=True),
+            lengths.to(self.device),
+            keep_tokens=self.ctc_head is not None,
         )
+
+    @torch.inference_mode()
+    def rescore_heard(self, encodings: Sequence[ImageEncoding], texts: Sequence[str]) -> list[str]:
+        """Each heard question (a transcript of the audio encoded in `encodings`, by `encode_audios` or a step
+        loop's `start_audio_encoding`) as the candidate that best fits its audio by joint CTC/attention scoring
+        (`model.heard_rescoring`); a blank one, or any without a CTC head, as it is."""
+        out = list(texts)
+        if self.ctc_head is None:
+            return out
+        for i, (encoding, text) in enumerate(zip(encodings, texts, strict=True)):
+            if not text.strip() or encoding.tokens is None:
+                continue
+            options = candidates(text)
+            bos, eos = self._ids[BOS], self._ids[EOS]
+            rows = [[bos, *self.tokenizer.encode(t, add_special_tokens=False).ids, eos] for t in options]
+            scores = joint_scores(self.module.decoder, self.ctc_head, encoding.tokens, rows, CTC_WEIGHT)
+            out[i] = options[int(scores.argmax())]
+        return out
 
     @torch.inference_mode()
     def transcribe(

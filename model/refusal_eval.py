@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from model.api import MultimodalModel, ScoredTranscriber
+from model.api import MultimodalModel, RescoresHeard, ScoredTranscriber
 from model.understanding import Criterion, Heard, refusal
 from model.vad import SAMPLING_RATE, no_speech_in
 
@@ -142,8 +142,10 @@ def out_of_domain_clips(category: str, n: int = CLIPS_PER_CATEGORY) -> list[np.n
     return makers[category]()
 
 
-def hear(model: MultimodalModel, clips: Sequence[np.ndarray], batch: int = 32) -> list[Heard]:
-    """Each clip transcribed with its confidence (16 kHz clips; a model at another rate is not supported)."""
+def hear(model: MultimodalModel, clips: Sequence[np.ndarray], batch: int = 32, questions: bool = False) -> list[Heard]:
+    """Each clip transcribed with its confidence (16 kHz clips; a model at another rate is not supported).
+    `questions`: the clips are spoken questions, their transcripts rescored as the service rescores them
+    (`model.api.RescoresHeard`; the confidence stays the greedy transcript's, as the service's refusal reads it)."""
     assert model.audio is not None and model.audio.sampling_rate == SAMPLING_RATE
     heard = []
     for start in range(0, len(clips), batch):
@@ -153,6 +155,11 @@ def hear(model: MultimodalModel, clips: Sequence[np.ndarray], batch: int = 32) -
             texts = [(u.text or "", u.avg_logprob, u.finish_reason) for u in updates]
         else:
             texts = [(t, None, None) for t in model.transcribe(part)]
+        if questions and isinstance(model, RescoresHeard):
+            asked = [i for i, (text, _, _) in enumerate(texts) if text]
+            better = model.rescore_heard(model.encode_audios([part[i] for i in asked]), [texts[i][0] for i in asked])
+            for i, text in zip(asked, better, strict=True):
+                texts[i] = (text, *texts[i][1:])
         for clip, (text, logprob, reason) in zip(part, texts, strict=True):
             heard.append(Heard(text, logprob, no_speech_in(clip, SAMPLING_RATE), reason))
     return heard

@@ -3,8 +3,10 @@
 Held-out scenes (`HELD_OUT_SEED_START` on), one question each (any family the scene allows), asked typed and
 spoken (espeak-ng, a held-out voice: an accent and a variant training never used). A spoken question is heard
 (`transcribe_scored`), refused when the service's criteria refuse it (`model.understanding.default_criteria`:
-counted wrong, as the client gets no answer), else answered as heard. The service also reads a heard question
-through the typed grammar (`model.questions`); here the transcript is answered as it is.
+counted wrong, as the client gets no answer), else rescored among its neighbours as the service rescores it
+(`model.heard_rescoring`; the refusal reads the greedy transcript, as the service's does) and answered. The
+service also reads a heard question through the typed grammar (`model.questions`); here the transcript is
+answered as it is.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def spoken_vqa_metrics(model: MultimodalModel, n: int = 300, chunk: int = 50) ->
     asked_aloud = spoken_questions(n)
     questions = asked_aloud.questions
     images = [render(s) for s in asked_aloud.scenes]
-    heard = hear(model, asked_aloud.clips)
+    heard = hear(model, asked_aloud.clips, questions=True)  # rescored, as the service rescores them
     criteria = default_criteria()
     refused = [refusal(h, criteria) is not None for h in heard]
     typed: list[str] = []

@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from model.api import (
     ImageGenerator,
     ImageSpec,
     KnowsQuestions,
+    RescoresHeard,
     ScoredTranscriber,
     StepwiseGenerator,
     UnsupportedImageSize,
@@ -81,6 +82,7 @@ class TranscriptionInput:
     language: str | None
     spec: Any = None  # a stepwise model's sequence (its prompt); None for whole-batch models
     no_speech_prob: float | None = None  # the voice-activity detector's (`model.vad`), over the audio's frames
+    question: bool = False  # a spoken question: its transcript rescored among its neighbours (`RescoresHeard`)
 
 
 @dataclass(frozen=True)
@@ -266,18 +268,24 @@ class Engine:
         return spec
 
     def prepare_transcription(
-        self, task: Task, audio: np.ndarray, language: str | None, no_speech_prob: float | None = None
+        self,
+        task: Task,
+        audio: np.ndarray,
+        language: str | None,
+        no_speech_prob: float | None = None,
+        question: bool = False,
     ) -> TranscriptionInput:
         """Mono samples at the model's rate → its input (the decode pool): its features, a stepwise model's
         sequence (at most `transcript_token_limit` of its duration: a loop stops there), and the detector's
-        no-speech probability (measured here unless the chunker measured it)."""
+        no-speech probability (measured here unless the chunker measured it). `question`: the audio is a spoken
+        question (`TranscriptionInput.question`)."""
         stepwise = self.stepwise(task)
         rate = self.audio_spec(task).sampling_rate
         limit = transcript_token_limit(audio.size / rate)
         spec = stepwise.sequence(task, None, limit) if stepwise is not None else None
         if no_speech_prob is None:
             no_speech_prob = no_speech_in(audio, rate)
-        return TranscriptionInput(self._models[task].prepare_audio(audio), language, spec, no_speech_prob)
+        return TranscriptionInput(self._models[task].prepare_audio(audio), language, spec, no_speech_prob, question)
 
     def input_size(self, task: Task) -> tuple[int, int] | None:
         """The (width, height) the model serving `task` sizes images to: decoding reduces larger ones towards it."""
@@ -329,6 +337,7 @@ class Engine:
                         outputs = [Generated(u.text or "", u.finish_reason, u.tokens, u.avg_logprob) for u in updates]
                     else:
                         outputs = [Generated(text) for text in transcriber.transcribe(audios, languages, progress)]
+                    outputs = _rescored(transcriber, payloads, outputs)
                 case "text_to_image":  # whole-request batching: every image run to its end together
                     assert self._generator is not None
                     images = self._generator.generate(list(payloads))
@@ -371,6 +380,18 @@ class Engine:
                 batch = [self.prepare_image(task, image)] * 2
             self.run(task, batch)
             logger.info("warmed up %s in %.2f s", task, time.monotonic() - started)
+
+
+def _rescored(model: Any, payloads: Sequence[TranscriptionInput], outputs: list[Any]) -> list[Any]:
+    """Whole-batch transcripts, the spoken questions' rescored among their neighbours (`RescoresHeard`)."""
+    asked = [i for i, p in enumerate(payloads) if p.question and outputs[i].text]
+    if not asked or not isinstance(model, RescoresHeard):
+        return outputs
+    encodings = model.encode_audios([payloads[i].audio for i in asked])
+    texts = model.rescore_heard(encodings, [outputs[i].text for i in asked])
+    for i, text in zip(asked, texts, strict=True):
+        outputs[i] = replace(outputs[i], text=text)
+    return outputs
 
 
 def _load_generator(

@@ -36,10 +36,10 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import InvalidStateError
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from model import Task
-from model.api import GenerationState, StepwiseGenerator, Update
+from model.api import GenerationState, RescoresHeard, StepwiseGenerator, Update
 from service.batching import Item
 from service.encoder_cache import EncoderCache
 from service.engine import Generated
@@ -59,6 +59,7 @@ class SequenceRow(Row):
 
     context: Any = None  # its context's encoding, when computed before it joins (a transcript's audio)
     resume: Any = None  # preempted: the spec that goes on where it was (its tokens so far), for its next prefill
+    heard: Any = None  # a spoken question's audio encoding, kept to rescore its transcript (`RescoresHeard`)
 
 
 class Generation(RunningRows[GenerationState, SequenceRow]):
@@ -78,6 +79,7 @@ class Generation(RunningRows[GenerationState, SequenceRow]):
         self.capacity = sum(self.limits.values())
         super().__init__(lambda: model.new_state(self.capacity))
         self.cache = cache
+        self.rescores = isinstance(model, RescoresHeard)  # spoken questions' transcripts rescored
         self.metrics = metrics
         self.encoding: list[tuple[list[SequenceRow], Any]] = []  # transcripts whose audio is encoded a block a turn
         self.cap = BatchCap(self.capacity, metrics.batch_cap.labels("decode_step").set)  # running sequences
@@ -191,7 +193,8 @@ class Generation(RunningRows[GenerationState, SequenceRow]):
         specs = [row.item.payload.spec if row.resume is None else row.resume for row in rows]
         state, before = self.state, len(self.rows)
         try:
-            updates = state.prefill(specs, self._encode(task, rows))
+            contexts = self._encode(task, rows)
+            updates = state.prefill(specs, contexts)
             if len(updates) != len(rows):
                 raise RuntimeError(f"a prefill of {len(rows)} sequences gave {len(updates)} updates")
         except BaseException:
@@ -203,8 +206,10 @@ class Generation(RunningRows[GenerationState, SequenceRow]):
                 self.metrics.queue_duration.labels(task).observe(row.item.queue_s)
             row.item.batch_size = max(row.item.batch_size, before + len(rows))
         self.metrics.batch_size.labels(task).observe(len(rows))
-        for row in rows:
+        for row, context in zip(rows, contexts, strict=True):
             row.context = row.resume = None  # (the state holds them now)
+            if self.rescores and getattr(row.item.payload, "question", False):
+                row.heard = context
         self.rows += rows
         self._apply(rows, updates)
 
@@ -309,6 +314,8 @@ class Generation(RunningRows[GenerationState, SequenceRow]):
             if update.finished:
                 with contextlib.suppress(InvalidStateError):  # answered already (by the watchdog)
                     text, reason, tokens = update.text or "", update.finish_reason, update.tokens
+                    if row.heard is not None and text:  # a spoken question: rescored among its neighbours
+                        [text] = cast(RescoresHeard, self.model).rescore_heard([row.heard], [text])
                     item.future.set_result(Generated(text, reason, tokens, update.avg_logprob))
             return update.finished
         except Exception as e:

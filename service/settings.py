@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     # it writes what it heard best (None: model.understanding.MIN_BLANK_PROB, chosen on held-out tuning clips;
     # 0: whenever the end is likeliest, as before)
     transcript_blank_min_prob: float | None = Field(default=None, ge=0, le=1)
+    # A spoken question's transcript is rescored among its neighbours (one scene word swapped, the grammar's short
+    # questions) by joint CTC/attention scoring before it is answered, when the model can (the built-in model
+    # with its CTC head: model/heard_rescoring.py); false: answered as greedy decoding heard it
+    spoken_rescoring: bool = True
 
     # Faults. No progress for this long (a turn of the step loop, or a decoding step inside a whole-batch
     # generation) means the device is stuck: unhealthy, every request answered 503, then exit (status 3).

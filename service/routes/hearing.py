@@ -3,9 +3,10 @@
 Serving does it (`Serving.generate`): admission to the transcribe queue (501 when the model serving
 `transcribe` cannot, 429 when its queue is full), the image decoded while the audio is decoded and
 prepared in the decode pool (a bad image is a 400 before anything is transcribed; a bad audio a 400, 413,
-415 or 422 on `question_audio`), the transcribe batches of that model, all under the /vqa request's
-deadline (504). What was heard must then be a question: a blank transcript (nothing heard) or one over the
-question limit is a 422 on `question_audio`, and so is a question the built-in model does not know
+415 or 422 on `question_audio`), the transcribe batches of that model (where the transcript finishes, a model
+that can rescores it among its neighbours: `model.api.RescoresHeard`, `MMSERVE_SPOKEN_RESCORING`), all under
+the /vqa request's deadline (504). What was heard must then be a question: a blank transcript (nothing heard)
+or one over the question limit is a 422 on `question_audio`, and so is a question the built-in model does not know
 (`service.serving.questions`: the message says what was heard). This module holds what the route documents.
 """
 

@@ -282,7 +282,10 @@ class Serving(ImageServing, Core):  # ImageServing: text to image (`service.serv
                 call,
                 lambda e: _decoded_image(ask.image, max_pixels, ask.image_param, e.input_size(ask.task)),
                 lambda e: e.prepare_transcription(
-                    "transcribe", decode_audio(audio, spec, max_seconds, SPOKEN_FIELD).samples, None
+                    "transcribe",
+                    decode_audio(audio, spec, max_seconds, SPOKEN_FIELD).samples,
+                    None,
+                    question=self.settings.spoken_rescoring,
                 ),
             )
             item = slot.submit(payload, call.deadline)

@@ -1,0 +1,135 @@
+"""Joint CTC/attention rescoring of heard questions (`model.heard_rescoring`), on a tiny random checkpoint with
+an audio tower and a random CTC head saved beside it: the candidates, the scores against independent
+computations of each part, and the model choosing the best-scoring candidate."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.checkpoint import load_builtin, save_ctc_head
+from model.heard_rescoring import HEAD_FILE, SHORT_QUESTIONS, candidates, joint_scores, neighbours
+from model.multimodal import BuiltinModel
+from model.tokenizer import BOS, EOS
+from model.train.objective import token_losses
+
+
+def test_neighbours_swap_one_scene_word_for_another_of_its_kind() -> None:
+    found = neighbours("what shape is the green one?")
+    assert "what shape is the orange one?" in found and "what shape is the green one?" in found
+    assert len(found) == 6  # the six colours, the heard one among them
+    position = neighbours("is the small red circle left of the squares?")
+    assert "is the large red circle left of the squares?" in position
+    assert "is the small red circle left of the diamonds?" in position
+    assert "is the small blue circle left of the squares?" in position
+    assert all(len(t.split()) == 9 for t in position)  # one word swapped, never added or dropped
+    assert neighbours("how many shapes are there?") == ["how many shapes are there?"]
+
+
+def test_candidates_add_the_grammars_short_questions() -> None:
+    assert len(SHORT_QUESTIONS) == 1 + 4 + 6 + 24
+    found = candidates("is the triangle left of the circle?")
+    assert set(SHORT_QUESTIONS) <= set(found)
+    assert "is the triangle left of the square?" in found
+    assert len(found) == len(set(found))
+
+
+@pytest.fixture(scope="module")
+def heard_dir(tiny_audio_checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny audio checkpoint with a random CTC head beside it."""
+    folder = tmp_path_factory.mktemp("with-head") / "checkpoint"
+    shutil.copytree(tiny_audio_checkpoint_dir, folder)
+    model = load_builtin(folder)
+    torch.manual_seed(3)
+    head = torch.nn.Linear(model.module.config.vision.dim, model.module.config.decoder.vocab_size + 1)
+    save_ctc_head(head, folder / HEAD_FILE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(heard_dir: Path, text_tower) -> BuiltinModel:  # type: ignore[no-untyped-def]
+    return load_builtin(heard_dir, text_tower=text_tower)
+
+
+def _clip(seed: int, seconds: float = 1.5) -> np.ndarray:
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    return (0.3 * np.sin(2 * np.pi * (150 + 90 * seed) * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32)
+
+
+def test_the_head_is_loaded_from_beside_the_weights(
+    model: BuiltinModel, heard_dir: Path, tiny_audio_checkpoint_dir: Path, text_tower
+) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import load_file
+
+    assert model.ctc_head is not None
+    saved = load_file(str(heard_dir / HEAD_FILE))
+    assert torch.equal(model.ctc_head.weight.detach(), saved["weight"])
+    [encoding] = model.encode_audios([_clip(0)])
+    assert encoding.tokens is not None and encoding.tokens.shape[0] == encoding.cross_kv[0][0].shape[1]
+    plain = load_builtin(tiny_audio_checkpoint_dir, text_tower=text_tower)
+    assert plain.ctc_head is None
+    [encoding] = plain.encode_audios([_clip(0)])
+    assert encoding.tokens is None  # nothing kept that nothing reads
+
+
+def test_joint_scores_are_the_weighted_sum_of_attention_and_ctc(model: BuiltinModel) -> None:
+    assert model.ctc_head is not None
+    texts = ["how many shapes are there?", "what colour is the circle?", "is the red square left of the circle?"]
+    ids = model.tokenizer.token_to_id
+    rows = [[ids(BOS), *model.tokenizer.encode(t, add_special_tokens=False).ids, ids(EOS)] for t in texts]
+    [encoding] = model.encode_audios([_clip(1)])
+    tokens = encoding.tokens
+    assert tokens is not None
+    attention = joint_scores(model.module.decoder, model.ctc_head, tokens, rows, 0.0)
+    ctc = joint_scores(model.module.decoder, model.ctc_head, tokens, rows, 1.0)
+    half = joint_scores(model.module.decoder, model.ctc_head, tokens, rows, 0.5)
+    with torch.inference_mode():
+        for r, row in enumerate(rows):  # each row alone, through the training objective's teacher forcing
+            seq = torch.tensor([row])
+            expected = -token_losses(model.module, tokens[None], seq).sum()
+            assert attention[r].item() == pytest.approx(expected.item(), abs=1e-3)
+            log_probs = F.log_softmax(model.ctc_head(tokens), -1)[:, None]
+            alone = -F.ctc_loss(
+                log_probs,
+                seq[:, 1:-1],
+                [tokens.shape[0]],
+                [len(row) - 2],
+                blank=log_probs.shape[-1] - 1,
+                reduction="sum",
+            )
+            assert ctc[r].item() == pytest.approx(alone.item(), abs=1e-3)
+    assert torch.allclose(half, 0.5 * attention + 0.5 * ctc, atol=1e-4)
+
+
+def test_a_heard_question_becomes_its_best_scoring_candidate(model: BuiltinModel) -> None:
+    assert model.ctc_head is not None
+    heard = ["what shape is the green one?", "", "is there a red square?"]
+    clips = [_clip(2), _clip(3), _clip(4)]
+    encodings = model.encode_audios(clips)
+    chosen = model.rescore_heard(encodings, heard)
+    assert chosen[1] == ""  # nothing heard stays nothing (refused, never invented)
+    ids = model.tokenizer.token_to_id
+    for i in (0, 2):
+        options = candidates(heard[i])
+        rows = [[ids(BOS), *model.tokenizer.encode(t, add_special_tokens=False).ids, ids(EOS)] for t in options]
+        tokens = encodings[i].tokens
+        assert tokens is not None
+        scores = joint_scores(model.module.decoder, model.ctc_head, tokens, rows, 0.5)
+        assert chosen[i] == options[int(scores.argmax())]
+
+
+def test_without_a_head_a_question_is_answered_as_heard(tiny_audio_checkpoint_dir: Path, text_tower) -> None:  # type: ignore[no-untyped-def]
+    plain = load_builtin(tiny_audio_checkpoint_dir, text_tower=text_tower)
+    heard = ["what shape is the green one?"]
+    assert plain.rescore_heard(plain.encode_audios([_clip(5)]), heard) == heard
+
+
+def test_the_shipped_weights_rescore_with_their_own_head() -> None:
+    model = load_builtin()
+    assert model.ctc_head is not None
+    assert model.ctc_head.out_features == model.module.config.decoder.vocab_size + 1
