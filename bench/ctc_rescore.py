@@ -4,10 +4,11 @@
 
 The shipped rescoring (`model.heard_rescoring`): a heard question's candidates (its neighbours with one scene
 word swapped, and the grammar's short questions) scored by weight x CTC + (1 - weight) x attention
-log-likelihoods, the best answered. This bench scores every candidate of every question the service would not
-refuse once, then for each weight (0: the decoder alone, as heard) prints spoken `/vqa` accuracy and questions
-heard word for word, with the neighbours alone and with the short questions too, on two sets of 300 spoken
-questions in held-out voices:
+log-likelihoods (the decoder's only over the `SHORTLIST` best by CTC, and the one heard), the best answered.
+This bench scores every candidate of every question the service would not refuse once, then for each weight
+(0: the decoder alone among the shortlist) prints spoken `/vqa` accuracy and questions heard word for word,
+with the neighbours alone and with the short questions too, on two sets of 300 spoken questions in held-out
+voices:
 
 - tuning: other scenes and clips (`bench.blank_threshold`'s, seeds from 18,000,000), where `CTC_WEIGHT` was
   chosen (the weight with the most tuning questions answered right; a tie goes to the lower weight);
@@ -34,7 +35,7 @@ from model import load_model
 from model.api import Update
 from model.evaluate import normalise_words
 from model.generate import generate_all_updates
-from model.heard_rescoring import candidates, joint_scores, neighbours
+from model.heard_rescoring import attention_scores, candidates, choose, ctc_scores, neighbours, shortlist
 from model.multimodal import BuiltinModel
 from model.refusal_eval import hear
 from model.scenes import render
@@ -57,9 +58,7 @@ def answers_scored(model: BuiltinModel, images: list[Image.Image], questions: li
 @torch.inference_mode()
 def internal_lm(model: BuiltinModel, rows: list[list[int]]) -> torch.Tensor:
     """The decoder's log-likelihood of each row with the audio replaced by one zero token."""
-    zero = torch.zeros(model.module.config.vision.dim)
-    assert model.ctc_head is not None
-    return joint_scores(model.module.decoder, model.ctc_head, zero[None], rows, 0.0)
+    return attention_scores(model.module.decoder, torch.zeros(1, model.module.config.vision.dim), rows)
 
 
 def alternatives(model: BuiltinModel, name: str, first_seed: int, n: int = 300) -> None:
@@ -76,8 +75,8 @@ def alternatives(model: BuiltinModel, name: str, first_seed: int, n: int = 300) 
         options = neighbours(h.text)
         rows = [[bos, *model.tokenizer.encode(t, add_special_tokens=False).ids, eos] for t in options]
         [encoding] = model.encode_audios([clip])
-        assert encoding.tokens is not None and model.ctc_head is not None
-        attention = joint_scores(model.module.decoder, model.ctc_head, encoding.tokens, rows, 0.0)
+        assert encoding.tokens is not None
+        attention = attention_scores(model.module.decoder, encoding.tokens, rows, encoding.cross_kv)
         answers = answers_scored(model, [images[i]] * len(options), options)
         confidence = torch.tensor([u.avg_logprob or -99.0 for u in answers])
         rows_of.append((attention, confidence, internal_lm(model, rows), [u.text for u in answers]))
@@ -102,7 +101,7 @@ def report(model: BuiltinModel, name: str, first_seed: int, weights: Sequence[fl
     refused = [refusal(h, default_criteria()) is not None for h in heard]
     bos, eos = model.tokenizer.token_to_id(BOS), model.tokenizer.token_to_id(EOS)
     for label, make in (("neighbours", neighbours), ("neighbours + short questions", candidates)):
-        scored: list[tuple[list[str], torch.Tensor, torch.Tensor] | None] = []
+        scored: list[tuple[list[str], torch.Tensor, torch.Tensor, list[int]] | None] = []
         for clip, h, r in zip(asked.clips, heard, refused, strict=True):
             if r or not h.text:
                 scored.append(None)
@@ -111,12 +110,13 @@ def report(model: BuiltinModel, name: str, first_seed: int, weights: Sequence[fl
             rows = [[bos, *model.tokenizer.encode(t, add_special_tokens=False).ids, eos] for t in options]
             [encoding] = model.encode_audios([clip])
             assert encoding.tokens is not None
-            ctc = joint_scores(model.module.decoder, model.ctc_head, encoding.tokens, rows, 1.0)
-            attention = joint_scores(model.module.decoder, model.ctc_head, encoding.tokens, rows, 0.0)
-            scored.append((options, ctc, attention))
+            ctc = ctc_scores(model.ctc_head, encoding.tokens, rows)
+            # the decoder scores all here; the choice is among the shortlist, as the model's (`rescore_heard`)
+            attention = attention_scores(model.module.decoder, encoding.tokens, rows, encoding.cross_kv)
+            scored.append((options, ctc, attention, shortlist(ctc, options.index(h.text))))
         for weight in weights:
             texts = [
-                h.text if s is None else s[0][int((weight * s[1] + (1 - weight) * s[2]).argmax())]
+                h.text if s is None else s[0][s[3][choose(s[1][s[3]], s[2][s[3]], weight)]]
                 for h, s in zip(heard, scored, strict=True)
             ]
             answers = model.answer(images, [t or "?" for t in texts])

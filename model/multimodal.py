@@ -49,7 +49,7 @@ from model.generate import (
     generate_all,
     generate_all_updates,
 )
-from model.heard_rescoring import CTC_WEIGHT, candidates, joint_scores
+from model.heard_rescoring import CTC_WEIGHT, attention_scores, candidates, choose, ctc_scores, shortlist
 from model.images import to_pixels
 from model.inputs import check_pairs, row_limits
 from model.loops import STOP_REPEATS, transcript_token_limit
@@ -350,8 +350,12 @@ class BuiltinModel:
             options = candidates(text)
             bos, eos = self._ids[BOS], self._ids[EOS]
             rows = [[bos, *self.tokenizer.encode(t, add_special_tokens=False).ids, eos] for t in options]
-            scores = joint_scores(self.module.decoder, self.ctc_head, encoding.tokens, rows, CTC_WEIGHT)
-            out[i] = options[int(scores.argmax())]
+            ctc = ctc_scores(self.ctc_head, encoding.tokens, rows)
+            kept = shortlist(ctc, options.index(text))
+            attention = attention_scores(
+                self.module.decoder, encoding.tokens, [rows[k] for k in kept], encoding.cross_kv
+            )
+            out[i] = options[kept[choose(ctc[kept], attention, CTC_WEIGHT)]]
         return out
 
     @torch.inference_mode()

@@ -1,4 +1,5 @@
-"""The built-in model on CUDA: continuous batching equals greedy decoding alone, and training runs."""
+"""The built-in model on CUDA: continuous batching equals greedy decoding alone, heard questions are rescored as on
+the CPU, and training runs."""
 
 from __future__ import annotations
 
@@ -40,3 +41,18 @@ def test_a_few_training_steps_on_cuda(tmp_path: Path) -> None:
     command += ["--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_heard_questions_are_rescored_on_cuda_as_on_the_cpu() -> None:
+    """The shipped CTC head rescoring spoken questions (`model.heard_rescoring`) on CUDA chooses what it chooses
+    on the CPU (fp32), for the spoken `/vqa` evaluation's first twelve clips."""
+    from model.spoken_vqa_eval import spoken_questions
+
+    asked = spoken_questions(12)
+    heard = load_model("builtin", "cpu", torch.float32).transcribe(asked.clips)  # the same texts on both
+    chosen = {}
+    for device in ("cpu", "cuda"):
+        model = load_model("builtin", device, torch.float32)
+        chosen[device] = model.rescore_heard(model.encode_audios(asked.clips), heard)
+    assert chosen["cuda"] == chosen["cpu"]
+    assert sum(bool(text) for text in chosen["cpu"]) >= 10

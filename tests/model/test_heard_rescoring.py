@@ -13,7 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import load_builtin, save_ctc_head
-from model.heard_rescoring import HEAD_FILE, SHORT_QUESTIONS, candidates, joint_scores, neighbours
+from model.heard_rescoring import (
+    CTC_WEIGHT,
+    HEAD_FILE,
+    SHORT_QUESTIONS,
+    SHORTLIST,
+    attention_scores,
+    candidates,
+    choose,
+    ctc_scores,
+    neighbours,
+    shortlist,
+)
 from model.multimodal import BuiltinModel
 from model.tokenizer import BOS, EOS
 from model.train.objective import token_losses
@@ -77,7 +88,9 @@ def test_the_head_is_loaded_from_beside_the_weights(
     assert encoding.tokens is None  # nothing kept that nothing reads
 
 
-def test_joint_scores_are_the_weighted_sum_of_attention_and_ctc(model: BuiltinModel) -> None:
+def test_the_scores_are_the_decoders_and_ctcs_log_likelihoods(model: BuiltinModel) -> None:
+    """Against independent computations: the training objective's teacher forcing (the audio tokens projected
+    for each row), and CTC over the head's log-probabilities for each row alone."""
     assert model.ctc_head is not None
     texts = ["how many shapes are there?", "what colour is the circle?", "is the red square left of the circle?"]
     ids = model.tokenizer.token_to_id
@@ -85,32 +98,36 @@ def test_joint_scores_are_the_weighted_sum_of_attention_and_ctc(model: BuiltinMo
     [encoding] = model.encode_audios([_clip(1)])
     tokens = encoding.tokens
     assert tokens is not None
-    attention = joint_scores(model.module.decoder, model.ctc_head, tokens, rows, 0.0)
-    ctc = joint_scores(model.module.decoder, model.ctc_head, tokens, rows, 1.0)
-    half = joint_scores(model.module.decoder, model.ctc_head, tokens, rows, 0.5)
+    attention = attention_scores(model.module.decoder, tokens, rows, encoding.cross_kv)
+    assert torch.allclose(attention, attention_scores(model.module.decoder, tokens, rows), atol=1e-4)
+    ctc = ctc_scores(model.ctc_head, tokens, rows)
     with torch.inference_mode():
-        for r, row in enumerate(rows):  # each row alone, through the training objective's teacher forcing
+        for r, row in enumerate(rows):
             seq = torch.tensor([row])
             expected = -token_losses(model.module, tokens[None], seq).sum()
             assert attention[r].item() == pytest.approx(expected.item(), abs=1e-3)
             log_probs = F.log_softmax(model.ctc_head(tokens), -1)[:, None]
+            blank = log_probs.shape[-1] - 1
             alone = -F.ctc_loss(
-                log_probs,
-                seq[:, 1:-1],
-                [tokens.shape[0]],
-                [len(row) - 2],
-                blank=log_probs.shape[-1] - 1,
-                reduction="sum",
+                log_probs, seq[:, 1:-1], [tokens.shape[0]], [len(row) - 2], blank=blank, reduction="sum"
             )
             assert ctc[r].item() == pytest.approx(alone.item(), abs=1e-3)
-    assert torch.allclose(half, 0.5 * attention + 0.5 * ctc, atol=1e-4)
+
+
+def test_the_shortlist_is_the_best_by_ctc_and_the_one_heard() -> None:
+    ctc = torch.tensor([-5.0, -1.0, -9.0, -2.0, -3.0])
+    assert shortlist(ctc, heard=2, keep=2) == [1, 2, 3]
+    assert shortlist(ctc, heard=1, keep=2) == [1, 3]
+    assert shortlist(ctc, heard=0, keep=10) == [0, 1, 2, 3, 4]
+    attention = torch.tensor([0.0, -10.0, -1.0, -4.0, -1.0])
+    assert choose(ctc, attention, 0.0) == 0 and choose(ctc, attention, 1.0) == 1
+    assert choose(ctc, attention, 0.5) == 4  # -2.0: the best of both together, the best of neither alone
 
 
 def test_a_heard_question_becomes_its_best_scoring_candidate(model: BuiltinModel) -> None:
     assert model.ctc_head is not None
     heard = ["what shape is the green one?", "", "is there a red square?"]
-    clips = [_clip(2), _clip(3), _clip(4)]
-    encodings = model.encode_audios(clips)
+    encodings = model.encode_audios([_clip(2), _clip(3), _clip(4)])
     chosen = model.rescore_heard(encodings, heard)
     assert chosen[1] == ""  # nothing heard stays nothing (refused, never invented)
     ids = model.tokenizer.token_to_id
@@ -119,8 +136,11 @@ def test_a_heard_question_becomes_its_best_scoring_candidate(model: BuiltinModel
         rows = [[ids(BOS), *model.tokenizer.encode(t, add_special_tokens=False).ids, ids(EOS)] for t in options]
         tokens = encodings[i].tokens
         assert tokens is not None
-        scores = joint_scores(model.module.decoder, model.ctc_head, tokens, rows, 0.5)
-        assert chosen[i] == options[int(scores.argmax())]
+        ctc = ctc_scores(model.ctc_head, tokens, rows)
+        attention = attention_scores(model.module.decoder, tokens, rows)
+        kept = shortlist(ctc, options.index(heard[i]))
+        assert len(kept) <= SHORTLIST + 1
+        assert chosen[i] == options[kept[choose(ctc[kept], attention[kept], CTC_WEIGHT)]]
 
 
 def test_without_a_head_a_question_is_answered_as_heard(tiny_audio_checkpoint_dir: Path, text_tower) -> None:  # type: ignore[no-untyped-def]
