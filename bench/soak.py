@@ -45,6 +45,7 @@ from bench.soak_case import Case, Pool
 from bench.soak_images import generator_folder, image_cases, image_mismatch
 from bench.soak_tally import Tallies
 from model import MultimodalModel, UnknownQuestion, load_model
+from model.api import RescoresHeard
 from model.questions import parse
 from model.scenes import make_scene, render
 from model.train.speech import sentence, synthesise, utterance
@@ -121,7 +122,10 @@ def speech_cases(model: MultimodalModel, n: int, seed: int) -> list[Case]:
         question = f"what colour is the {scene.objects[0].shape}?"
         said = synthesise(utterance(question_seed, question), rate, question_seed)
         data = wav(said, rate)
-        heard = model.transcribe([decode_audio(data, model.audio, model.audio.max_seconds).samples])[0]
+        samples = decode_audio(data, model.audio, model.audio.max_seconds).samples
+        heard = model.transcribe([samples])[0]
+        if heard and isinstance(model, RescoresHeard):  # rescored among its neighbours, as the service does
+            [heard] = model.rescore_heard(model.encode_audios([samples]), [heard])
         image = render(scene)
         png = encode_image(image)
         form = {"image": ("scene.png", png, "image/png"), "question_audio": ("q.wav", data, "audio/wav")}
