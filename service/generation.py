@@ -208,7 +208,7 @@ class Generation(RunningRows[GenerationState, SequenceRow]):
         self.metrics.batch_size.labels(task).observe(len(rows))
         for row, context in zip(rows, contexts, strict=True):
             row.context = row.resume = None  # (the state holds them now)
-            if self.rescores and getattr(row.item.payload, "question", False):
+            if self.rescores and task == "transcribe" and row.item.payload.question:  # (a `TranscriptionInput`)
                 row.heard = context
         self.rows += rows
         self._apply(rows, updates)
