@@ -1,6 +1,6 @@
 """The CTC head for rescoring heard questions (`model.heard_rescoring`), trained over a frozen audio tower.
 
-    python -m model.train.ctc_head [--init model/weights] [--pool runs/ctc_head/pool] [--size 6000] [--epochs 12]
+    python -m model.train.ctc_head [--init model/weights] [--pool runs/ctc_head/pool] [--size 12000] [--epochs 12]
 
 A pool of training utterances of the `hearing` stage's wider variety (`model.train.speech_pool`, seeds from
 `FIRST_SEED`, held-out sentences skipped as ever) is heard once by the checkpoint's audio tower; a linear head
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--init", type=Path, default=WEIGHTS_DIR, help="the checkpoint (its head is written there)")
     parser.add_argument("--pool", type=Path, default=Path("runs/ctc_head/pool"))
-    parser.add_argument("--size", type=int, default=6000, help="utterances in the pool")
+    parser.add_argument("--size", type=int, default=12_000, help="utterances in the pool")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
