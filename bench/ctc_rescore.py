@@ -39,9 +39,8 @@ from model.heard_rescoring import attention_scores, candidates, choose, ctc_scor
 from model.multimodal import BuiltinModel
 from model.refusal_eval import hear
 from model.scenes import render
-from model.spoken_vqa_eval import SEED_START, spoken_questions
-from model.tokenizer import BOS, EOS
-from model.understanding import default_criteria, refusal
+from model.spoken_vqa_eval import SEED_START, SpokenQuestions, spoken_questions
+from model.understanding import Heard, default_criteria, refusal
 
 
 def same(a: str, b: str) -> bool:
@@ -61,19 +60,26 @@ def internal_lm(model: BuiltinModel, rows: list[list[int]]) -> torch.Tensor:
     return attention_scores(model.module.decoder, torch.zeros(1, model.module.config.vision.dim), rows)
 
 
-def alternatives(model: BuiltinModel, name: str, first_seed: int, n: int = 300) -> None:
+def heard_set(
+    model: BuiltinModel, first_seed: int, n: int
+) -> tuple[SpokenQuestions, list[Heard], list[Image.Image], list[bool]]:
+    """The set's questions, each heard as it is (not rescored: the candidates come from this), its image, and
+    whether the service refuses it."""
     asked = spoken_questions(n, first_seed)
     heard = hear(model, asked.clips)
-    images = [render(s) for s in asked.scenes]
     refused = [refusal(h, default_criteria()) is not None for h in heard]
-    bos, eos = model.tokenizer.token_to_id(BOS), model.tokenizer.token_to_id(EOS)
+    return asked, heard, [render(s) for s in asked.scenes], refused
+
+
+def alternatives(model: BuiltinModel, name: str, first_seed: int, n: int = 300) -> None:
+    asked, heard, images, refused = heard_set(model, first_seed, n)
     rows_of = []
     for i, (clip, h, r) in enumerate(zip(asked.clips, heard, refused, strict=True)):
         if r or not h.text:
             rows_of.append(None)
             continue
         options = neighbours(h.text)
-        rows = [[bos, *model.tokenizer.encode(t, add_special_tokens=False).ids, eos] for t in options]
+        rows = model.transcript_rows(options)
         [encoding] = model.encode_audios([clip])
         assert encoding.tokens is not None
         attention = attention_scores(model.module.decoder, encoding.tokens, rows, encoding.cross_kv)
@@ -95,11 +101,7 @@ def alternatives(model: BuiltinModel, name: str, first_seed: int, n: int = 300) 
 
 def report(model: BuiltinModel, name: str, first_seed: int, weights: Sequence[float], n: int = 300) -> None:
     assert model.ctc_head is not None
-    asked = spoken_questions(n, first_seed)
-    heard = hear(model, asked.clips)  # as heard (not rescored): the candidates come from this
-    images = [render(s) for s in asked.scenes]
-    refused = [refusal(h, default_criteria()) is not None for h in heard]
-    bos, eos = model.tokenizer.token_to_id(BOS), model.tokenizer.token_to_id(EOS)
+    asked, heard, images, refused = heard_set(model, first_seed, n)
     for label, make in (("neighbours", neighbours), ("neighbours + short questions", candidates)):
         scored: list[tuple[list[str], torch.Tensor, torch.Tensor, list[int]] | None] = []
         for clip, h, r in zip(asked.clips, heard, refused, strict=True):
@@ -107,7 +109,7 @@ def report(model: BuiltinModel, name: str, first_seed: int, weights: Sequence[fl
                 scored.append(None)
                 continue
             options = make(h.text)
-            rows = [[bos, *model.tokenizer.encode(t, add_special_tokens=False).ids, eos] for t in options]
+            rows = model.transcript_rows(options)
             [encoding] = model.encode_audios([clip])
             assert encoding.tokens is not None
             ctc = ctc_scores(model.ctc_head, encoding.tokens, rows)

@@ -336,6 +336,11 @@ class BuiltinModel:
             keep_tokens=self.ctc_head is not None,
         )
 
+    def transcript_rows(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text as the decoder writes a transcript: `[BOS]` ids `[EOS]` (for scoring it teacher-forced)."""
+        bos, eos = self._ids[BOS], self._ids[EOS]
+        return [[bos, *self.tokenizer.encode(t, add_special_tokens=False).ids, eos] for t in texts]
+
     @torch.inference_mode()
     def rescore_heard(self, encodings: Sequence[ImageEncoding], texts: Sequence[str]) -> list[str]:
         """Each heard question (a transcript of the audio encoded in `encodings`, by `encode_audios` or a step
@@ -348,8 +353,7 @@ class BuiltinModel:
             if not text.strip() or encoding.tokens is None:
                 continue
             options = candidates(text)
-            bos, eos = self._ids[BOS], self._ids[EOS]
-            rows = [[bos, *self.tokenizer.encode(t, add_special_tokens=False).ids, eos] for t in options]
+            rows = self.transcript_rows(options)
             ctc = ctc_scores(self.ctc_head, encoding.tokens, rows)
             kept = shortlist(ctc, options.index(text))
             attention = attention_scores(

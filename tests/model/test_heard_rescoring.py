@@ -26,7 +26,6 @@ from model.heard_rescoring import (
     shortlist,
 )
 from model.multimodal import BuiltinModel
-from model.tokenizer import BOS, EOS
 from model.train.objective import token_losses
 
 
@@ -93,8 +92,7 @@ def test_the_scores_are_the_decoders_and_ctcs_log_likelihoods(model: BuiltinMode
     for each row), and CTC over the head's log-probabilities for each row alone."""
     assert model.ctc_head is not None
     texts = ["how many shapes are there?", "what colour is the circle?", "is the red square left of the circle?"]
-    ids = model.tokenizer.token_to_id
-    rows = [[ids(BOS), *model.tokenizer.encode(t, add_special_tokens=False).ids, ids(EOS)] for t in texts]
+    rows = model.transcript_rows(texts)
     [encoding] = model.encode_audios([_clip(1)])
     tokens = encoding.tokens
     assert tokens is not None
@@ -130,10 +128,9 @@ def test_a_heard_question_becomes_its_best_scoring_candidate(model: BuiltinModel
     encodings = model.encode_audios([_clip(2), _clip(3), _clip(4)])
     chosen = model.rescore_heard(encodings, heard)
     assert chosen[1] == ""  # nothing heard stays nothing (refused, never invented)
-    ids = model.tokenizer.token_to_id
     for i in (0, 2):
         options = candidates(heard[i])
-        rows = [[ids(BOS), *model.tokenizer.encode(t, add_special_tokens=False).ids, ids(EOS)] for t in options]
+        rows = model.transcript_rows(options)
         tokens = encodings[i].tokens
         assert tokens is not None
         ctc = ctc_scores(model.ctc_head, tokens, rows)
@@ -153,3 +150,9 @@ def test_the_shipped_weights_rescore_with_their_own_head() -> None:
     model = load_builtin()
     assert model.ctc_head is not None
     assert model.ctc_head.out_features == model.module.config.decoder.vocab_size + 1
+
+
+def test_a_transcript_row_is_its_ids_between_bos_and_eos(model: BuiltinModel) -> None:
+    [row] = model.transcript_rows(["how many shapes are there?"])
+    ids = model.tokenizer.encode("how many shapes are there?", add_special_tokens=False).ids
+    assert row == [model.tokenizer.token_to_id("[BOS]"), *ids, model.tokenizer.token_to_id("[EOS]")]
